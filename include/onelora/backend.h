@@ -1,0 +1,91 @@
+/* onelora backend: the numeric kernels behind one table of function pointers.
+ * cpu.c implements it with CBLAS + OpenMP; cuda/ will implement it with cuBLAS.
+ * All tensors are f32, row-major, contiguous, in memory the backend owns (host memory for cpu).
+ * Shapes are given in comments; N = number of tokens (B*T), D = width, F = ffn width,
+ * H = query heads, Hkv = kv heads, hd = head dim, V = vocab. "+=" means the op accumulates. */
+#ifndef ONELORA_BACKEND_H
+#define ONELORA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+  const char *name;
+
+  /* C(M,N) = alpha * op(A) * op(B) + beta * C; op(A) is (M,K), op(B) is (K,N).
+   * trans_a: A stored as (K,M); trans_b: B stored as (N,K). Leading dims are row strides. */
+  void (*gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
+               const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
+               size_t ldc);
+  /* y(M) = alpha * op(A) x + beta * y; A is (M,N) stored row-major, or (N,M) when trans. */
+  void (*gemv)(int trans, size_t M, size_t N, float alpha, const float *A, size_t lda,
+               const float *x, float beta, float *y);
+
+  /* out(N,D) = table[tokens[n]] */
+  void (*embedding_forward)(float *out, const int32_t *tokens, const float *table, size_t N,
+                            size_t D);
+  /* dtable(V,D) += scatter of dout(N,D) by tokens */
+  void (*embedding_backward)(float *dtable, const int32_t *tokens, const float *dout, size_t N,
+                             size_t D);
+
+  /* out(N,D) = x / rms(x) * w; rstd(N) = 1/sqrt(mean(x^2)+eps) is kept for backward */
+  void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *w, size_t N,
+                          size_t D, float eps);
+  /* dx(N,D) += d/dx; dw(D) += d/dw when dw != NULL */
+  void (*rmsnorm_backward)(float *dx, float *dw, const float *dout, const float *x,
+                           const float *w, const float *rstd, size_t N, size_t D);
+
+  /* cos, sin (T, hd/2) for positions 0..T-1: angle = t * theta^(-2i/hd) (Hugging Face) */
+  void (*rope_table)(float *cos_t, float *sin_t, size_t T, size_t hd, double theta);
+  /* In place on x(B,T,nh,hd): HF rotate_half, x = x*cos + rotate_half(x)*sin.
+   * inverse != 0 applies the transpose rotation (the backward of the forward). */
+  void (*rope_apply)(float *x, const float *cos_t, const float *sin_t, size_t B, size_t T,
+                     size_t nh, size_t hd, int inverse);
+
+  /* Causal attention. q(B,T,H,hd), k,v(B,T,Hkv,hd) -> out(B,T,H,hd); lse(B,H,T) is the
+   * log-sum-exp of each scaled score row, kept so backward can rebuild the softmax from q,k.
+   * scratch holds attention_scratch_floats(T) floats. */
+  size_t (*attention_scratch_floats)(size_t T);
+  void (*attention_forward)(float *out, float *lse, const float *q, const float *k,
+                            const float *v, size_t B, size_t T, size_t H, size_t Hkv, size_t hd,
+                            float *scratch);
+  /* dq(B,T,H,hd), dk,dv(B,T,Hkv,hd) are overwritten. */
+  void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *lse, size_t B,
+                             size_t T, size_t H, size_t Hkv, size_t hd, float *scratch);
+
+  /* h(N,F) = silu(g) * u */
+  void (*swiglu_forward)(float *h, const float *g, const float *u, size_t n);
+  /* dg, du (N,F) overwritten */
+  void (*swiglu_backward)(float *dg, float *du, const float *dh, const float *g, const float *u,
+                          size_t n);
+
+  /* Cross-entropy of logits(N,V) against targets(N). Returns the sum of the N losses (double).
+   * When grad_scale != 0, logits are overwritten by dlogits = (softmax - onehot) * grad_scale. */
+  double (*cross_entropy)(float *logits, const int32_t *targets, size_t N, size_t V,
+                          float grad_scale);
+
+  /* y(n) += alpha * x */
+  void (*axpy)(float *y, const float *x, float alpha, size_t n);
+  /* sum of squares, accumulated in double */
+  double (*sumsq)(const float *x, size_t n);
+  void (*scale)(float *x, float alpha, size_t n);
+
+  /* 1LoRA helpers. s(N) = row sums of x(N,k) */
+  void (*row_sums)(float *s, const float *x, size_t N, size_t k);
+  /* y(N,d) += s(N) outer b(d) */
+  void (*add_outer)(float *y, const float *s, const float *b, size_t N, size_t d);
+  /* x(N,k) += c(N) broadcast along each row */
+  void (*add_row_scalar)(float *x, const float *c, size_t N, size_t k);
+
+  /* AdamW (PyTorch semantics, decoupled weight decay), step counted from 1 */
+  void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+                float beta2, float eps, float weight_decay, int64_t step);
+} ol_backend;
+
+/* The active backend (set once at start-up) */
+extern const ol_backend *ol_bk;
+const ol_backend *ol_backend_cpu(void);
+void ol_backend_set(const ol_backend *b);
+
+#endif

@@ -1,0 +1,67 @@
+/* onelora core: errors and logging, allocation, RNG, timers, f16/bf16 conversion. */
+#ifndef ONELORA_CORE_H
+#define ONELORA_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- errors ---------------------------------------------------------------
+ * Functions that can fail return OL_OK (0) or a nonzero code, after recording a
+ * one-line message with ol_error(). The CLI prints "onelora: error: <message>".
+ * The message names the file, flag or value that is wrong. */
+enum { OL_OK = 0, OL_ERR = 1 };
+
+int ol_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   /* records, returns OL_ERR */
+const char *ol_last_error(void);
+void ol_clear_error(void);
+
+/* Fatal internal invariant checks: print file:line and abort. Never for user input. */
+#define OL_CHECK(cond)                                                                        \
+  do {                                                                                        \
+    if (!(cond)) ol_fatal(__FILE__, __LINE__, "check failed: %s", #cond);                     \
+  } while (0)
+void ol_fatal(const char *file, int line, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 3, 4)));
+/* Propagate a failing call's code. */
+#define OL_TRY(call)                                                                          \
+  do {                                                                                        \
+    int ol_try_rc_ = (call);                                                                  \
+    if (ol_try_rc_ != OL_OK) return ol_try_rc_;                                               \
+  } while (0)
+
+/* ---- logging (rank 0 prints info; warnings print on every rank) ------------- */
+void ol_log_set_rank(int rank);
+void ol_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void ol_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- allocation: 64-byte aligned, zeroed; abort on out of memory ----------- */
+void *ol_calloc(size_t count, size_t size);
+void ol_free(void *p);
+
+/* ---- RNG: splitmix64 stream, and counter-based hashing --------------------- */
+typedef struct {
+  uint64_t state;
+} ol_rng;
+uint64_t ol_hash64(uint64_t x);             /* splitmix64 finaliser: a counter-based random number */
+void ol_rng_seed(ol_rng *r, uint64_t seed);
+uint64_t ol_rng_u64(ol_rng *r);
+float ol_rng_uniform(ol_rng *r);            /* [0, 1) */
+float ol_rng_normal(ol_rng *r);             /* N(0, 1) */
+
+/* ---- timers and memory ------------------------------------------------------ */
+double ol_now(void);                        /* seconds, monotonic */
+size_t ol_peak_rss_bytes(void);             /* VmHWM of this process */
+size_t ol_rss_bytes(void);                  /* VmRSS of this process */
+
+/* ---- half precision --------------------------------------------------------- */
+uint16_t ol_f32_to_f16(float f);            /* round to nearest even */
+float ol_f16_to_f32(uint16_t h);
+uint16_t ol_f32_to_bf16(float f);           /* round to nearest even */
+float ol_bf16_to_f32(uint16_t h);
+
+/* ---- small string helpers --------------------------------------------------- */
+/* Copy with truncation, always NUL-terminated. */
+void ol_strlcpy(char *dst, const char *src, size_t size);
+
+#endif

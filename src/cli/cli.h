@@ -1,0 +1,35 @@
+/* Subcommands and the flag parser they share. Each subcommand returns the process exit code. */
+#ifndef ONELORA_CLI_H
+#define ONELORA_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+int ol_cmd_train(int argc, char **argv);
+int ol_cmd_init(int argc, char **argv);
+int ol_cmd_tokenize(int argc, char **argv);
+
+typedef enum { OL_ARG_STR, OL_ARG_INT, OL_ARG_FLOAT, OL_ARG_FLAG, OL_ARG_STRS } ol_arg_kind;
+
+typedef struct {
+  const char *name;   /* "--steps" */
+  ol_arg_kind kind;
+  void *dst;          /* const char** | int64_t* | double* | int* | ol_strs* */
+  const char *meta;   /* "N", "PATH", ... for --help */
+  const char *help;
+} ol_arg;
+
+typedef struct {      /* a flag that takes one or more values, e.g. --in A.txt B.txt */
+  char **items;
+  int count;
+} ol_strs;
+
+/* Parses argv[1..argc) into the table. `--help` prints usage + the table and sets *help.
+ * Positional arguments are collected into pos (up to max_pos). Errors name the flag and value. */
+int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *args,
+                  size_t nargs, int *help, char **pos, int max_pos, int *npos);
+
+/* Prints "onelora: error: <last error>" to stderr and returns the exit code 1 */
+int ol_cli_fail(void);
+
+#endif

@@ -1,0 +1,30 @@
+/* Validation of a model configuration, wherever it came from. */
+#include <math.h>
+
+#include "onelora/config.h"
+#include "onelora/core.h"
+
+int ol_config_validate(const ol_config *c, const char *what) {
+  if (c->dim <= 0) return ol_error("%s: dim must be positive, got %lld", what, (long long)c->dim);
+  if (c->n_layers <= 0)
+    return ol_error("%s: n_layers must be positive, got %lld", what, (long long)c->n_layers);
+  if (c->n_heads <= 0 || c->dim % c->n_heads != 0)
+    return ol_error("%s: n_heads=%lld must be positive and divide dim=%lld", what,
+                    (long long)c->n_heads, (long long)c->dim);
+  if ((c->dim / c->n_heads) % 2 != 0)
+    return ol_error("%s: head_dim=%lld must be even for RoPE", what, (long long)(c->dim / c->n_heads));
+  if (c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads != 0)
+    return ol_error("%s: n_kv_heads=%lld must be positive and divide n_heads=%lld", what,
+                    (long long)c->n_kv_heads, (long long)c->n_heads);
+  if (c->ffn_dim <= 0)
+    return ol_error("%s: ffn_dim must be positive, got %lld", what, (long long)c->ffn_dim);
+  if (c->vocab_size <= 1)
+    return ol_error("%s: vocab_size must be at least 2, got %lld", what, (long long)c->vocab_size);
+  if (c->max_seq_len <= 0)
+    return ol_error("%s: max_seq_len must be positive, got %lld", what, (long long)c->max_seq_len);
+  if (!(c->norm_eps > 0) || !isfinite(c->norm_eps))
+    return ol_error("%s: norm_eps must be positive, got %g", what, c->norm_eps);
+  if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
+    return ol_error("%s: rope_theta must be positive, got %g", what, c->rope_theta);
+  return OL_OK;
+}

@@ -1,0 +1,30 @@
+/* Timers and resident-memory readings from /proc. */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "onelora/core.h"
+
+double ol_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static size_t read_status_kb(const char *key) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  size_t kb = 0, klen = strlen(key);
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, klen) == 0) {
+      sscanf(line + klen, "%zu", &kb);
+      break;
+    }
+  }
+  fclose(f);
+  return kb;
+}
+
+size_t ol_peak_rss_bytes(void) { return read_status_kb("VmHWM:") * 1024; }
+size_t ol_rss_bytes(void) { return read_status_kb("VmRSS:") * 1024; }
