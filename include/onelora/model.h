@@ -1,0 +1,113 @@
+/* onelora model: LLaMA config presets, the parameter layout, and forward/backward of each stage.
+ * Forward is embed, the blocks, final norm and LM head with the loss; backward runs in reverse. */
+#ifndef ONELORA_MODEL_H
+#define ONELORA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "onelora/config.h"
+#include "onelora/peft.h"
+
+/* Named shapes: tiny, small, llama2-7b, llama2-13b. */
+int ol_preset(const char *name, ol_config *out);
+const char *ol_preset_names(void);
+
+/* A weight or norm vector of the model as it appears in the model file. */
+typedef struct {
+  char name[128];          /* HF name, e.g. "model.layers.0.mlp.up_proj.weight" */
+  int ndim;
+  size_t shape[2];         /* full shape on disk */
+  float *data;             /* this rank's storage (frozen arena or flat trainable buffer) */
+  long param;              /* entry in the trainable table, or -1 when frozen */
+} ol_tensor;
+
+typedef struct {
+  ol_tensor w[OL_PROJ_COUNT];   /* projection weights; lin[p].W points at w[p].data */
+  ol_linear lin[OL_PROJ_COUNT];
+  ol_tensor attn_norm;     /* (D) input_layernorm */
+  ol_tensor mlp_norm;      /* (D) post_attention_layernorm */
+} ol_block;
+
+typedef struct {
+  ol_config cfg;
+  ol_method method;
+  size_t hd;               /* head dim D/H */
+  ol_block *blocks;        /* (L) */
+  ol_tensor embed;         /* (V, D) */
+  ol_tensor final_norm;    /* (D) */
+  ol_tensor lm_head;       /* (V, D) */
+  ol_tensor **tensors;     /* every model-file tensor in file order, for load/save/merge */
+  size_t n_tensors;
+  ol_params params;        /* the flat trainable state */
+  float *frozen;           /* one arena for every frozen tensor */
+  size_t frozen_floats;
+} ol_model;
+
+/* Lays out the model for a method: declares trainables, allocates frozen and trainable
+ * storage, binds adapters. Weights are uninitialised until loaded or randomised. */
+int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method);
+/* Initialises adapters (their own init rules) from seed. */
+void ol_model_init_adapters(ol_model *m, uint64_t seed);
+/* Random weights: normal(0, 0.02) per matrix, ones for norms; tensor i uses hash(seed, i). */
+void ol_model_randomize(ol_model *m, uint64_t seed);
+void ol_model_free(ol_model *m);
+/* Number of trainable values */
+size_t ol_model_trainable(const ol_model *m);
+/* Looks up a weight by HF name, NULL if absent */
+ol_tensor *ol_model_tensor(ol_model *m, const char *name);
+
+/* ---- activations: what forward keeps for backward (DESIGN §4) ------------------------------ */
+typedef struct {
+  float *rstd1;            /* (N) input_layernorm 1/rms */
+  float *q;                /* (N, H*hd) after RoPE */
+  float *k, *v;            /* (N, Hkv*hd), k after RoPE */
+  float *lse;              /* (B, H, T) attention log-sum-exp */
+  float *x2;               /* (N, D) residual stream after attention */
+  float *rstd2;            /* (N) post_attention_layernorm 1/rms */
+  float *g, *u;            /* (N, F) gate and up outputs */
+  float *saved[OL_PROJ_COUNT]; /* (N, saved_per_token) what each linear keeps */
+} ol_block_acts;
+
+typedef struct {
+  size_t B, T, N;          /* micro-batch, sequence length, N = B*T tokens */
+  size_t L;                /* layers held */
+  float *xs;               /* (L+1, N, D) residual stream at each block boundary */
+  ol_block_acts *blocks;   /* (L) */
+  float *rstd_final;       /* (N) */
+  /* transient workspace, reused by every block */
+  float *xn;               /* (N, D) normed input / its gradient */
+  float *att;              /* (N, D) attention output / its gradient */
+  float *h;                /* (N, F) SwiGLU output / its gradient */
+  float *dq;               /* (N, H*hd) */
+  float *dk, *dv;          /* (N, Hkv*hd) */
+  float *dres;             /* (N, D) gradient of the residual stream */
+  float *logits;           /* (head_chunk, V) LM head logits / dlogits of one token chunk */
+  float *rope_cos, *rope_sin; /* (T, hd/2) */
+  float *attn_scratch;     /* attention_scratch_floats(T) */
+  size_t head_chunk;       /* tokens per LM-head chunk */
+  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic) */
+  size_t bytes_total;      /* all activation + workspace bytes */
+} ol_acts;
+
+void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T);
+void ol_acts_free(ol_acts *a);
+
+/* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
+ * When grad_scale != 0 the LM head's backward runs fused with its forward (logits are never
+ * kept) and leaves d(final residual) in a->dres; the caller then calls ol_model_backward. */
+double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
+                        float grad_scale);
+/* Backward through the blocks and the embedding, accumulating trainable gradients. */
+void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
+
+/* Reads every tensor of the model (this rank's slices) from an open model file. */
+struct ol_h5model;
+int ol_model_load(ol_model *m, struct ol_h5model *f);
+/* Writes the model's weights as a model file (f32 or f16 on disk). */
+int ol_model_save(const ol_model *m, const char *path, int dtype);
+
+/* Folds every adapter into its linear weight (W += delta). */
+void ol_model_merge(ol_model *m);
+
+#endif

@@ -1,0 +1,54 @@
+/* onelora train: AdamW, the learning-rate schedule, the data order and the step loop. */
+#ifndef ONELORA_TRAIN_H
+#define ONELORA_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "onelora/peft.h"
+
+typedef struct {
+  float beta1, beta2, eps, weight_decay;
+} ol_adamw;
+
+/* PyTorch defaults: 0.9, 0.999, 1e-8, weight decay 0 */
+ol_adamw ol_adamw_defaults(void);
+/* One AdamW step over the whole flat buffer (step counted from 1). */
+void ol_adamw_step(const ol_adamw *o, ol_params *p, float lr, int64_t step);
+/* Global L2 norm of the flat gradient; scales it to max_norm when above (PyTorch
+ * clip_grad_norm_: coefficient max_norm / (norm + 1e-6)). max_norm <= 0 disables. Returns norm. */
+double ol_clip_grad_norm(ol_params *p, double max_norm);
+
+typedef enum { OL_SCHED_COSINE = 0, OL_SCHED_CONSTANT = 1 } ol_sched_kind;
+typedef struct {
+  ol_sched_kind kind;
+  double lr, min_lr;
+  int64_t warmup, steps;
+} ol_schedule;
+int ol_schedule_parse(const char *s, ol_sched_kind *out);
+/* LR for 0-based step s: linear warmup lr*(s+1)/warmup, then cosine to min_lr or constant. */
+double ol_schedule_lr(const ol_schedule *s, int64_t step);
+
+/* Start position in the token stream of global sample j of step s (DESIGN §6).
+ * Unshuffled: ((s*G + j)*T) mod (n - T - 1). Shuffled: a counter-based hash of (seed, s*G + j),
+ * so the order depends only on the seed, never on the layout. */
+size_t ol_sample_position(uint64_t seed, int shuffle, int64_t step, size_t G, size_t j, size_t n,
+                          size_t T);
+
+#endif
+
+/* Everything `onelora train` needs, as parsed and checked by the CLI. */
+typedef struct {
+  const char *model_path, *data_path, *ckpt_dir, *log_path;
+  ol_method method;
+  int64_t steps, micro_batch, micro_batches, seq_len;
+  int64_t warmup, eval_every, eval_batches, ckpt_every;
+  ol_schedule schedule;
+  ol_adamw adamw;
+  double clip;
+  uint64_t seed;
+  int shuffle;
+} ol_train_opts;
+
+/* Runs training; returns OL_OK or an error recorded with ol_error. */
+int ol_train_run(const ol_train_opts *o);

@@ -1,0 +1,51 @@
+/* onelora: one binary, one subcommand per file. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "onelora/backend.h"
+#include "onelora/core.h"
+#include "onelora/parallel.h"
+
+typedef struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *summary;
+} command;
+
+static const command commands[] = {
+    {"train", ol_cmd_train, "fine-tune a model with a PEFT method"},
+    {"init", ol_cmd_init, "write a random model from a preset or an explicit shape"},
+    {"tokenize", ol_cmd_tokenize, "byte-level tokenizer: text files to a data file"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: onelora SUBCOMMAND [options]   (onelora SUBCOMMAND --help for each)\n\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    fprintf(stderr, "onelora: error: missing subcommand\n");
+    return 2;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  const command *cmd = NULL;
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) cmd = &commands[i];
+  if (!cmd) {
+    fprintf(stderr, "onelora: error: unknown subcommand '%s' (see onelora --help)\n", argv[1]);
+    return 2;
+  }
+  ol_grid grid;
+  ol_grid_init(&argc, &argv, &grid);
+  ol_backend_set(ol_backend_cpu());
+  int rc = cmd->run(argc - 1, argv + 1);
+  ol_grid_finalize();
+  return rc;
+}

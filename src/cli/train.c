@@ -1,0 +1,97 @@
+/* onelora train: parse and check every flag, then hand over to the trainer. */
+#include <string.h>
+
+#include "cli.h"
+#include "onelora/train.h"
+
+static const char *usage_text =
+    "--model M.h5 --data D.h5 [options]\n\n"
+    "Fine-tunes the frozen model M with a PEFT method on the token data D. Rank 0 prints one line\n"
+    "per step; --log writes the same as JSON lines; a checkpoint is written to --ckpt-dir at the\n"
+    "end and every --ckpt-every steps.";
+
+int ol_cmd_train(int argc, char **argv) {
+  const char *model = NULL, *data = NULL, *method = "1lora", *targets = "all";
+  const char *schedule = "cosine", *ckpt_dir = NULL, *log = NULL, *device = "cpu";
+  const char *wdtype = "f32";
+  int64_t steps = 100, mb = 4, mbs = 1, seq = 256, warmup = 0, eval_every = 0, eval_batches = 4;
+  int64_t ckpt_every = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
+  double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
+  int no_shuffle = 0;
+  const ol_arg args[] = {
+      {"--model", OL_ARG_STR, &model, "M.h5", "model file (HDF5)"},
+      {"--data", OL_ARG_STR, &data, "D.h5", "token data file (HDF5, from onelora tokenize)"},
+      {"--method", OL_ARG_STR, &method, "LIST", "1lora | norms | full | none, comma-combined (1lora)"},
+      {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
+      {"--rank", OL_ARG_INT, &rank, "R", "adapter rank for rank-r methods (1)"},
+      {"--alpha", OL_ARG_FLOAT, &alpha, "A", "adapter scaling numerator (1)"},
+      {"--steps", OL_ARG_INT, &steps, "N", "optimizer steps (100)"},
+      {"--micro-batch", OL_ARG_INT, &mb, "B", "sequences per micro-batch (4)"},
+      {"--micro-batches", OL_ARG_INT, &mbs, "M", "micro-batches accumulated per step (1)"},
+      {"--seq-len", OL_ARG_INT, &seq, "T", "tokens per sequence (256)"},
+      {"--lr", OL_ARG_FLOAT, &lr, "LR", "peak learning rate (1e-3)"},
+      {"--min-lr", OL_ARG_FLOAT, &min_lr, "LR", "final learning rate of the cosine schedule (0)"},
+      {"--warmup", OL_ARG_INT, &warmup, "N", "linear warmup steps (0)"},
+      {"--schedule", OL_ARG_STR, &schedule, "S", "cosine | constant (cosine)"},
+      {"--weight-decay", OL_ARG_FLOAT, &wd, "WD", "AdamW decoupled weight decay (0)"},
+      {"--clip", OL_ARG_FLOAT, &clip, "C", "global gradient-norm clip, 0 disables (1)"},
+      {"--seed", OL_ARG_INT, &seed, "S", "seed of the data order and adapter init (1234)"},
+      {"--no-shuffle", OL_ARG_FLAG, &no_shuffle, NULL, "read the data in its stored order"},
+      {"--tp", OL_ARG_INT, &tp, "N", "tensor-parallel ranks (1)"},
+      {"--pp", OL_ARG_INT, &pp, "N", "pipeline stages (1)"},
+      {"--weights-dtype", OL_ARG_STR, &wdtype, "T", "frozen weights in memory: f32 (f32)"},
+      {"--device", OL_ARG_STR, &device, "D", "cpu (cpu)"},
+      {"--eval-every", OL_ARG_INT, &eval_every, "N", "validation loss every N steps, 0 = never (0)"},
+      {"--eval-batches", OL_ARG_INT, &eval_batches, "N", "global batches per validation (4)"},
+      {"--ckpt-dir", OL_ARG_STR, &ckpt_dir, "DIR", "checkpoint directory (none)"},
+      {"--ckpt-every", OL_ARG_INT, &ckpt_every, "N", "checkpoint every N steps, 0 = only at the end"},
+      {"--log", OL_ARG_STR, &log, "FILE", "JSON-lines log of every step (none)"},
+  };
+  int help;
+  if (ol_args_parse("train", usage_text, argc, argv, args, sizeof args / sizeof args[0], &help,
+                    NULL, 0, NULL) != OL_OK)
+    return ol_cli_fail();
+  if (help) return 0;
+
+  ol_train_opts o = {0};
+  int rc = OL_OK;
+  if (!model) rc = ol_error("onelora train: --model is required");
+  else if (!data) rc = ol_error("onelora train: --data is required");
+  else if (steps <= 0) rc = ol_error("--steps must be positive, got %lld", (long long)steps);
+  else if (mb <= 0) rc = ol_error("--micro-batch must be positive, got %lld", (long long)mb);
+  else if (mbs <= 0) rc = ol_error("--micro-batches must be positive, got %lld", (long long)mbs);
+  else if (seq <= 0) rc = ol_error("--seq-len must be positive, got %lld", (long long)seq);
+  else if (!(lr > 0)) rc = ol_error("--lr must be positive, got %g", lr);
+  else if (min_lr < 0 || min_lr > lr) rc = ol_error("--min-lr must be in [0, --lr], got %g", min_lr);
+  else if (warmup < 0) rc = ol_error("--warmup must be >= 0, got %lld", (long long)warmup);
+  else if (wd < 0) rc = ol_error("--weight-decay must be >= 0, got %g", wd);
+  else if (clip < 0) rc = ol_error("--clip must be >= 0, got %g", clip);
+  else if (seed < 0) rc = ol_error("--seed must be >= 0, got %lld", (long long)seed);
+  else if (eval_every < 0) rc = ol_error("--eval-every must be >= 0, got %lld", (long long)eval_every);
+  else if (eval_batches <= 0) rc = ol_error("--eval-batches must be positive, got %lld", (long long)eval_batches);
+  else if (ckpt_every < 0) rc = ol_error("--ckpt-every must be >= 0, got %lld", (long long)ckpt_every);
+  else if (tp != 1 || pp != 1)
+    rc = ol_error("--tp %lld --pp %lld: tensor and pipeline parallelism are not available yet; use 1",
+                  (long long)tp, (long long)pp);
+  else if (strcmp(wdtype, "f32") != 0)
+    rc = ol_error("--weights-dtype %s: the cpu backend keeps frozen weights in f32 only", wdtype);
+  else if (strcmp(device, "cpu") != 0)
+    rc = ol_error("--device %s: this build has only the cpu backend", device);
+  if (rc == OL_OK) rc = ol_method_parse(method, targets, rank, alpha, &o.method);
+  if (rc == OL_OK) rc = ol_schedule_parse(schedule, &o.schedule.kind);
+  if (rc != OL_OK) return ol_cli_fail();
+
+  o.model_path = model, o.data_path = data, o.ckpt_dir = ckpt_dir, o.log_path = log;
+  o.steps = steps, o.micro_batch = mb, o.micro_batches = mbs, o.seq_len = seq;
+  o.warmup = warmup, o.eval_every = eval_every, o.eval_batches = eval_batches;
+  o.ckpt_every = ckpt_every;
+  o.schedule.lr = lr, o.schedule.min_lr = min_lr, o.schedule.warmup = warmup;
+  o.schedule.steps = steps;
+  o.adamw = ol_adamw_defaults();
+  o.adamw.weight_decay = (float)wd;
+  o.clip = clip;
+  o.seed = (uint64_t)seed;
+  o.shuffle = !no_shuffle;
+  if (ol_train_run(&o) != OL_OK) return ol_cli_fail();
+  return 0;
+}

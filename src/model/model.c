@@ -1,0 +1,177 @@
+/* LLaMA presets and the parameter layout: which tensors exist, which are trainable, and where
+ * each lives (the frozen arena or the flat trainable buffer). */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "onelora/model.h"
+
+typedef struct {
+  const char *name;
+  ol_config cfg;
+} preset;
+
+static const preset presets[] = {
+    {"tiny", {64, 2, 4, 2, 176, 256, 128, 1e-5, 10000.0}},
+    {"small", {256, 4, 8, 4, 688, 256, 256, 1e-5, 10000.0}},
+    {"llama2-7b", {4096, 32, 32, 32, 11008, 32000, 4096, 1e-5, 10000.0}},
+    {"llama2-13b", {5120, 40, 40, 40, 13824, 32000, 4096, 1e-5, 10000.0}},
+};
+
+int ol_preset(const char *name, ol_config *out) {
+  for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+    if (strcmp(name, presets[i].name) == 0) {
+      *out = presets[i].cfg;
+      return OL_OK;
+    }
+  return ol_error("--preset: unknown preset '%s' (known: %s)", name, ol_preset_names());
+}
+
+const char *ol_preset_names(void) { return "tiny, small, llama2-7b, llama2-13b"; }
+
+static void tensor_set(ol_tensor *t, const char *name, size_t rows, size_t cols) {
+  ol_strlcpy(t->name, name, sizeof t->name);
+  t->ndim = cols ? 2 : 1;
+  t->shape[0] = rows;
+  t->shape[1] = cols;
+  t->param = -1;
+}
+
+static size_t tensor_numel(const ol_tensor *t) {
+  return t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+}
+
+/* Declares t as trainable when `trainable`, else counts it into the frozen arena. */
+static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
+  if (trainable)
+    t->param = (long)ol_params_declare(&m->params, t->name, t->ndim, t->shape);
+  else
+    m->frozen_floats += tensor_numel(t);
+  m->tensors[m->n_tensors++] = t;
+}
+
+int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
+  memset(m, 0, sizeof *m);
+  OL_TRY(ol_config_validate(cfg, "model config"));
+  m->cfg = *cfg;
+  m->method = *method;
+  const size_t D = (size_t)cfg->dim, L = (size_t)cfg->n_layers, F = (size_t)cfg->ffn_dim;
+  const size_t V = (size_t)cfg->vocab_size;
+  m->hd = D / (size_t)cfg->n_heads;
+  const size_t kvD = (size_t)cfg->n_kv_heads * m->hd;
+  const int full = method->full, norms = method->full || method->norms;
+
+  m->blocks = ol_calloc(L, sizeof *m->blocks);
+  m->tensors = ol_calloc(3 + L * (2 + OL_PROJ_COUNT), sizeof *m->tensors);
+  char name[128];
+  tensor_set(&m->embed, "model.embed_tokens.weight", V, D);
+  tensor_place(m, &m->embed, full);
+  const size_t outs[OL_PROJ_COUNT] = {D, kvD, kvD, D, F, F, D};
+  const size_t ins[OL_PROJ_COUNT] = {D, D, D, D, D, D, F};
+  for (size_t l = 0; l < L; l++) {
+    ol_block *b = &m->blocks[l];
+    snprintf(name, sizeof name, "model.layers.%zu.input_layernorm.weight", l);
+    tensor_set(&b->attn_norm, name, D, 0);
+    tensor_place(m, &b->attn_norm, norms);
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      if (p == OL_GATE) {  // file order: attention, then the MLP's norm, then the MLP
+        snprintf(name, sizeof name, "model.layers.%zu.post_attention_layernorm.weight", l);
+        tensor_set(&b->mlp_norm, name, D, 0);
+        tensor_place(m, &b->mlp_norm, norms);
+      }
+      ol_linear *lin = &b->lin[p];
+      snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", l, ol_proj_module(p));
+      lin->out = outs[p];
+      lin->in = ins[p];
+      lin->par = (p == OL_O || p == OL_DOWN) ? OL_PAR_ROW : OL_PAR_COLUMN;
+      snprintf(name, sizeof name, "%s.weight", lin->name);
+      tensor_set(&b->w[p], name, lin->out, lin->in);
+      tensor_place(m, &b->w[p], full);
+      lin->w_param = b->w[p].param;
+      if (method->targets & (1u << p))
+        for (int k = 0; k < OL_AD_COUNT; k++)
+          if (method->adapters & (1u << k)) {
+            ol_adapter *a = &lin->adapters[lin->n_adapters++];
+            a->ops = ol_adapter_lookup((ol_adapter_kind)k);
+            a->ops->declare(a, lin, &m->params);
+          }
+    }
+  }
+  tensor_set(&m->final_norm, "model.norm.weight", D, 0);
+  tensor_place(m, &m->final_norm, norms);
+  tensor_set(&m->lm_head, "lm_head.weight", V, D);
+  tensor_place(m, &m->lm_head, full);
+
+  // storage: trainables in the flat buffer, everything else in one frozen arena
+  ol_params_alloc(&m->params);
+  m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
+  size_t off = 0;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    ol_tensor *t = m->tensors[i];
+    if (t->param >= 0) {
+      t->data = ol_params_value(&m->params, (size_t)t->param);
+    } else {
+      t->data = m->frozen + off;
+      off += tensor_numel(t);
+    }
+  }
+  for (size_t l = 0; l < L; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *lin = &m->blocks[l].lin[p];
+      lin->W = m->blocks[l].w[p].data;
+      lin->dW = lin->w_param >= 0 ? ol_params_grad(&m->params, (size_t)lin->w_param) : NULL;
+      for (int i = 0; i < lin->n_adapters; i++) ol_adapter_bind(&lin->adapters[i], &m->params);
+    }
+  return OL_OK;
+}
+
+void ol_model_init_adapters(ol_model *m, uint64_t seed) {
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *lin = &m->blocks[l].lin[p];
+      for (int i = 0; i < lin->n_adapters; i++) {
+        ol_rng rng;  // one stream per (layer, projection, adapter): independent of layout
+        ol_rng_seed(&rng, ol_hash64(seed ^ ((uint64_t)l << 32 | (uint64_t)p << 8 | (uint64_t)i)));
+        lin->adapters[i].ops->init(&lin->adapters[i], lin, &rng);
+      }
+    }
+}
+
+void ol_model_randomize(ol_model *m, uint64_t seed) {
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    ol_tensor *t = m->tensors[i];
+    size_t n = tensor_numel(t);
+    if (t->ndim == 1) {
+      for (size_t j = 0; j < n; j++) t->data[j] = 1.0f;
+      continue;
+    }
+    ol_rng rng;
+    ol_rng_seed(&rng, ol_hash64(seed + i));
+    for (size_t j = 0; j < n; j++) t->data[j] = 0.02f * ol_rng_normal(&rng);
+  }
+}
+
+size_t ol_model_trainable(const ol_model *m) { return m->params.total; }
+
+ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
+  for (size_t i = 0; i < m->n_tensors; i++)
+    if (strcmp(m->tensors[i]->name, name) == 0) return m->tensors[i];
+  return NULL;
+}
+
+void ol_model_merge(ol_model *m) {
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *lin = &m->blocks[l].lin[p];
+      for (int i = 0; i < lin->n_adapters; i++) lin->adapters[i].ops->merge(&lin->adapters[i], lin);
+      lin->n_adapters = 0;
+    }
+}
+
+void ol_model_free(ol_model *m) {
+  ol_free(m->blocks);
+  ol_free(m->tensors);
+  ol_free(m->frozen);
+  ol_params_free(&m->params);
+  memset(m, 0, sizeof *m);
+}

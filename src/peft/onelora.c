@@ -1,0 +1,58 @@
+/* 1LoRA (Quercia et al. 2025): y = W x + b * sum_i(x_i), one trainable vector b (d) per layer,
+ * zero-initialised, no scaling. It keeps one float per token, s = sum_i x_i.
+ *   forward:  y(N,d) += s(N) outer b(d)
+ *   backward: db(d) += dy^T s;  dx(N,k) += (dy b)(N) broadcast along each row.
+ * On this rank b is sharded like W's rows; s is over this rank's input columns. */
+#include <stdio.h>
+
+#include "onelora/backend.h"
+#include "onelora/peft.h"
+
+static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_params *p) {
+  char name[160];
+  snprintf(name, sizeof name, "%s.onelora_b", lin->name);
+  size_t shape[1] = {lin->out};
+  a->param[0] = ol_params_declare(p, name, 1, shape);
+  a->n_param = 1;
+}
+
+static void onelora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
+  (void)rng;
+  for (size_t i = 0; i < lin->out; i++) a->value[0][i] = 0.0f;  // b = 0: starts as identity
+}
+
+static size_t onelora_saved(const ol_adapter *a, const ol_linear *lin) { return 1; }
+
+static void onelora_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
+                            size_t N, float *saved) {
+  float *s = saved;                          // (N) the feature sums, kept for backward
+  ol_bk->row_sums(s, x, N, lin->in);         // x (N, k)
+  ol_bk->add_outer(y, s, a->value[0], N, lin->out);  // y (N, d) += s b^T
+}
+
+static void onelora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                             size_t N, float *saved) {
+  float *s = saved;  // (N) feature sums from forward; reused below as c = dy b once db is done
+  // db (d) += dy^T s, with dy (N, d)
+  ol_bk->gemv(1, lin->out, N, 1.0f, dy, lin->out, s, 1.0f, a->grad[0]);
+  float *c = s;      // (N)
+  ol_bk->gemv(0, N, lin->out, 1.0f, dy, lin->out, a->value[0], 0.0f, c);
+  ol_bk->add_row_scalar(dx, c, N, lin->in);  // dx (N, k) += c 1^T
+}
+
+static void onelora_merge(const ol_adapter *a, ol_linear *lin) {
+  const float *b = a->value[0];  // (d)
+  for (size_t i = 0; i < lin->out; i++)
+    for (size_t j = 0; j < lin->in; j++) lin->W[i * lin->in + j] += b[i];
+}
+
+const ol_adapter_ops ol_onelora_ops = {
+    .name = "1lora",
+    .param_suffix = "onelora_b",
+    .declare = onelora_declare,
+    .init = onelora_init,
+    .saved_per_token = onelora_saved,
+    .forward = onelora_forward,
+    .backward = onelora_backward,
+    .merge = onelora_merge,
+};

@@ -1,0 +1,55 @@
+/* The flat trainable buffer and its table (DESIGN §3): DP reduction, the gradient norm, AdamW
+ * and checkpoint I/O all iterate this one table. */
+#include <string.h>
+
+#include "onelora/peft.h"
+
+size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape) {
+  OL_CHECK(ndim >= 1 && ndim <= 2 && !p->data);
+  if (p->count == p->cap) {
+    size_t cap = p->cap ? 2 * p->cap : 64;
+    ol_param_entry *e = ol_calloc(cap, sizeof *e);
+    if (p->count) memcpy(e, p->entries, p->count * sizeof *e);
+    ol_free(p->entries);
+    p->entries = e;
+    p->cap = cap;
+  }
+  ol_param_entry *e = &p->entries[p->count];
+  memset(e, 0, sizeof *e);
+  ol_strlcpy(e->name, name, sizeof e->name);
+  e->ndim = ndim;
+  e->numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    e->shape[i] = shape[i];
+    e->numel *= shape[i];
+  }
+  e->offset = p->total;
+  p->total += e->numel;
+  return p->count++;
+}
+
+void ol_params_alloc(ol_params *p) {
+  p->data = ol_calloc(p->total, sizeof(float));
+  p->grad = ol_calloc(p->total, sizeof(float));
+  p->m = ol_calloc(p->total, sizeof(float));
+  p->v = ol_calloc(p->total, sizeof(float));
+}
+
+float *ol_params_value(const ol_params *p, size_t index) {
+  OL_CHECK(index < p->count && p->data);
+  return p->data + p->entries[index].offset;
+}
+
+float *ol_params_grad(const ol_params *p, size_t index) {
+  OL_CHECK(index < p->count && p->grad);
+  return p->grad + p->entries[index].offset;
+}
+
+void ol_params_free(ol_params *p) {
+  ol_free(p->entries);
+  ol_free(p->data);
+  ol_free(p->grad);
+  ol_free(p->m);
+  ol_free(p->v);
+  memset(p, 0, sizeof *p);
+}

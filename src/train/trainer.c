@@ -1,0 +1,205 @@
+/* The step loop: data, forward/backward over micro-batches, clip, AdamW, logging, evaluation
+ * and checkpoints. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "onelora/backend.h"
+#include "onelora/io.h"
+#include "onelora/model.h"
+#include "onelora/train.h"
+
+typedef struct {
+  const ol_train_opts *o;
+  ol_model model;
+  ol_acts acts;
+  ol_dataset *data;
+  ol_metrics *log;
+  size_t B, T, M, G;       /* micro-batch, seq len, micro-batches, global batch (sequences) */
+  int32_t *window;         /* (T+1) one sample's tokens */
+  int32_t *tokens;         /* (B, T) inputs of a micro-batch */
+  int32_t *targets;        /* (B, T) next-token targets */
+} trainer;
+
+/* Fills t->tokens/targets with micro-batch mb of step `step` from split s. */
+static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
+  size_t n = ol_dataset_len(t->data, s);
+  int shuffle = s == OL_SPLIT_TRAIN && t->o->shuffle;
+  for (size_t i = 0; i < t->B; i++) {
+    size_t j = mb * t->B + i;
+    size_t p = ol_sample_position(t->o->seed, shuffle, step, t->G, j, n, t->T);
+    OL_TRY(ol_dataset_read(t->data, s, p, t->T + 1, t->window));
+    memcpy(t->tokens + i * t->T, t->window, t->T * sizeof(int32_t));
+    memcpy(t->targets + i * t->T, t->window + 1, t->T * sizeof(int32_t));
+  }
+  return OL_OK;
+}
+
+/* Mean validation loss over eval_batches global batches, in unshuffled order. */
+static int evaluate(trainer *t, double *out) {
+  double sum = 0.0;
+  for (int64_t e = 0; e < t->o->eval_batches; e++)
+    for (size_t mb = 0; mb < t->M; mb++) {
+      OL_TRY(load_micro_batch(t, OL_SPLIT_VAL, e, mb));
+      sum += ol_model_forward(&t->model, &t->acts, t->tokens, t->targets, 0.0f);
+    }
+  *out = sum / ((double)t->o->eval_batches * (double)(t->G * t->T));
+  return OL_OK;
+}
+
+static int write_checkpoint(trainer *t, int64_t step, double loss) {
+  const ol_train_opts *o = t->o;
+  if (mkdir(o->ckpt_dir, 0755) != 0) {
+    struct stat st;
+    if (stat(o->ckpt_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+      return ol_error("--ckpt-dir %s: cannot create the directory", o->ckpt_dir);
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/step-%08lld.h5", o->ckpt_dir, (long long)step);
+  ol_ckpt_meta meta = {0};
+  meta.version = OL_CKPT_VERSION;
+  meta.step = step;
+  ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
+  ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
+  meta.cfg = t->model.cfg;
+  meta.tp = meta.pp = meta.dp = 1;
+  meta.seed = o->seed;
+  meta.loss = loss;
+  meta.rank = o->method.rank;
+  meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
+  meta.data_cursor = (uint64_t)step * t->G;
+  double t0 = ol_now();
+  ol_ckpt *c;
+  OL_TRY(ol_ckpt_create(path, &meta, &c));
+  const ol_params *p = &t->model.params;
+  const float *bufs[3] = {p->data, p->m, p->v};
+  const ol_ckpt_group groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
+  for (int g = 0; g < 3; g++)
+    for (size_t i = 0; i < p->count; i++) {
+      const ol_param_entry *e = &p->entries[i];
+      if (ol_ckpt_write(c, groups[g], e->name, e->ndim, e->shape, bufs[g] + e->offset) != OL_OK) {
+        char msg[1024];
+        ol_strlcpy(msg, ol_last_error(), sizeof msg);
+        ol_ckpt_finish(c);
+        return ol_error("%s", msg);
+      }
+    }
+  OL_TRY(ol_ckpt_finish(c));
+  ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
+  return OL_OK;
+}
+
+static void format_eta(double seconds, char *buf, size_t size) {
+  long s = (long)(seconds + 0.5);
+  if (s >= 3600) snprintf(buf, size, "%ldh%02ldm", s / 3600, s / 60 % 60);
+  else if (s >= 60) snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
+  else snprintf(buf, size, "%lds", s);
+}
+
+static int check_inputs(trainer *t, const ol_config *cfg) {
+  const ol_train_opts *o = t->o;
+  if (o->seq_len > cfg->max_seq_len)
+    return ol_error("--seq-len %lld exceeds max_seq_len %lld of model %s", (long long)o->seq_len,
+                    (long long)cfg->max_seq_len, o->model_path);
+  if (ol_dataset_vocab(t->data) > cfg->vocab_size)
+    return ol_error("data %s has vocab_size %lld, larger than the model's %lld (%s)", o->data_path,
+                    (long long)ol_dataset_vocab(t->data), (long long)cfg->vocab_size, o->model_path);
+  if (ol_dataset_len(t->data, OL_SPLIT_TRAIN) < t->T + 2)
+    return ol_error("data %s: train split has %zu tokens, fewer than --seq-len + 2 = %zu",
+                    o->data_path, ol_dataset_len(t->data, OL_SPLIT_TRAIN), t->T + 2);
+  if (o->eval_every > 0 && ol_dataset_len(t->data, OL_SPLIT_VAL) < t->T + 2)
+    return ol_error("data %s: val split has %zu tokens, fewer than --seq-len + 2 = %zu (needed by "
+                    "--eval-every)", o->data_path, ol_dataset_len(t->data, OL_SPLIT_VAL), t->T + 2);
+  return OL_OK;
+}
+
+static int train_loop(trainer *t) {
+  const ol_train_opts *o = t->o;
+  ol_model *m = &t->model;
+  const double tokens_per_step = (double)(t->G * t->T);
+  const float grad_scale = (float)(1.0 / tokens_per_step);
+  double t_start = ol_now(), val = 0.0, loss = 0.0;
+  if (o->eval_every > 0) {
+    OL_TRY(evaluate(t, &val));
+    ol_info("eval step 0 | val_loss %.4f", val);
+    const char *k[] = {"step", "val_loss"};
+    double v[] = {0, val};
+    OL_TRY(ol_metrics_write(t->log, "eval", 2, k, v));
+  }
+  for (int64_t step = 0; step < o->steps; step++) {
+    double t0 = ol_now();
+    memset(m->params.grad, 0, m->params.total * sizeof(float));
+    double loss_sum = 0.0;
+    for (size_t mb = 0; mb < t->M; mb++) {
+      OL_TRY(load_micro_batch(t, OL_SPLIT_TRAIN, step, mb));
+      loss_sum += ol_model_forward(m, &t->acts, t->tokens, t->targets, grad_scale);
+      ol_model_backward(m, &t->acts, t->tokens);
+    }
+    loss = loss_sum / tokens_per_step;
+    if (!isfinite(loss))
+      return ol_error("non-finite loss (%g) at step %lld: stopping without writing a checkpoint "
+                      "(lower --lr or set --clip)", loss, (long long)step + 1);
+    double gnorm = ol_clip_grad_norm(&m->params, o->clip);
+    double lr = ol_schedule_lr(&o->schedule, step);
+    ol_adamw_step(&o->adamw, &m->params, (float)lr, step + 1);
+    double dt = ol_now() - t0, elapsed = ol_now() - t_start;
+    double tok_s = tokens_per_step / dt;
+    double peak_mib = (double)ol_peak_rss_bytes() / 1048576.0;
+    char eta[32];
+    format_eta(elapsed / (double)(step + 1) * (double)(o->steps - step - 1), eta, sizeof eta);
+    ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB | eta %s",
+            (long long)step + 1, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib, eta);
+    const char *k[] = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_s", "peak_rss_mib",
+                       "elapsed_s"};
+    double v[] = {(double)(step + 1), loss, lr, gnorm, tok_s, dt, peak_mib, elapsed};
+    OL_TRY(ol_metrics_write(t->log, "step", 8, k, v));
+    int last = step + 1 == o->steps;
+    if (o->eval_every > 0 && ((step + 1) % o->eval_every == 0 || last)) {
+      OL_TRY(evaluate(t, &val));
+      ol_info("eval step %lld | val_loss %.4f", (long long)step + 1, val);
+      const char *ek[] = {"step", "val_loss"};
+      double ev[] = {(double)(step + 1), val};
+      OL_TRY(ol_metrics_write(t->log, "eval", 2, ek, ev));
+    }
+    if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
+      OL_TRY(write_checkpoint(t, step + 1, loss));
+  }
+  return OL_OK;
+}
+
+int ol_train_run(const ol_train_opts *o) {
+  trainer t = {0};
+  t.o = o;
+  t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
+  t.G = t.B * t.M;
+  ol_h5model *mf = NULL;
+  ol_config cfg;
+  int rc = ol_h5model_open(o->model_path, &mf, &cfg);
+  if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
+  if (rc == OL_OK) rc = check_inputs(&t, &cfg);
+  if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method);
+  if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
+  if (mf) ol_h5model_close(mf);
+  if (rc == OL_OK) {
+    ol_model_init_adapters(&t.model, o->seed);
+    ol_acts_alloc(&t.acts, &t.model, t.B, t.T);
+    t.window = ol_calloc(t.T + 1, sizeof(int32_t));
+    t.tokens = ol_calloc(t.B * t.T, sizeof(int32_t));
+    t.targets = ol_calloc(t.B * t.T, sizeof(int32_t));
+    ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
+            "targets %s | trainable %zu | batch %zux%zux%zu tokens | activations kept %.1f MiB",
+            o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
+            (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
+            o->method.text, o->method.targets_text, ol_model_trainable(&t.model), t.M, t.B, t.T,
+            (double)t.acts.bytes_kept / 1048576.0);
+    rc = ol_metrics_open(o->log_path, &t.log);
+  }
+  if (rc == OL_OK) rc = train_loop(&t);
+  ol_metrics_close(t.log);
+  if (t.data) ol_dataset_close(t.data);
+  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets);
+  ol_acts_free(&t.acts);
+  ol_model_free(&t.model);
+  return rc;
+}
