@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what onelora needs (Debian packages, only when missing) and builds it into ./build.
+# Sourced by jobs/demo.sh and tests/run.sh. Extra packages may be passed as arguments.
+set -euo pipefail
+ONELORA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ONELORA_BUILD="${ONELORA_BUILD:-$ONELORA_ROOT/build}"
+
+onelora_install() {
+  local pkgs=(build-essential cmake libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+              libopenblas-dev libcmocka-dev "$@")
+  local missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "onelora: installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+onelora_build() {
+  local flags=()
+  [ -n "${CI:-}" ] && flags+=(-DONELORA_WERROR=ON)
+  cmake -S "$ONELORA_ROOT" -B "$ONELORA_BUILD" -DCMAKE_BUILD_TYPE=Release "${flags[@]}" >/dev/null
+  cmake --build "$ONELORA_BUILD" -j"$(nproc)"
+}
+
+# mpirun as root (containers, CI) needs these; they change nothing for other users.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# OpenBLAS threads and OpenMP threads take turns: let OpenMP threads sleep when idle.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
