@@ -107,6 +107,14 @@ int ol_model_load(ol_model *m, struct ol_h5model *f);
 /* Writes the model's weights as a model file (f32 or f16 on disk). */
 int ol_model_save(const ol_model *m, const char *path, int dtype);
 
+/* Matrix-product FLOPs of one training step over `tokens` tokens of sequences of length T:
+ * the linears (forward, dx, and dW where trainable), causal attention as the backend runs it
+ * (forward 2TD, backward 5TD per token and layer, the recomputed scores included) and the LM
+ * head. Adapters' O(d+k) work per token is not counted. */
+double ol_model_flops(const ol_model *m, size_t tokens, size_t T);
+/* Bytes of every model weight (frozen and trainable) */
+size_t ol_model_weight_bytes(const ol_model *m);
+
 /* Folds every adapter into its linear weight (W += delta). */
 void ol_model_merge(ol_model *m);
 

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "onelora/config.h"
 #include "onelora/peft.h"
 
 typedef struct {
@@ -35,7 +36,6 @@ double ol_schedule_lr(const ol_schedule *s, int64_t step);
 size_t ol_sample_position(uint64_t seed, int shuffle, int64_t step, size_t G, size_t j, size_t n,
                           size_t T);
 
-#endif
 
 /* Everything `onelora train` needs, as parsed and checked by the CLI. */
 typedef struct {
@@ -48,7 +48,23 @@ typedef struct {
   double clip;
   uint64_t seed;
   int shuffle;
+  /* bench: when set, a random model of this shape and random tokens replace the files */
+  const ol_config *synthetic;
 } ol_train_opts;
 
-/* Runs training; returns OL_OK or an error recorded with ol_error. */
-int ol_train_run(const ol_train_opts *o);
+/* What a run measured, for the benchmark report. */
+typedef struct {
+  double median_step_s;       /* median wall time of a step, the first step excluded */
+  double tokens_per_step;
+  double flops_per_step;      /* matrix-product FLOPs a step issues (ol_model_flops) */
+  double final_loss;
+  size_t peak_rss_bytes;      /* VmHWM at the end of the run */
+  size_t weights_bytes;       /* every model weight, frozen or trainable */
+  size_t kept_bytes;          /* activations forward keeps for backward */
+  size_t trainable;           /* trainable values */
+} ol_train_result;
+
+/* Runs training; returns OL_OK or an error recorded with ol_error. result may be NULL. */
+int ol_train_run(const ol_train_opts *o, ol_train_result *result);
+
+#endif

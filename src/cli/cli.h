@@ -8,6 +8,7 @@
 int ol_cmd_train(int argc, char **argv);
 int ol_cmd_init(int argc, char **argv);
 int ol_cmd_tokenize(int argc, char **argv);
+int ol_cmd_bench(int argc, char **argv);
 
 typedef enum { OL_ARG_STR, OL_ARG_INT, OL_ARG_FLOAT, OL_ARG_FLAG, OL_ARG_STRS } ol_arg_kind;
 
@@ -28,6 +29,22 @@ typedef struct {      /* a flag that takes one or more values, e.g. --in A.txt B
  * Positional arguments are collected into pos (up to max_pos). Errors name the flag and value. */
 int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *args,
                   size_t nargs, int *help, char **pos, int max_pos, int *npos);
+
+/* Model shape flags (init, bench): --preset and per-field overrides. */
+#include "onelora/model.h"
+#define OL_SHAPE_NARGS 8
+typedef struct {
+  const char *preset;
+  int64_t dim, layers, heads, kv, ffn, vocab, maxt;
+} ol_shape_args;
+void ol_shape_flags(ol_shape_args *s, ol_arg *out);           /* fills OL_SHAPE_NARGS entries */
+int ol_shape_config(const ol_shape_args *s, ol_config *cfg);  /* preset + overrides, validated */
+
+/* The training flags (train, bench), parsed and checked into o; `extra` flags are appended.
+ * File flags (--model, --data) are required unless `synthetic`. */
+#include "onelora/train.h"
+int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *extra,
+                   size_t n_extra, int synthetic, ol_train_opts *o, int *help);
 
 /* Prints "onelora: error: <last error>" to stderr and returns the exit code 1 */
 int ol_cli_fail(void);

@@ -6,21 +6,15 @@
 #include "onelora/model.h"
 
 int ol_cmd_init(int argc, char **argv) {
-  const char *preset = "tiny", *out = NULL, *dtype_s = "f32";
-  int64_t seed = 0, dim = -1, layers = -1, heads = -1, kv = -1, ffn = -1, vocab = -1, maxt = -1;
-  const ol_arg args[] = {
-      {"--preset", OL_ARG_STR, &preset, "P", "tiny | small | llama2-7b | llama2-13b (tiny)"},
+  const char *out = NULL, *dtype_s = "f32";
+  int64_t seed = 0;
+  ol_shape_args shape;
+  ol_arg args[3 + OL_SHAPE_NARGS] = {
       {"--out", OL_ARG_STR, &out, "M.h5", "output model file"},
       {"--seed", OL_ARG_INT, &seed, "S", "random seed (0)"},
       {"--dtype", OL_ARG_STR, &dtype_s, "T", "f32 | f16 on disk (f32)"},
-      {"--dim", OL_ARG_INT, &dim, "D", "override the model width"},
-      {"--layers", OL_ARG_INT, &layers, "L", "override the number of layers"},
-      {"--heads", OL_ARG_INT, &heads, "H", "override the number of query heads"},
-      {"--kv-heads", OL_ARG_INT, &kv, "K", "override the number of key/value heads"},
-      {"--ffn", OL_ARG_INT, &ffn, "F", "override the SwiGLU width"},
-      {"--vocab", OL_ARG_INT, &vocab, "V", "override the vocabulary size"},
-      {"--max-seq-len", OL_ARG_INT, &maxt, "T", "override the longest sequence"},
   };
+  ol_shape_flags(&shape, args + 3);
   int help;
   if (ol_args_parse("init", "--out M.h5 [--preset P] [overrides]\n\nWrites a model file with "
                     "weights ~ N(0, 0.02) and norms = 1.", argc, argv, args,
@@ -33,7 +27,7 @@ int ol_cmd_init(int argc, char **argv) {
     ol_error("onelora init: --out is required");
     return ol_cli_fail();
   }
-  if (ol_preset(preset, &cfg) != OL_OK || ol_dtype_parse(dtype_s, &dtype) != OL_OK)
+  if (ol_shape_config(&shape, &cfg) != OL_OK || ol_dtype_parse(dtype_s, &dtype) != OL_OK)
     return ol_cli_fail();
   if (dtype == OL_DTYPE_BF16) {
     ol_error("--dtype bf16: model files hold f32 or f16");
@@ -43,14 +37,6 @@ int ol_cmd_init(int argc, char **argv) {
     ol_error("--seed must be >= 0, got %lld", (long long)seed);
     return ol_cli_fail();
   }
-  if (dim >= 0) cfg.dim = dim;
-  if (layers >= 0) cfg.n_layers = layers;
-  if (heads >= 0) cfg.n_heads = heads;
-  if (kv >= 0) cfg.n_kv_heads = kv;
-  if (ffn >= 0) cfg.ffn_dim = ffn;
-  if (vocab >= 0) cfg.vocab_size = vocab;
-  if (maxt >= 0) cfg.max_seq_len = maxt;
-  if (ol_config_validate(&cfg, "onelora init") != OL_OK) return ol_cli_fail();
   ol_method frozen;
   ol_model m;
   if (ol_method_parse("none", "all", 1, 1.0, &frozen) != OL_OK ||

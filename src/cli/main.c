@@ -17,6 +17,7 @@ static const command commands[] = {
     {"train", ol_cmd_train, "fine-tune a model with a PEFT method"},
     {"init", ol_cmd_init, "write a random model from a preset or an explicit shape"},
     {"tokenize", ol_cmd_tokenize, "byte-level tokenizer: text files to a data file"},
+    {"bench", ol_cmd_bench, "measure training throughput and memory on a random model"},
 };
 
 static void usage(FILE *f) {

@@ -10,7 +10,8 @@ static const char *usage_text =
     "per step; --log writes the same as JSON lines; a checkpoint is written to --ckpt-dir at the\n"
     "end and every --ckpt-every steps.";
 
-int ol_cmd_train(int argc, char **argv) {
+int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *extra,
+                   size_t n_extra, int synthetic, ol_train_opts *out, int *help) {
   const char *model = NULL, *data = NULL, *method = "1lora", *targets = "all";
   const char *schedule = "cosine", *ckpt_dir = NULL, *log = NULL, *device = "cpu";
   const char *wdtype = "f32";
@@ -18,9 +19,11 @@ int ol_cmd_train(int argc, char **argv) {
   int64_t ckpt_every = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
   int no_shuffle = 0;
-  const ol_arg args[] = {
+  const ol_arg files[] = {
       {"--model", OL_ARG_STR, &model, "M.h5", "model file (HDF5)"},
       {"--data", OL_ARG_STR, &data, "D.h5", "token data file (HDF5, from onelora tokenize)"},
+  };
+  const ol_arg common[] = {
       {"--method", OL_ARG_STR, &method, "LIST", "1lora | norms | full | none, comma-combined (1lora)"},
       {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
       {"--rank", OL_ARG_INT, &rank, "R", "adapter rank for rank-r methods (1)"},
@@ -47,16 +50,21 @@ int ol_cmd_train(int argc, char **argv) {
       {"--ckpt-every", OL_ARG_INT, &ckpt_every, "N", "checkpoint every N steps, 0 = only at the end"},
       {"--log", OL_ARG_STR, &log, "FILE", "JSON-lines log of every step (none)"},
   };
-  int help;
-  if (ol_args_parse("train", usage_text, argc, argv, args, sizeof args / sizeof args[0], &help,
-                    NULL, 0, NULL) != OL_OK)
-    return ol_cli_fail();
-  if (help) return 0;
+  // the table: files (unless synthetic), the common flags, then the caller's extras
+  const size_t n_files = synthetic ? 0 : 2, n_common = sizeof common / sizeof common[0];
+  ol_arg args[64];
+  OL_CHECK(n_files + n_common + n_extra <= 64);
+  for (size_t i = 0; i < n_files; i++) args[i] = files[i];
+  for (size_t i = 0; i < n_common; i++) args[n_files + i] = common[i];
+  for (size_t i = 0; i < n_extra; i++) args[n_files + n_common + i] = extra[i];
+  OL_TRY(ol_args_parse(cmd, usage, argc, argv, args, n_files + n_common + n_extra, help, NULL, 0,
+                       NULL));
+  if (*help) return OL_OK;
 
   ol_train_opts o = {0};
   int rc = OL_OK;
-  if (!model) rc = ol_error("onelora train: --model is required");
-  else if (!data) rc = ol_error("onelora train: --data is required");
+  if (!synthetic && !model) rc = ol_error("onelora %s: --model is required", cmd);
+  else if (!synthetic && !data) rc = ol_error("onelora %s: --data is required", cmd);
   else if (steps <= 0) rc = ol_error("--steps must be positive, got %lld", (long long)steps);
   else if (mb <= 0) rc = ol_error("--micro-batch must be positive, got %lld", (long long)mb);
   else if (mbs <= 0) rc = ol_error("--micro-batches must be positive, got %lld", (long long)mbs);
@@ -79,7 +87,7 @@ int ol_cmd_train(int argc, char **argv) {
     rc = ol_error("--device %s: this build has only the cpu backend", device);
   if (rc == OL_OK) rc = ol_method_parse(method, targets, rank, alpha, &o.method);
   if (rc == OL_OK) rc = ol_schedule_parse(schedule, &o.schedule.kind);
-  if (rc != OL_OK) return ol_cli_fail();
+  if (rc != OL_OK) return rc;
 
   o.model_path = model, o.data_path = data, o.ckpt_dir = ckpt_dir, o.log_path = log;
   o.steps = steps, o.micro_batch = mb, o.micro_batches = mbs, o.seq_len = seq;
@@ -92,6 +100,16 @@ int ol_cmd_train(int argc, char **argv) {
   o.clip = clip;
   o.seed = (uint64_t)seed;
   o.shuffle = !no_shuffle;
-  if (ol_train_run(&o) != OL_OK) return ol_cli_fail();
+  *out = o;
+  return OL_OK;
+}
+
+int ol_cmd_train(int argc, char **argv) {
+  ol_train_opts o;
+  int help;
+  if (ol_train_flags("train", usage_text, argc, argv, NULL, 0, 0, &o, &help) != OL_OK)
+    return ol_cli_fail();
+  if (help) return 0;
+  if (ol_train_run(&o, NULL) != OL_OK) return ol_cli_fail();
   return 0;
 }

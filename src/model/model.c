@@ -159,6 +159,27 @@ ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
   return NULL;
 }
 
+double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
+  const double D = (double)m->cfg.dim, V = (double)m->cfg.vocab_size;
+  double per_token = 0;
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++) {
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      const ol_linear *lin = &m->blocks[l].lin[p];
+      double mac = (double)lin->out * (double)lin->in;
+      per_token += 4 * mac + (lin->w_param >= 0 ? 2 * mac : 0);  // forward + dx (+ dW)
+    }
+    per_token += 7 * (double)T * D;  // attention: forward 2TD, backward 5TD
+  }
+  per_token += 4 * D * V + (m->lm_head.param >= 0 ? 2 * D * V : 0);
+  return per_token * (double)tokens;
+}
+
+size_t ol_model_weight_bytes(const ol_model *m) {
+  size_t n = 0;
+  for (size_t i = 0; i < m->n_tensors; i++) n += tensor_numel(m->tensors[i]);
+  return n * sizeof(float);
+}
+
 void ol_model_merge(ol_model *m) {
   for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {

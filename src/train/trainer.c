@@ -2,6 +2,7 @@
  * and checkpoints. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -24,6 +25,15 @@ typedef struct {
 
 /* Fills t->tokens/targets with micro-batch mb of step `step` from split s. */
 static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
+  if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, position)
+    uint64_t V = (uint64_t)t->model.cfg.vocab_size;
+    for (size_t i = 0; i < t->B * t->T; i++) {
+      uint64_t h = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->M + mb) * 2 + s) ^ i);
+      t->tokens[i] = (int32_t)(h % V);
+      t->targets[i] = (int32_t)((h >> 32) % V);
+    }
+    return OL_OK;
+  }
   size_t n = ol_dataset_len(t->data, s);
   int shuffle = s == OL_SPLIT_TRAIN && t->o->shuffle;
   for (size_t i = 0; i < t->B; i++) {
@@ -114,12 +124,18 @@ static int check_inputs(trainer *t, const ol_config *cfg) {
   return OL_OK;
 }
 
-static int train_loop(trainer *t) {
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static int train_loop(trainer *t, ol_train_result *res) {
   const ol_train_opts *o = t->o;
   ol_model *m = &t->model;
   const double tokens_per_step = (double)(t->G * t->T);
   const float grad_scale = (float)(1.0 / tokens_per_step);
   double t_start = ol_now(), val = 0.0, loss = 0.0;
+  double *step_s = ol_calloc((size_t)o->steps, sizeof(double));  // (steps) wall time of each
   if (o->eval_every > 0) {
     OL_TRY(evaluate(t, &val));
     ol_info("eval step 0 | val_loss %.4f", val);
@@ -144,6 +160,7 @@ static int train_loop(trainer *t) {
     double lr = ol_schedule_lr(&o->schedule, step);
     ol_adamw_step(&o->adamw, &m->params, (float)lr, step + 1);
     double dt = ol_now() - t0, elapsed = ol_now() - t_start;
+    step_s[step] = dt;
     double tok_s = tokens_per_step / dt;
     double peak_mib = (double)ol_peak_rss_bytes() / 1048576.0;
     char eta[32];
@@ -165,22 +182,42 @@ static int train_loop(trainer *t) {
     if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
       OL_TRY(write_checkpoint(t, step + 1, loss));
   }
+  if (res) {
+    size_t n = (size_t)o->steps > 1 ? (size_t)o->steps - 1 : 1;  // the first step warms up
+    qsort(step_s + o->steps - n, n, sizeof(double), cmp_double);
+    res->median_step_s = step_s[o->steps - n + n / 2];
+    res->tokens_per_step = tokens_per_step;
+    res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
+    res->final_loss = loss;
+    res->peak_rss_bytes = ol_peak_rss_bytes();
+    res->weights_bytes = ol_model_weight_bytes(m);
+    res->kept_bytes = t->acts.bytes_kept;
+    res->trainable = ol_model_trainable(m);
+  }
+  ol_free(step_s);
   return OL_OK;
 }
 
-int ol_train_run(const ol_train_opts *o) {
+int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   trainer t = {0};
   t.o = o;
   t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
   t.G = t.B * t.M;
   ol_h5model *mf = NULL;
   ol_config cfg;
-  int rc = ol_h5model_open(o->model_path, &mf, &cfg);
-  if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
-  if (rc == OL_OK) rc = check_inputs(&t, &cfg);
-  if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method);
-  if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
-  if (mf) ol_h5model_close(mf);
+  int rc = OL_OK;
+  if (o->synthetic) {
+    cfg = *o->synthetic;
+    rc = ol_model_build(&t.model, &cfg, &o->method);
+    if (rc == OL_OK) ol_model_randomize(&t.model, o->seed);
+  } else {
+    rc = ol_h5model_open(o->model_path, &mf, &cfg);
+    if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
+    if (rc == OL_OK) rc = check_inputs(&t, &cfg);
+    if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method);
+    if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
+    if (mf) ol_h5model_close(mf);
+  }
   if (rc == OL_OK) {
     ol_model_init_adapters(&t.model, o->seed);
     ol_acts_alloc(&t.acts, &t.model, t.B, t.T);
@@ -195,7 +232,7 @@ int ol_train_run(const ol_train_opts *o) {
             (double)t.acts.bytes_kept / 1048576.0);
     rc = ol_metrics_open(o->log_path, &t.log);
   }
-  if (rc == OL_OK) rc = train_loop(&t);
+  if (rc == OL_OK) rc = train_loop(&t, result);
   ol_metrics_close(t.log);
   if (t.data) ol_dataset_close(t.data);
   ol_free(t.window), ol_free(t.tokens), ol_free(t.targets);
