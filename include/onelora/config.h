@@ -19,5 +19,7 @@ typedef struct {
 /* Checks the config for internal consistency; on failure records a message naming `what`
  * (a file or preset name) and the bad field. */
 int ol_config_validate(const ol_config *c, const char *what);
+/* Checks that a (e.g. a checkpoint's) has the same shape as b (the model); errors name `what`. */
+int ol_config_match(const ol_config *a, const ol_config *b, const char *what);
 
 #endif

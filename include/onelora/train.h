@@ -37,6 +37,13 @@ size_t ol_sample_position(uint64_t seed, int shuffle, int64_t step, size_t G, si
                           size_t T);
 
 
+/* Writes every tensor of the table (params, adam_m, adam_v) as a checkpoint file, atomically. */
+#include "onelora/io.h"
+int ol_checkpoint_save(const ol_params *p, const ol_ckpt_meta *meta, const char *path);
+/* Reads every tensor of the table from an open checkpoint (Adam moments too when `moments`);
+ * the checkpoint must hold exactly the table's tensors, at the same shapes. */
+int ol_checkpoint_load(ol_params *p, ol_ckpt *c, const char *path, int moments);
+
 /* Everything `onelora train` needs, as parsed and checked by the CLI. */
 typedef struct {
   const char *model_path, *data_path, *ckpt_dir, *log_path;

@@ -18,6 +18,7 @@ static const command commands[] = {
     {"init", ol_cmd_init, "write a random model from a preset or an explicit shape"},
     {"tokenize", ol_cmd_tokenize, "byte-level tokenizer: text files to a data file"},
     {"bench", ol_cmd_bench, "measure training throughput and memory on a random model"},
+    {"merge", ol_cmd_merge, "fold a checkpoint into the model weights"},
 };
 
 static void usage(FILE *f) {

@@ -28,3 +28,14 @@ int ol_config_validate(const ol_config *c, const char *what) {
     return ol_error("%s: rope_theta must be positive, got %g", what, c->rope_theta);
   return OL_OK;
 }
+
+int ol_config_match(const ol_config *a, const ol_config *b, const char *what) {
+  const int64_t va[] = {a->dim, a->n_layers, a->n_heads, a->n_kv_heads, a->ffn_dim, a->vocab_size};
+  const int64_t vb[] = {b->dim, b->n_layers, b->n_heads, b->n_kv_heads, b->ffn_dim, b->vocab_size};
+  const char *names[] = {"dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size"};
+  for (int i = 0; i < 6; i++)
+    if (va[i] != vb[i])
+      return ol_error("%s: %s is %lld, the model's is %lld", what, names[i], (long long)va[i],
+                      (long long)vb[i]);
+  return OL_OK;
+}

@@ -80,22 +80,7 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
   meta.data_cursor = (uint64_t)step * t->G;
   double t0 = ol_now();
-  ol_ckpt *c;
-  OL_TRY(ol_ckpt_create(path, &meta, &c));
-  const ol_params *p = &t->model.params;
-  const float *bufs[3] = {p->data, p->m, p->v};
-  const ol_ckpt_group groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
-  for (int g = 0; g < 3; g++)
-    for (size_t i = 0; i < p->count; i++) {
-      const ol_param_entry *e = &p->entries[i];
-      if (ol_ckpt_write(c, groups[g], e->name, e->ndim, e->shape, bufs[g] + e->offset) != OL_OK) {
-        char msg[1024];
-        ol_strlcpy(msg, ol_last_error(), sizeof msg);
-        ol_ckpt_finish(c);
-        return ol_error("%s", msg);
-      }
-    }
-  OL_TRY(ol_ckpt_finish(c));
+  OL_TRY(ol_checkpoint_save(&t->model.params, &meta, path));
   ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
   return OL_OK;
 }
