@@ -21,6 +21,7 @@ typedef struct {
   int32_t *window;         /* (T+1) one sample's tokens */
   int32_t *tokens;         /* (B, T) inputs of a micro-batch */
   int32_t *targets;        /* (B, T) next-token targets */
+  double *step_s;          /* (steps) wall time of each step */
 } trainer;
 
 /* Fills t->tokens/targets with micro-batch mb of step `step` from split s. */
@@ -119,10 +120,11 @@ static int train_loop(trainer *t, ol_train_result *res) {
   ol_model *m = &t->model;
   const double tokens_per_step = (double)(t->G * t->T);
   const float grad_scale = (float)(1.0 / tokens_per_step);
-  double t_start = ol_now(), val = 0.0, loss = 0.0;
-  double *step_s = ol_calloc((size_t)o->steps, sizeof(double));  // (steps) wall time of each
+  double t_start = ol_now(), val = 0.0, val0 = 0.0, loss = 0.0;
+  double *step_s = t->step_s;
   if (o->eval_every > 0) {
     OL_TRY(evaluate(t, &val));
+    val0 = val;
     ol_info("eval step 0 | val_loss %.4f", val);
     const char *k[] = {"step", "val_loss"};
     double v[] = {0, val};
@@ -167,10 +169,17 @@ static int train_loop(trainer *t, ol_train_result *res) {
     if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
       OL_TRY(write_checkpoint(t, step + 1, loss));
   }
+  size_t n = (size_t)o->steps > 1 ? (size_t)o->steps - 1 : 1;  // the first step warms up
+  qsort(step_s + o->steps - n, n, sizeof(double), cmp_double);
+  double median = step_s[o->steps - n + n / 2];
+  char evals[96] = "";
+  if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
+  ol_info("done | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
+          "peak RSS %.0f MiB", (long long)o->steps, ol_now() - t_start, loss, evals,
+          ol_model_trainable(m), tokens_per_step / median,
+          (double)ol_peak_rss_bytes() / 1048576.0);
   if (res) {
-    size_t n = (size_t)o->steps > 1 ? (size_t)o->steps - 1 : 1;  // the first step warms up
-    qsort(step_s + o->steps - n, n, sizeof(double), cmp_double);
-    res->median_step_s = step_s[o->steps - n + n / 2];
+    res->median_step_s = median;
     res->tokens_per_step = tokens_per_step;
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
@@ -179,7 +188,6 @@ static int train_loop(trainer *t, ol_train_result *res) {
     res->kept_bytes = t->acts.bytes_kept;
     res->trainable = ol_model_trainable(m);
   }
-  ol_free(step_s);
   return OL_OK;
 }
 
@@ -209,6 +217,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     t.window = ol_calloc(t.T + 1, sizeof(int32_t));
     t.tokens = ol_calloc(t.B * t.T, sizeof(int32_t));
     t.targets = ol_calloc(t.B * t.T, sizeof(int32_t));
+    t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
             "targets %s | trainable %zu | batch %zux%zux%zu tokens | activations kept %.1f MiB",
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
@@ -220,7 +229,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK) rc = train_loop(&t, result);
   ol_metrics_close(t.log);
   if (t.data) ol_dataset_close(t.data);
-  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets);
+  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s);
   ol_acts_free(&t.acts);
   ol_model_free(&t.model);
   return rc;
