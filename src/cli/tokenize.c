@@ -37,9 +37,9 @@ static int read_file(const char *path, token_buf *b) {
   unsigned char chunk[1 << 16];  /* (65536,) bytes */
   size_t got;
   while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) append_bytes(b, chunk, got);
-  int failed = ferror(f);
+  int failed = ferror(f), err = errno;
   fclose(f);
-  if (failed) return ol_error("onelora tokenize: error reading '%s'", path);
+  if (failed) return ol_error("onelora tokenize: cannot read '%s': %s", path, strerror(err));
   return OL_OK;
 }
 
@@ -51,7 +51,7 @@ static int tokenize(const ol_strs *in, const char *out, double val_fraction) {
   token_buf b = {0};
   int rc = OL_OK;
   for (int i = 0; rc == OL_OK && i < in->count; i++) rc = read_file(in->items[i], &b);
-  size_t n_val = (size_t)(val_fraction * (double)b.n);
+  size_t n_val = (size_t)(val_fraction * (double)b.n + 0.5);  /* rounded: 0.29 * 100 is 29 */
   size_t n_train = b.n - n_val;
   if (rc == OL_OK && n_train < MIN_SPLIT_TOKENS)
     rc = ol_error("onelora tokenize: only %zu train tokens from %zu bytes of input; need at "

@@ -1,0 +1,348 @@
+/* Checkpoint files (DESIGN §6): meta as root attributes; groups params, adam_m, adam_v and
+ * frozen, each holding one f32 dataset per tensor at its full logical shape. Every dataset is
+ * chunked with a Fletcher32 checksum, so corruption is caught on read. A checkpoint is written
+ * to "<path>.tmp", synced and renamed: a reader never sees a half-written file. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "h5util.h"
+#include "onelora/core.h"
+#include "onelora/io.h"
+
+#define CKPT_FORMAT "onelora-checkpoint"
+/* Chunks hold at most this many floats (4 MiB): large enough for fast I/O, small enough that a
+ * checksum failure is local. */
+#define CHUNK_ELEMS ((hsize_t)1 << 20)
+
+static const char *const group_names[OL_GROUP_COUNT] = {"params", "adam_m", "adam_v", "frozen"};
+
+const char *ol_ckpt_group_name(ol_ckpt_group g) {
+  return (unsigned)g < OL_GROUP_COUNT ? group_names[g] : "unknown";
+}
+
+typedef struct {
+  char *name;
+  int ndim;
+  size_t shape[OL_MAX_DIMS];
+} ckpt_entry;
+
+typedef struct {
+  int built;
+  size_t n;
+  ckpt_entry *e;  /* (n,) sorted by name */
+} ckpt_index;
+
+struct ol_ckpt {
+  hid_t file;
+  hid_t group[OL_GROUP_COUNT];
+  char *path;
+  char *tmp;    /* "<path>.tmp" while writing; NULL for a reader */
+  int failed;   /* a write failed: finish discards the file */
+  ckpt_index index[OL_GROUP_COUNT];  /* reader: each group's datasets, built on first use */
+};
+
+static ol_ckpt *ckpt_new(const char *path) {
+  ol_ckpt *c = ol_calloc(1, sizeof *c);
+  c->file = H5I_INVALID_HID;
+  for (int g = 0; g < OL_GROUP_COUNT; g++) c->group[g] = H5I_INVALID_HID;
+  size_t n = strlen(path) + 1;
+  c->path = ol_calloc(n, 1);
+  memcpy(c->path, path, n);
+  return c;
+}
+
+/* Closes every handle; the file last, so its close can report objects still open. */
+static int ckpt_close_handles(ol_ckpt *c) {
+  for (int g = 0; g < OL_GROUP_COUNT; g++) ol_h5_free(c->group[g]);
+  herr_t rc = c->file >= 0 ? H5Fclose(c->file) : 0;
+  c->file = H5I_INVALID_HID;
+  return rc < 0 ? OL_ERR : OL_OK;
+}
+
+static void index_clear(ckpt_index *ix) {
+  for (size_t i = 0; i < ix->n; i++) ol_free(ix->e[i].name);
+  ol_free(ix->e);
+  memset(ix, 0, sizeof *ix);
+}
+
+static void ckpt_free(ol_ckpt *c) {
+  for (int g = 0; g < OL_GROUP_COUNT; g++) index_clear(&c->index[g]);
+  ol_free(c->path);
+  ol_free(c->tmp);
+  ol_free(c);
+}
+
+/* ---- meta ------------------------------------------------------------------------------- */
+
+static int put_meta(hid_t f, const char *path, const ol_ckpt_meta *m) {
+  OL_TRY(ol_h5_put_str(f, path, "format", CKPT_FORMAT));
+  OL_TRY(ol_h5_put_i64(f, path, "version", m->version));
+  OL_TRY(ol_h5_put_i64(f, path, "step", m->step));
+  OL_TRY(ol_h5_put_str(f, path, "method", m->method));
+  OL_TRY(ol_h5_put_str(f, path, "targets", m->targets));
+  OL_TRY(ol_h5_put_config(f, path, &m->cfg));
+  OL_TRY(ol_h5_put_i64(f, path, "tp", m->tp));
+  OL_TRY(ol_h5_put_i64(f, path, "pp", m->pp));
+  OL_TRY(ol_h5_put_i64(f, path, "dp", m->dp));
+  OL_TRY(ol_h5_put_u64(f, path, "seed", m->seed));
+  OL_TRY(ol_h5_put_f64(f, path, "loss", m->loss));
+  OL_TRY(ol_h5_put_i64(f, path, "rank", m->rank));
+  OL_TRY(ol_h5_put_i64(f, path, "alpha_x1000", m->alpha_x1000));
+  OL_TRY(ol_h5_put_u64(f, path, "data_cursor", m->data_cursor));
+  return OL_OK;
+}
+
+static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
+  char format[64];
+  OL_TRY(ol_h5_get_str(f, path, "format", format, sizeof format));
+  if (strcmp(format, CKPT_FORMAT) != 0)
+    return ol_error("%s: attribute 'format' is '%s', expected '%s'", path, format, CKPT_FORMAT);
+  OL_TRY(ol_h5_get_i64(f, path, "version", &m->version));
+  if (m->version != OL_CKPT_VERSION)
+    return ol_error("%s: checkpoint version %lld is not supported (this build reads %d)", path,
+                    (long long)m->version, OL_CKPT_VERSION);
+  OL_TRY(ol_h5_get_i64(f, path, "step", &m->step));
+  OL_TRY(ol_h5_get_str(f, path, "method", m->method, sizeof m->method));
+  OL_TRY(ol_h5_get_str(f, path, "targets", m->targets, sizeof m->targets));
+  OL_TRY(ol_h5_get_config(f, path, &m->cfg));
+  OL_TRY(ol_config_validate(&m->cfg, path));
+  OL_TRY(ol_h5_get_i64(f, path, "tp", &m->tp));
+  OL_TRY(ol_h5_get_i64(f, path, "pp", &m->pp));
+  OL_TRY(ol_h5_get_i64(f, path, "dp", &m->dp));
+  OL_TRY(ol_h5_get_u64(f, path, "seed", &m->seed));
+  OL_TRY(ol_h5_get_f64(f, path, "loss", &m->loss));
+  OL_TRY(ol_h5_get_i64(f, path, "rank", &m->rank));
+  OL_TRY(ol_h5_get_i64(f, path, "alpha_x1000", &m->alpha_x1000));
+  OL_TRY(ol_h5_get_u64(f, path, "data_cursor", &m->data_cursor));
+  return OL_OK;
+}
+
+/* ---- writing ---------------------------------------------------------------------------- */
+
+int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, ol_ckpt **out) {
+  *out = NULL;
+  OL_TRY(ol_config_validate(&meta->cfg, path));
+  ol_ckpt *c = ckpt_new(path);
+  c->tmp = ol_io_tmp_path(path);
+  int rc = ol_h5_create(c->tmp, &c->file);
+  if (rc == OL_OK) rc = put_meta(c->file, path, meta);
+  for (int g = 0; rc == OL_OK && g < OL_GROUP_COUNT; g++) {
+    c->group[g] = H5Gcreate2(c->file, group_names[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (c->group[g] < 0) rc = ol_error("%s: cannot create group '%s'", path, group_names[g]);
+  }
+  if (rc != OL_OK) {
+    int created = c->file >= 0;
+    ckpt_close_handles(c);
+    if (created) unlink(c->tmp);
+    ckpt_free(c);
+    return rc;
+  }
+  *out = c;
+  return OL_OK;
+}
+
+/* Chunk shape: the full shape, halved along the leading dims until a chunk is small enough. */
+static hid_t chunked_checksummed(int ndim, const hsize_t *dims) {
+  hsize_t chunk[OL_MAX_DIMS];  /* (ndim,) */
+  hsize_t elems = 1;
+  for (int i = 0; i < ndim; i++) {
+    chunk[i] = dims[i] > 0 ? dims[i] : 1;
+    elems *= chunk[i];
+  }
+  for (int i = 0; i < ndim && elems > CHUNK_ELEMS; i++)
+    while (elems > CHUNK_ELEMS && chunk[i] > 1) {
+      elems /= chunk[i];
+      chunk[i] = (chunk[i] + 1) / 2;
+      elems *= chunk[i];
+    }
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  if (dcpl >= 0 && (H5Pset_chunk(dcpl, ndim, chunk) < 0 || H5Pset_fletcher32(dcpl) < 0)) {
+    H5Pclose(dcpl);
+    dcpl = H5I_INVALID_HID;
+  }
+  return dcpl;
+}
+
+static int write_dataset(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
+                         const size_t *shape, const float *src) {
+  const char *gname = group_names[g];
+  OL_TRY(ol_h5_check_name(c->path, name));
+  if (H5Lexists(c->group[g], name, H5P_DEFAULT) > 0)
+    return ol_error("%s: dataset '%s/%s' written twice", c->path, gname, name);
+  hsize_t dims[OL_MAX_DIMS];  /* (ndim,) */
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    dims[i] = shape[i];
+    n *= shape[i];
+  }
+  hid_t space = H5Screate_simple(ndim, dims, NULL);
+  hid_t dcpl = chunked_checksummed(ndim, dims);
+  hid_t dset = space >= 0 && dcpl >= 0 ? H5Dcreate2(c->group[g], name, H5T_IEEE_F32LE, space,
+                                                    H5P_DEFAULT, dcpl, H5P_DEFAULT)
+                                       : H5I_INVALID_HID;
+  int ok = dset >= 0 &&
+           (n == 0 || H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) >= 0);
+  char why[300] = "";
+  if (!ok) ol_h5_reason(why, sizeof why);
+  ol_h5_free(dset);
+  ol_h5_free(dcpl);
+  ol_h5_free(space);
+  if (!ok) return ol_error("%s: cannot write dataset '%s/%s'%s", c->path, gname, name, why);
+  return OL_OK;
+}
+
+int ol_ckpt_write(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
+                  const float *src) {
+  OL_CHECK(c && c->tmp);
+  OL_CHECK((unsigned)g < OL_GROUP_COUNT);
+  OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
+  int rc = write_dataset(c, g, name, ndim, shape, src);
+  if (rc != OL_OK) c->failed = 1;
+  return rc;
+}
+
+int ol_ckpt_finish(ol_ckpt *c) {
+  OL_CHECK(c && c->tmp);
+  int rc = OL_OK;
+  if (c->failed) rc = ol_error("%s: checkpoint discarded after a failed write", c->path);
+  char why[300] = "";
+  if (ckpt_close_handles(c) != OL_OK && rc == OL_OK) {
+    ol_h5_reason(why, sizeof why);
+    rc = ol_error("%s: cannot close %s%s", c->path, c->tmp, why);
+  }
+  if (rc == OL_OK) rc = ol_io_commit(c->tmp, c->path);
+  if (rc != OL_OK) unlink(c->tmp);
+  ckpt_free(c);
+  return rc;
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+int ol_ckpt_open(const char *path, ol_ckpt **out, ol_ckpt_meta *meta) {
+  *out = NULL;
+  memset(meta, 0, sizeof *meta);
+  ol_ckpt *c = ckpt_new(path);
+  int rc = ol_h5_open_read(path, &c->file);
+  if (rc == OL_OK) rc = get_meta(c->file, path, meta);
+  for (int g = 0; rc == OL_OK && g < OL_GROUP_COUNT; g++) {
+    if (H5Lexists(c->file, group_names[g], H5P_DEFAULT) > 0)
+      c->group[g] = H5Gopen2(c->file, group_names[g], H5P_DEFAULT);
+    if (c->group[g] < 0) rc = ol_error("%s: missing group '%s'", path, group_names[g]);
+  }
+  if (rc != OL_OK) {
+    ckpt_close_handles(c);
+    ckpt_free(c);
+    return rc;
+  }
+  *out = c;
+  return OL_OK;
+}
+
+typedef struct {
+  ckpt_index *index;
+  size_t cap;
+} collect_ctx;
+
+/* H5Literate callback: records one link name; visits names in increasing order. */
+static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+  (void)group;
+  (void)info;
+  collect_ctx *ctx = data;
+  if (ctx->index->n == ctx->cap) return 1;  /* the group grew under us: stop */
+  size_t n = strlen(name) + 1;
+  ckpt_entry *e = &ctx->index->e[ctx->index->n++];
+  e->name = ol_calloc(n, 1);
+  memcpy(e->name, name, n);
+  return 0;
+}
+
+/* Records a dataset's shape in e; a link that is not a dataset of <= OL_MAX_DIMS dims fails. */
+static int entry_shape(ol_ckpt *c, ol_ckpt_group g, ckpt_entry *e) {
+  hid_t dset;
+  char what[512];
+  snprintf(what, sizeof what, "%s/%s", group_names[g], e->name);
+  OL_TRY(ol_h5_open_dataset(c->group[g], c->path, e->name, what, &dset));
+  hid_t space = H5Dget_space(dset);
+  hsize_t dims[H5S_MAX_RANK];  /* (ndim,) */
+  int ndim = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+  if (ndim >= 1 && ndim <= OL_MAX_DIMS) H5Sget_simple_extent_dims(space, dims, NULL);
+  ol_h5_free(space);
+  ol_h5_free(dset);
+  if (ndim < 1 || ndim > OL_MAX_DIMS)
+    return ol_error("%s: dataset '%s' has %d dims, expected 1 to %d", c->path, what, ndim,
+                    OL_MAX_DIMS);
+  e->ndim = ndim;
+  for (int i = 0; i < ndim; i++) e->shape[i] = (size_t)dims[i];
+  return OL_OK;
+}
+
+static int build_index(ol_ckpt *c, ol_ckpt_group g) {
+  ckpt_index *ix = &c->index[g];
+  if (ix->built) return OL_OK;
+  H5G_info_t info;
+  if (H5Gget_info(c->group[g], &info) < 0)
+    return ol_error("%s: cannot list group '%s'", c->path, group_names[g]);
+  collect_ctx ctx = {ix, (size_t)info.nlinks};
+  ix->e = ol_calloc(ctx.cap ? ctx.cap : 1, sizeof *ix->e);  /* (nlinks,) */
+  hsize_t idx = 0;
+  int rc = OL_OK;
+  if (H5Literate(c->group[g], H5_INDEX_NAME, H5_ITER_INC, &idx, collect_name, &ctx) < 0)
+    rc = ol_error("%s: cannot list group '%s'", c->path, group_names[g]);
+  for (size_t i = 0; rc == OL_OK && i < ix->n; i++) rc = entry_shape(c, g, &ix->e[i]);
+  if (rc != OL_OK) {
+    index_clear(ix);
+    return rc;
+  }
+  ix->built = 1;
+  return OL_OK;
+}
+
+int ol_ckpt_count(ol_ckpt *c, ol_ckpt_group g, size_t *n) {
+  OL_CHECK(c && !c->tmp && (unsigned)g < OL_GROUP_COUNT);
+  OL_TRY(build_index(c, g));
+  *n = c->index[g].n;
+  return OL_OK;
+}
+
+int ol_ckpt_info(ol_ckpt *c, ol_ckpt_group g, size_t i, char *name, size_t name_size, int *ndim,
+                 size_t *shape) {
+  OL_CHECK(c && !c->tmp && (unsigned)g < OL_GROUP_COUNT);
+  OL_TRY(build_index(c, g));
+  const ckpt_index *ix = &c->index[g];
+  if (i >= ix->n)
+    return ol_error("%s: group '%s' has %zu datasets, no index %zu", c->path, group_names[g],
+                    ix->n, i);
+  const ckpt_entry *e = &ix->e[i];
+  if (strlen(e->name) >= name_size)
+    return ol_error("%s: dataset name '%s/%s' is longer than %zu bytes", c->path, group_names[g],
+                    e->name, name_size - 1);
+  ol_strlcpy(name, e->name, name_size);
+  *ndim = e->ndim;
+  memcpy(shape, e->shape, (size_t)e->ndim * sizeof *shape);
+  return OL_OK;
+}
+
+int ol_ckpt_read(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
+                 float *dst) {
+  OL_CHECK(c && !c->tmp && (unsigned)g < OL_GROUP_COUNT);
+  OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
+  char what[512];
+  snprintf(what, sizeof what, "%s/%s", group_names[g], name);
+  OL_TRY(ol_h5_check_name(c->path, name));
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(c->group[g], c->path, name, what, &dset));
+  int rc = ol_h5_check_shape(dset, c->path, what, ndim, shape);
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= shape[i];
+  if (rc == OL_OK && n > 0) rc = ol_h5_read_floats(dset, H5S_ALL, H5S_ALL, n, c->path, what, dst);
+  ol_h5_free(dset);
+  return rc;
+}
+
+void ol_ckpt_close(ol_ckpt *c) {
+  if (!c) return;
+  ckpt_close_handles(c);
+  if (c->tmp) unlink(c->tmp);  /* a writer closed without finish: discard its tmp file */
+  ckpt_free(c);
+}

@@ -1,0 +1,205 @@
+/* Model files (DESIGN §6): the config as root attributes, one f32 or f16 dataset per tensor
+ * at the root under its Hugging Face name. Readers take hyperslabs so a rank reads only its
+ * shard; writers go through "<path>.tmp" and a rename. */
+#include <string.h>
+#include <unistd.h>
+
+#include "h5util.h"
+#include "onelora/core.h"
+#include "onelora/io.h"
+
+/* f16 datasets are converted and written this many elements at a time. */
+#define F16_BLOCK ((size_t)1 << 22)
+
+struct ol_h5model {
+  hid_t file;
+  char *path;  /* the name the user gave */
+  char *tmp;   /* "<path>.tmp" while writing; NULL for a reader */
+};
+
+static char *str_dup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = ol_calloc(n, 1);
+  memcpy(d, s, n);
+  return d;
+}
+
+static ol_h5model *model_new(const char *path, hid_t file, char *tmp) {
+  ol_h5model *m = ol_calloc(1, sizeof *m);
+  m->file = file;
+  m->path = str_dup(path);
+  m->tmp = tmp;
+  return m;
+}
+
+static void model_free(ol_h5model *m) {
+  ol_free(m->path);
+  ol_free(m->tmp);
+  ol_free(m);
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+int ol_h5model_open(const char *path, ol_h5model **out, ol_config *cfg) {
+  *out = NULL;
+  hid_t file;
+  OL_TRY(ol_h5_open_read(path, &file));
+  int rc = ol_h5_get_config(file, path, cfg);
+  if (rc == OL_OK) rc = ol_config_validate(cfg, path);
+  if (rc != OL_OK) {
+    ol_h5_free(file);
+    return rc;
+  }
+  *out = model_new(path, file, NULL);
+  return OL_OK;
+}
+
+int ol_h5model_has(ol_h5model *m, const char *name) {
+  if (H5Lexists(m->file, name, H5P_DEFAULT) <= 0) return 0;
+  hid_t obj = H5Oopen(m->file, name, H5P_DEFAULT);
+  int is_dataset = obj >= 0 && H5Iget_type(obj) == H5I_DATASET;
+  ol_h5_free(obj);
+  return is_dataset;
+}
+
+/* Reads the hyperslab [start, start + count) of an open dataset into dst (prod(count) floats). */
+static int read_slice(hid_t dset, const char *file, const char *name, int ndim,
+                      const size_t *start, const size_t *count, float *dst) {
+  hsize_t hstart[OL_MAX_DIMS], hcount[OL_MAX_DIMS];  /* (ndim,) */
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    hstart[i] = start[i];
+    hcount[i] = count[i];
+    n *= count[i];
+  }
+  if (n == 0) return OL_OK;
+  hid_t fspace = H5Dget_space(dset);
+  hid_t mspace = H5Screate_simple(ndim, hcount, NULL);
+  int rc;
+  if (fspace < 0 || mspace < 0 ||
+      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, hstart, NULL, hcount, NULL) < 0)
+    rc = ol_error("%s: cannot select a slice of dataset '%s'", file, name);
+  else
+    rc = ol_h5_read_floats(dset, fspace, mspace, n, file, name, dst);
+  ol_h5_free(mspace);
+  ol_h5_free(fspace);
+  return rc;
+}
+
+int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *shape,
+                    const size_t *start, const size_t *count, float *dst) {
+  OL_CHECK(m && !m->tmp);
+  OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
+  for (int i = 0; i < ndim; i++)
+    if (start[i] > shape[i] || count[i] > shape[i] - start[i])
+      return ol_error("%s: slice [%zu, %zu) of dimension %d is outside dataset '%s' (size %zu)",
+                      m->path, start[i], start[i] + count[i], i, name, shape[i]);
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
+  int rc = ol_h5_check_shape(dset, m->path, name, ndim, shape);
+  if (rc == OL_OK) rc = read_slice(dset, m->path, name, ndim, start, count, dst);
+  ol_h5_free(dset);
+  return rc;
+}
+
+/* ---- writing ---------------------------------------------------------------------------- */
+
+int ol_h5model_create(const char *path, const ol_config *cfg, ol_h5model **out) {
+  *out = NULL;
+  OL_TRY(ol_config_validate(cfg, path));
+  char *tmp = ol_io_tmp_path(path);
+  hid_t file;
+  int rc = ol_h5_create(tmp, &file);
+  if (rc == OL_OK) {
+    rc = ol_h5_put_config(file, path, cfg);
+    if (rc != OL_OK) {
+      ol_h5_free(file);
+      unlink(tmp);
+    }
+  }
+  if (rc != OL_OK) {
+    ol_free(tmp);
+    return rc;
+  }
+  *out = model_new(path, file, tmp);
+  return OL_OK;
+}
+
+/* Converts src to f16 and writes it in blocks of whole rows (dim 0); the temporary stays small. */
+static int write_f16(hid_t dset, hid_t ftype, int ndim, const hsize_t *dims, const float *src) {
+  size_t row = 1;  /* elements per index of dim 0 */
+  for (int i = 1; i < ndim; i++) row *= (size_t)dims[i];
+  size_t rows_per = row >= F16_BLOCK ? 1 : F16_BLOCK / row;
+  if (rows_per > dims[0]) rows_per = (size_t)dims[0];
+  uint16_t *buf = ol_calloc(rows_per * row, sizeof *buf);  /* (rows_per, row) */
+  hid_t fspace = H5Dget_space(dset);
+  int ok = fspace >= 0;
+  for (size_t r0 = 0; ok && r0 < dims[0]; r0 += rows_per) {
+    size_t nr = dims[0] - r0 < rows_per ? (size_t)dims[0] - r0 : rows_per;
+    for (size_t i = 0; i < nr * row; i++) buf[i] = ol_f32_to_f16(src[r0 * row + i]);
+    hsize_t start[OL_MAX_DIMS] = {r0}, count[OL_MAX_DIMS] = {nr};  /* (ndim,) */
+    for (int i = 1; i < ndim; i++) count[i] = dims[i];
+    hid_t mspace = H5Screate_simple(ndim, count, NULL);
+    ok = mspace >= 0 &&
+         H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+         H5Dwrite(dset, ftype, mspace, fspace, H5P_DEFAULT, buf) >= 0;
+    ol_h5_free(mspace);
+  }
+  ol_h5_free(fspace);
+  ol_free(buf);
+  return ok ? OL_OK : OL_ERR;
+}
+
+int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *shape,
+                     const float *src, ol_dtype dtype) {
+  OL_CHECK(m && m->tmp);
+  OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
+  OL_TRY(ol_h5_check_name(m->path, name));
+  if (dtype != OL_DTYPE_F32 && dtype != OL_DTYPE_F16)
+    return ol_error("%s: dataset '%s': model files store f32 or f16, not %s", m->path, name,
+                    ol_dtype_name(dtype));
+  if (H5Lexists(m->file, name, H5P_DEFAULT) > 0)
+    return ol_error("%s: dataset '%s' written twice", m->path, name);
+  hsize_t dims[OL_MAX_DIMS];  /* (ndim,) */
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    dims[i] = shape[i];
+    n *= shape[i];
+  }
+  hid_t ftype = dtype == OL_DTYPE_F16 ? ol_h5_f16_type() : H5Tcopy(H5T_IEEE_F32LE);
+  hid_t space = H5Screate_simple(ndim, dims, NULL);
+  hid_t dset = H5Dcreate2(m->file, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = dset >= 0 ? OL_OK : OL_ERR;
+  if (rc == OL_OK && n > 0)
+    rc = dtype == OL_DTYPE_F16 ? write_f16(dset, ftype, ndim, dims, src)
+         : H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) >= 0 ? OL_OK
+                                                                                     : OL_ERR;
+  char why[300] = "";
+  if (rc != OL_OK) ol_h5_reason(why, sizeof why);
+  ol_h5_free(dset);
+  ol_h5_free(space);
+  ol_h5_free(ftype);
+  if (rc != OL_OK) return ol_error("%s: cannot write dataset '%s'%s", m->path, name, why);
+  return OL_OK;
+}
+
+int ol_h5model_finish(ol_h5model *m) {
+  OL_CHECK(m && m->tmp);
+  char why[300] = "";
+  int rc = OL_OK;
+  if (H5Fclose(m->file) < 0) {
+    ol_h5_reason(why, sizeof why);
+    rc = ol_error("%s: cannot close %s%s", m->path, m->tmp, why);
+  }
+  if (rc == OL_OK) rc = ol_io_commit(m->tmp, m->path);
+  if (rc != OL_OK) unlink(m->tmp);
+  model_free(m);
+  return rc;
+}
+
+void ol_h5model_close(ol_h5model *m) {
+  if (!m) return;
+  ol_h5_free(m->file);
+  if (m->tmp) unlink(m->tmp);  /* a writer closed without finish: discard its tmp file */
+  model_free(m);
+}
