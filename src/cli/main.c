@@ -10,15 +10,16 @@
 typedef struct {
   const char *name;
   int (*run)(int argc, char **argv);
+  int mpi;  /* runs on MPI ranks; the others are single-process tools that skip MPI start-up */
   const char *summary;
 } command;
 
 static const command commands[] = {
-    {"train", ol_cmd_train, "fine-tune a model with a PEFT method"},
-    {"init", ol_cmd_init, "write a random model from a preset or an explicit shape"},
-    {"tokenize", ol_cmd_tokenize, "byte-level tokenizer: text files to a data file"},
-    {"bench", ol_cmd_bench, "measure training throughput and memory on a random model"},
-    {"merge", ol_cmd_merge, "fold a checkpoint into the model weights"},
+    {"train", ol_cmd_train, 1, "fine-tune a model with a PEFT method"},
+    {"init", ol_cmd_init, 0, "write a random model from a preset or an explicit shape"},
+    {"tokenize", ol_cmd_tokenize, 0, "byte-level tokenizer: text files to a data file"},
+    {"bench", ol_cmd_bench, 1, "measure training throughput and memory on a random model"},
+    {"merge", ol_cmd_merge, 0, "fold a checkpoint into the model weights"},
 };
 
 static void usage(FILE *f) {
@@ -29,8 +30,7 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    usage(stderr);
-    fprintf(stderr, "onelora: error: missing subcommand\n");
+    fprintf(stderr, "onelora: error: missing subcommand (see onelora --help)\n");
     return 2;
   }
   if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -44,10 +44,13 @@ int main(int argc, char **argv) {
     fprintf(stderr, "onelora: error: unknown subcommand '%s' (see onelora --help)\n", argv[1]);
     return 2;
   }
+  int help = 0;
+  for (int i = 2; i < argc; i++) help |= strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
+  int mpi = cmd->mpi && !help;
   ol_grid grid;
-  ol_grid_init(&argc, &argv, &grid);
+  if (mpi) ol_grid_init(&argc, &argv, &grid);
   ol_backend_set(ol_backend_cpu());
   int rc = cmd->run(argc - 1, argv + 1);
-  ol_grid_finalize();
+  if (mpi) ol_grid_finalize();
   return rc;
 }
