@@ -112,8 +112,6 @@ int ol_model_save(const ol_model *m, const char *path, int dtype);
  * (forward 2TD, backward 5TD per token and layer, the recomputed scores included) and the LM
  * head. Adapters' O(d+k) work per token is not counted. */
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T);
-/* Bytes of every model weight (frozen and trainable) */
-size_t ol_model_weight_bytes(const ol_model *m);
 
 /* Folds every adapter into its linear weight (W += delta). */
 void ol_model_merge(ol_model *m);

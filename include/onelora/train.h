@@ -66,7 +66,7 @@ typedef struct {
   double flops_per_step;      /* matrix-product FLOPs a step issues (ol_model_flops) */
   double final_loss;
   size_t peak_rss_bytes;      /* VmHWM at the end of the run */
-  size_t weights_bytes;       /* every model weight, frozen or trainable */
+  size_t frozen_bytes;        /* frozen weights */
   size_t kept_bytes;          /* activations forward keeps for backward */
   size_t trainable;           /* trainable values */
 } ol_train_result;

@@ -20,32 +20,126 @@
 /* Row loops with fewer total elements than this run on one thread. */
 #define OMP_MIN_ROWWORK ((size_t)1 << 14)
 
-/* exp for the hot loops (softmax rows, cross-entropy, SiLU). glibc's expf is a scalar call that
- * blocks vectorisation and dominated the attention softmax; this one inlines into SIMD loops.
- * exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two
- * parts so r is exact), exp(r) by the Cephes expf polynomial: relative error ~2 ulp over the
- * range. Below -87 it returns 0 (no denormals), above 88 +inf; NaN propagates. */
-static inline float fast_expf(float x) {
-  const float lo = -87.0f, hi = 88.0f;
-  float xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  float kf = xc * 1.44269504088896341f;
+/* ---------------------------------------------------------------------------------------------
+ * Vectorised exp for the hot loops (softmax rows, cross-entropy, SiLU).
+ *
+ * glibc's expf is a scalar call, and GCC will not if-convert the range checks of an inline exp
+ * under the default -ftrapping-math, so neither auto-vectorises; the exp then costs as much as
+ * the attention matmuls. So the exp loops are written with 8-lane GCC/Clang vector extensions
+ * (portable: SSE2 pairs on baseline x86-64, NEON on arm64), and on x86-64 the row kernels are
+ * also compiled for AVX2 and picked at run time (target_clones), since release builds do not use
+ * -march=native. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
+/* v8f is returned only by static functions of this file, so no ABI boundary is crossed */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wunknown-warning-option"
+#endif
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+static inline v8f v8_set(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
+
+/* the first n <= 8 lanes from p, the others = fill */
+static inline v8f v8_load(const float *p, size_t n, float fill) {
+  v8f v;
+  if (n == 8) {
+    memcpy(&v, p, sizeof v);
+  } else {
+    for (size_t l = 0; l < 8; l++) v[l] = l < n ? p[l] : fill;
+  }
+  return v;
+}
+
+/* the first n <= 8 lanes of *v to p */
+static inline void v8_store(float *p, const v8f *v, size_t n) {
+  if (n == 8) {
+    memcpy(p, v, sizeof *v);
+  } else {
+    for (size_t l = 0; l < n; l++) p[l] = (*v)[l];
+  }
+}
+
+/* lanes of a where mask m is set (all ones), else b. A macro: with baseline x86-64 flags GCC
+ * notes an ABI change for every function taking a 32-byte vector by value. */
+#define V8_SELECT(m, a, b) ((v8f)(((v8i)(a) & (m)) | ((v8i)(b) & ~(m))))
+
+/* exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two
+ * parts so r is exact), exp(r) by the Cephes expf polynomial: max relative error 8e-8 (1.4 ulp)
+ * on [-87, 88]. Below -87 it returns 0 (no denormals), above 88 +inf; NaN propagates. */
+static inline v8f v8_exp(const v8f *xp) {
+  const v8f x = *xp;
+  const v8f lo = v8_set(-87.0f), hi = v8_set(88.0f);
+  const v8i below = x < lo, above = x > hi;  // false for NaN
+  v8f xc = V8_SELECT(below, lo, V8_SELECT(above, hi, x));
+  v8f kf = xc * 1.44269504088896341f;
   kf = (kf + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23 pushes out the fraction
-  float r = xc - kf * 0.693359375f;
+  v8f r = xc - kf * 0.693359375f;
   r = r + kf * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+  v8f p = v8_set(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = ((int32_t)kf + 127) << 23;  // 2^k, k in [-126, 127]
-  float two_k;
-  memcpy(&two_k, &bits, sizeof two_k);
-  float y = p * two_k;
-  y = x < lo ? 0.0f : y;
-  return x > hi ? INFINITY : y;
+  const v8i k = __builtin_convertvector(kf, v8i);
+  const v8f two_k = (v8f)((k + 127) << 23);  // 2^k for k in [-126, 127], built in the exponent
+  v8f y = p * two_k;
+  y = V8_SELECT(below, v8_set(0.0f), y);
+  return V8_SELECT(above, v8_set(INFINITY), y);
+}
+
+/* y[j] = exp(a x[j] - b) for j < n (y may alias x; y == NULL: not stored).
+ * Returns sum_j exp(a x[j] - b), accumulated in double. */
+SIMD_CLONES static double exp_affine(float *y, const float *x, size_t n, float a, float b) {
+  v8d acc = {0};
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t c = n - j < 8 ? n - j : 8;
+    const v8f arg = v8_load(x + j, c, -INFINITY) * a - b;  // padding lanes give exp(-inf) = 0
+    const v8f e = v8_exp(&arg);
+    if (y) v8_store(y + j, &e, c);
+    acc += __builtin_convertvector(e, v8d);
+  }
+  double sum = 0.0;
+  for (int l = 0; l < 8; l++) sum += acc[l];
+  return sum;
+}
+
+/* h = silu(g) u over [i0, i1) */
+SIMD_CLONES static void swiglu_forward_range(float *h, const float *g, const float *u, size_t i0,
+                                             size_t i1) {
+  for (size_t i = i0; i < i1; i += 8) {
+    const size_t c = i1 - i < 8 ? i1 - i : 8;
+    const v8f gv = v8_load(g + i, c, 0.0f), uv = v8_load(u + i, c, 0.0f);
+    const v8f ng = -gv;
+    const v8f sig = 1.0f / (1.0f + v8_exp(&ng));
+    const v8f hv = gv * sig * uv;
+    v8_store(h + i, &hv, c);
+  }
+}
+
+/* dg = dh u sig (1 + g (1 - sig)), du = dh silu(g) over [i0, i1) */
+SIMD_CLONES static void swiglu_backward_range(float *dg, float *du, const float *dh, const float *g,
+                                              const float *u, size_t i0, size_t i1) {
+  for (size_t i = i0; i < i1; i += 8) {
+    const size_t c = i1 - i < 8 ? i1 - i : 8;
+    const v8f gv = v8_load(g + i, c, 0.0f), uv = v8_load(u + i, c, 0.0f);
+    const v8f dhv = v8_load(dh + i, c, 0.0f);
+    const v8f ng = -gv;
+    const v8f sig = 1.0f / (1.0f + v8_exp(&ng));
+    const v8f dgv = dhv * uv * sig * (1.0f + gv * (1.0f - sig)), duv = dhv * gv * sig;
+    v8_store(dg + i, &dgv, c);
+    v8_store(du + i, &duv, c);
+  }
 }
 
 static int to_int(size_t x) {
@@ -142,7 +236,7 @@ static void cpu_rmsnorm_backward(float *dx, float *dw, const float *dout, const 
   const int par = N * D >= OMP_MIN_ROWWORK;
 #pragma omp parallel if (par)
   {
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (size_t n = 0; n < N; n++) {
       const float *xn = x + n * D, *dyn = dout + n * D;
       float *dxn = dx + n * D;
@@ -222,74 +316,108 @@ static void cpu_rope_apply(float *x, const float *cos_t, const float *sin_t, siz
  * q[(b T + t) H hd + h hd], so the leading dimension is H hd (Hkv hd for k and v); no copies.
  * Causality: rows are processed in blocks of C; block [i0, i1) only needs key columns [0, i1),
  * so the products skip the upper-right blocks (about half the flops for T >> C). Inside a
- * diagonal block the few masked entries are computed by BLAS and then zeroed. */
+ * diagonal block the few masked entries are computed by BLAS and then zeroed.
+ *
+ * Threads: the heads run one after another, each product using OpenBLAS's threads, and the
+ * softmax rows are vectorised but not OpenMP-parallel. Measured on 2 cores (B=4, T=256..1024,
+ * H=8, hd=128), an OpenMP softmax between the BLAS calls of every head made forward+backward
+ * 3x to 30x slower: libgomp's idle workers spin while OpenBLAS's threads want the same cores. */
 
 static size_t attn_block(size_t T) {
   /* Big enough that each BLAS call is efficient, small enough to skip most of the masked half. */
-  size_t C = T / 8;
-  if (C < 64) C = 64;
+  size_t C = T / 8 < 64 ? 64 : T / 8;
   return (C + 15) / 16 * 16;
 }
 
 static size_t cpu_attention_scratch_floats(size_t T) { return 2 * T * T; }
 
+/* Unnormalised causal softmax of one score row s(n), in place:
+ * s[j] = exp(s[j] scale - m), m = max_j s[j] scale. Returns the row sum; *m_out = m. */
+SIMD_CLONES static double softmax_row_unnorm(float *s, size_t n, float scale, float *m_out) {
+  v8f vm = v8_set(-INFINITY);
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t c = n - j < 8 ? n - j : 8;
+    const v8f x = v8_load(s + j, c, -INFINITY);
+    vm = V8_SELECT(x > vm, x, vm);
+  }
+  float m = -INFINITY;
+  for (int l = 0; l < 8; l++) m = vm[l] > m ? vm[l] : m;
+  m *= scale;  // scale > 0: max(s scale) = max(s) scale
+  *m_out = m;
+  return exp_affine(s, s, n, scale, m);
+}
+
+/* Softmax backward of one row, in place: with p[j] = exp(s[j] scale - lse) written over s, and
+ * dp (the row of dO V^T) overwritten by ds[j] = p[j] (dp[j] - sum_k p[k] dp[k]) scale. */
+SIMD_CLONES static void softmax_row_backward(float *s, float *dp, size_t n, float scale,
+                                             float lse) {
+  v8f vrs = v8_set(0.0f);
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t c = n - j < 8 ? n - j : 8;
+    const v8f arg = v8_load(s + j, c, -INFINITY) * scale - lse;  // padding: p = 0
+    const v8f pv = v8_exp(&arg);
+    v8_store(s + j, &pv, c);
+    vrs += pv * v8_load(dp + j, c, 0.0f);
+  }
+  float rs = 0.0f;
+  for (int l = 0; l < 8; l++) rs += vrs[l];
+  for (size_t j = 0; j < n; j += 8) {
+    const size_t c = n - j < 8 ? n - j : 8;
+    const v8f ds = v8_load(s + j, c, 0.0f) * (v8_load(dp + j, c, 0.0f) - rs) * scale;
+    v8_store(dp + j, &ds, c);
+  }
+}
+
 static void cpu_attention_forward(float *out, float *lse, const float *q, const float *k,
                                   const float *v, size_t B, size_t T, size_t H, size_t Hkv,
                                   size_t hd, float *scratch) {
-  // out (B, T, H, hd), lse (B, H, T), q (B, T, H, hd), k, v (B, T, Hkv, hd), scratch (T, T) used
+  // out (B, T, H, hd), lse (B, H, T), q (B, T, H, hd), k, v (B, T, Hkv, hd), scratch (2 T^2)
   OL_CHECK(Hkv > 0 && H % Hkv == 0);
-  const size_t group = H / Hkv;       // query heads per kv head
+  const size_t group = H / Hkv;  // query heads per kv head
   const size_t ldq = H * hd, ldk = Hkv * hd;
   const float scale = 1.0f / sqrtf((float)hd);
   const size_t C = attn_block(T);
-  float *S = scratch;  // (T, T): scores, then P in place
-  const int par = T * T >= OMP_MIN_ROWWORK;
+  float *S = scratch;            // (T, T): scores, then unnormalised exp(S scale - rowmax)
+  float *inv = scratch + T * T;  // (T): 1 / row sum, applied to O (T x hd) rather than to P
 
   for (size_t b = 0; b < B; b++)
     for (size_t h = 0; h < H; h++) {
-      const float *qb = q + b * T * ldq + h * hd;                // (T, hd), stride ldq
-      const float *kb = k + b * T * ldk + (h / group) * hd;      // (T, hd), stride ldk
-      const float *vb = v + b * T * ldk + (h / group) * hd;      // (T, hd), stride ldk
-      float *ob = out + b * T * ldq + h * hd;                    // (T, hd), stride ldq
-      float *lb = lse + (b * H + h) * T;                         // (T)
+      const float *qb = q + b * T * ldq + h * hd;            // (T, hd), stride ldq
+      const float *kb = k + b * T * ldk + (h / group) * hd;  // (T, hd), stride ldk
+      const float *vb = v + b * T * ldk + (h / group) * hd;  // (T, hd), stride ldk
+      float *ob = out + b * T * ldq + h * hd;                // (T, hd), stride ldq
+      float *lb = lse + (b * H + h) * T;                     // (T)
 
       // S[i0:i1, 0:i1] = Q[i0:i1] K[0:i1]^T
       for (size_t i0 = 0; i0 < T; i0 += C) {
-        size_t i1 = i0 + C < T ? i0 + C : T;
+        const size_t i1 = i0 + C < T ? i0 + C : T;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(i1 - i0), to_int(i1),
                     to_int(hd), 1.0f, qb + i0 * ldq, to_int(ldq), kb, to_int(ldk), 0.0f,
                     S + i0 * T, to_int(T));
       }
 
-      // row softmax over the causal prefix j <= i; the rest of the row's block is zeroed
-#pragma omp parallel for schedule(static, 8) if (par)
+      // softmax over the causal prefix j <= i; the rest of the row's block is zeroed
       for (size_t i = 0; i < T; i++) {
         float *row = S + i * T;
-        size_t end = (i / C + 1) * C;
-        if (end > T) end = T;
-        float mx = -INFINITY;
-#pragma omp simd reduction(max : mx)
-        for (size_t j = 0; j <= i; j++) mx = row[j] > mx ? row[j] : mx;
-        mx *= scale;  // scale > 0, so max(S scale) = max(S) scale
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (size_t j = 0; j <= i; j++) {
-          row[j] = fast_expf(row[j] * scale - mx);
-          sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-#pragma omp simd
-        for (size_t j = 0; j <= i; j++) row[j] *= inv;
-        for (size_t j = i + 1; j < end; j++) row[j] = 0.0f;
-        lb[i] = mx + logf(sum);
+        const size_t end = (i / C + 1) * C < T ? (i / C + 1) * C : T;
+        float m;
+        const double sum = softmax_row_unnorm(row, i + 1, scale, &m);
+        memset(row + i + 1, 0, (end - i - 1) * sizeof(float));
+        inv[i] = (float)(1.0 / sum);
+        lb[i] = m + (float)log(sum);
       }
 
-      // O[i0:i1] = P[i0:i1, 0:i1] V[0:i1]
+      // O[i0:i1] = P[i0:i1, 0:i1] V[0:i1], then each row divided by its softmax sum
       for (size_t i0 = 0; i0 < T; i0 += C) {
-        size_t i1 = i0 + C < T ? i0 + C : T;
+        const size_t i1 = i0 + C < T ? i0 + C : T;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, to_int(i1 - i0), to_int(hd),
                     to_int(i1), 1.0f, S + i0 * T, to_int(T), vb, to_int(ldk), 0.0f,
                     ob + i0 * ldq, to_int(ldq));
+      }
+      for (size_t i = 0; i < T; i++) {
+        float *orow = ob + i * ldq;
+        const float f = inv[i];
+        for (size_t d = 0; d < hd; d++) orow[d] *= f;
       }
     }
 }
@@ -299,7 +427,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
                                    const float *lse, size_t B, size_t T, size_t H, size_t Hkv,
                                    size_t hd, float *scratch) {
   // dq (B, T, H, hd), dk, dv (B, T, Hkv, hd): overwritten
-  // dout, q (B, T, H, hd), k, v (B, T, Hkv, hd), lse (B, H, T), scratch (2, T, T)
+  // dout, q (B, T, H, hd), k, v (B, T, Hkv, hd), lse (B, H, T), scratch (2 T^2)
   OL_CHECK(Hkv > 0 && H % Hkv == 0);
   const size_t group = H / Hkv;
   const size_t ldq = H * hd, ldk = Hkv * hd;
@@ -307,7 +435,6 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
   const size_t C = attn_block(T);
   float *P = scratch;           // (T, T): S, then P in place
   float *dS = scratch + T * T;  // (T, T): dP, then dS * scale in place
-  const int par = T * T >= OMP_MIN_ROWWORK;
 
   // dk, dv accumulate over the query heads that share a kv head
   memset(dk, 0, B * T * ldk * sizeof(float));
@@ -326,7 +453,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
 
       // S = Q K^T and dP = dO V^T on the causal blocks
       for (size_t i0 = 0; i0 < T; i0 += C) {
-        size_t i1 = i0 + C < T ? i0 + C : T;
+        const size_t i1 = i0 + C < T ? i0 + C : T;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, to_int(i1 - i0), to_int(i1),
                     to_int(hd), 1.0f, qb + i0 * ldq, to_int(ldq), kb, to_int(ldk), 0.0f,
                     P + i0 * T, to_int(T));
@@ -336,25 +463,16 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
       }
 
       // P = exp(S scale - lse);  dS = P (dP - rowsum(P dP)), with the softmax scale folded in
-#pragma omp parallel for schedule(static, 8) if (par)
       for (size_t i = 0; i < T; i++) {
         float *prow = P + i * T, *drow = dS + i * T;
-        size_t end = (i / C + 1) * C;
-        if (end > T) end = T;
-        const float l = lb[i];
-        float rs = 0.0f;
-#pragma omp simd reduction(+ : rs)
-        for (size_t j = 0; j <= i; j++) {
-          prow[j] = fast_expf(prow[j] * scale - l);
-          rs += prow[j] * drow[j];
-        }
-#pragma omp simd
-        for (size_t j = 0; j <= i; j++) drow[j] = prow[j] * (drow[j] - rs) * scale;
-        for (size_t j = i + 1; j < end; j++) prow[j] = drow[j] = 0.0f;
+        const size_t end = (i / C + 1) * C < T ? (i / C + 1) * C : T;
+        softmax_row_backward(prow, drow, i + 1, scale, lb[i]);
+        memset(prow + i + 1, 0, (end - i - 1) * sizeof(float));
+        memset(drow + i + 1, 0, (end - i - 1) * sizeof(float));
       }
 
       for (size_t i0 = 0; i0 < T; i0 += C) {
-        size_t i1 = i0 + C < T ? i0 + C : T;
+        const size_t i1 = i0 + C < T ? i0 + C : T;
         // dQ[i0:i1] = dS[i0:i1, 0:i1] K[0:i1]   (scale already in dS)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, to_int(i1 - i0), to_int(hd),
                     to_int(i1), 1.0f, dS + i0 * T, to_int(T), kb, to_int(ldk), 0.0f,
@@ -374,22 +492,27 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
 /* ---------------------------------------------------------------------------------------------
  * SwiGLU: h = silu(g) * u, silu(g) = g * sigmoid(g) */
 
+/* elementwise kernels hand each thread blocks of this many elements */
+#define ELEM_BLOCK ((size_t)4096)
+
 static void cpu_swiglu_forward(float *h, const float *g, const float *u, size_t n) {
   // h, g, u (N, F) flattened to n
-#pragma omp parallel for simd schedule(static) if (n >= OMP_MIN_ELEMS)
-  for (size_t i = 0; i < n; i++) h[i] = g[i] / (1.0f + fast_expf(-g[i])) * u[i];
+  const size_t nb = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_ELEMS)
+  for (size_t bi = 0; bi < nb; bi++) {
+    const size_t i0 = bi * ELEM_BLOCK, i1 = i0 + ELEM_BLOCK < n ? i0 + ELEM_BLOCK : n;
+    swiglu_forward_range(h, g, u, i0, i1);
+  }
 }
 
 static void cpu_swiglu_backward(float *dg, float *du, const float *dh, const float *g,
                                 const float *u, size_t n) {
   // dg, du (N, F) overwritten; dh, g, u (N, F)
-  /* d silu/dg = sig (1 + g (1 - sig)) */
-#pragma omp parallel for simd schedule(static) if (n >= OMP_MIN_ELEMS)
-  for (size_t i = 0; i < n; i++) {
-    const float sig = 1.0f / (1.0f + fast_expf(-g[i]));
-    const float silu = g[i] * sig;
-    dg[i] = dh[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
-    du[i] = dh[i] * silu;
+  const size_t nb = (n + ELEM_BLOCK - 1) / ELEM_BLOCK;
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_ELEMS)
+  for (size_t bi = 0; bi < nb; bi++) {
+    const size_t i0 = bi * ELEM_BLOCK, i1 = i0 + ELEM_BLOCK < n ? i0 + ELEM_BLOCK : n;
+    swiglu_backward_range(dg, du, dh, g, u, i0, i1);
   }
 }
 
@@ -412,20 +535,13 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, size_t N,
     float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
     for (size_t j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
-    double sum = 0.0;
-    if (grad_scale != 0.0f) {
-#pragma omp simd reduction(+ : sum)
-      for (size_t j = 0; j < V; j++) {
-        z[j] = fast_expf(z[j] - mx);
-        sum += z[j];
-      }
+    const int grad = grad_scale != 0.0f;
+    const double sum = exp_affine(grad ? z : NULL, z, V, 1.0f, mx);  // exps stored in place
+    if (grad) {
       const float f = (float)((double)grad_scale / sum);
 #pragma omp simd
       for (size_t j = 0; j < V; j++) z[j] *= f;
       z[tgt] -= grad_scale;
-    } else {
-#pragma omp simd reduction(+ : sum)
-      for (size_t j = 0; j < V; j++) sum += fast_expf(z[j] - mx);
     }
     loss += log(sum) + (double)mx - (double)zt;
   }
@@ -491,10 +607,11 @@ static void cpu_add_row_scalar(float *x, const float *c, size_t N, size_t k) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * AdamW, in the order of operations of torch.optim.AdamW (single-tensor path):
- *   p *= 1 - lr wd;  m.lerp_(g, 1 - b1);  v = v b2 + (1 - b2) g^2;
- *   p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
- * with bc1 = 1 - b1^step, bc2 = 1 - b2^step computed in double as Python does. */
+ * AdamW, in the order of operations of torch.optim.AdamW (single-tensor path, used on CPU):
+ *   p *= 1 - lr wd;  m.lerp_(g, 1 - b1);  v = v b2 + (1 - b2) g g;
+ *   p += (-(lr / bc1) m) / (sqrt(v) / sqrt(bc2) + eps)
+ * with bc1 = 1 - b1^step, bc2 = 1 - b2^step computed in double as Python does; the scalars are
+ * then rounded to f32 as ATen does, and each tensor op rounds once, as here. */
 
 static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
                       float beta1, float beta2, float eps, float weight_decay, int64_t step) {
@@ -515,7 +632,7 @@ static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, fl
     const float denom = sqrtf(vi) / bc2_sqrt + eps;
     m[i] = mi;
     v[i] = vi;
-    p[i] = pi - step_size * (mi / denom);
+    p[i] = pi + (-step_size * mi) / denom;  // addcdiv_: self + (value * t1) / t2
   }
 }
 

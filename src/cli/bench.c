@@ -49,7 +49,9 @@ int ol_cmd_bench(int argc, char **argv) {
   // measured after training, so its buffers do not count in the run's peak RSS
   double peak_sgemm = sgemm_rate(2048);
   double flops = r.flops_per_step / r.median_step_s;
-  size_t minimum = r.weights_bytes + r.kept_bytes + 3 * r.trainable * sizeof(float);
+  // frozen weights, the four trainable buffers (values, gradients, Adam m and v), and the
+  // activations backward keeps
+  size_t minimum = r.frozen_bytes + 4 * r.trainable * sizeof(float) + r.kept_bytes;
   ol_info("bench | method %s | trainable %zu | median step %.4f s | %.0f tok/s | %.1f GFLOP/s | "
           "sgemm 2048^3 %.1f GFLOP/s | ratio %.3f | peak RSS %.1f MiB | minimum %.1f MiB | "
           "RSS/minimum %.3f",

@@ -174,12 +174,6 @@ double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
   return per_token * (double)tokens;
 }
 
-size_t ol_model_weight_bytes(const ol_model *m) {
-  size_t n = 0;
-  for (size_t i = 0; i < m->n_tensors; i++) n += tensor_numel(m->tensors[i]);
-  return n * sizeof(float);
-}
-
 void ol_model_merge(ol_model *m) {
   for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {

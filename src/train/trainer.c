@@ -184,7 +184,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
-    res->weights_bytes = ol_model_weight_bytes(m);
+    res->frozen_bytes = m->frozen_floats * sizeof(float);
     res->kept_bytes = t->acts.bytes_kept;
     res->trainable = ol_model_trainable(m);
   }
