@@ -3,7 +3,12 @@
  * Threading rule: Debian's OpenBLAS is the pthreads build, which runs its own thread pool and
  * must not be entered from inside an OpenMP parallel region (the two pools oversubscribe the
  * cores, or OpenBLAS serialises). So BLAS is only ever called from sequential code here, and
- * OpenMP parallelises only the loops between BLAS calls.
+ * OpenMP parallelises only the loops between BLAS calls. Attention, which alternates BLAS and
+ * softmax for every head, uses no OpenMP at all (see there).
+ *
+ * Deployment note: after a parallel region libgomp's workers spin for a while, competing with
+ * OpenBLAS's threads for the cores. Run with OMP_WAIT_POLICY=PASSIVE (measured on 2 cores, a
+ * norm/gemm/SwiGLU/gemm layer sequence: 74 -> 97 GFLOP/s), or link an OpenMP build of OpenBLAS.
  *
  * Semantics follow Hugging Face LLaMA (RMSNorm, rotate_half RoPE, causal GQA attention, SwiGLU)
  * and PyTorch (cross-entropy, AdamW). Every buffer is f32, row-major, contiguous. */

@@ -1,0 +1,799 @@
+/* Unit tests of the CPU backend kernels.
+ *
+ * Forward ops are compared with naive reference loops written here (in double). Every op with
+ * a backward gets a finite-difference gradient check: with random inputs x and a random
+ * projection r, L(x) = sum(r * forward(x)) is accumulated in double, and the analytic gradient
+ * from the backward op is compared with the central difference (L(x + e) - L(x - e)) / 2e.
+ *
+ * Tolerance of the gradient checks: the forward runs in f32, so each L carries a rounding error
+ * of about 6e-8 * sum|r * y| (a few 1e-6 for our sizes of tens to hundreds of O(1) outputs).
+ * Divided by 2e = 2e-3 that is ~1e-3 absolute per component against components of O(0.1..1);
+ * the truncation error e^2 f''' / 6 ~ 1e-7 is negligible. So a correct kernel shows a relative
+ * error of the whole gradient vector, ||g_fd - g|| / ||g_fd||, of about 1e-4..1e-3, and we
+ * accept < 1e-2; a wrong term (missing factor, sign, index or head mapping) gives O(0.1..1). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "onelora/backend.h"
+#include "onelora/core.h"
+
+#define FD_EPS 1e-3f
+#define FD_TOL 1e-2
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static float *fvec(size_t n) { return ol_calloc(n, sizeof(float)); }
+static double *dvec(size_t n) { return ol_calloc(n, sizeof(double)); }
+
+static void fill_normal(float *x, size_t n, ol_rng *r, float s) {
+  for (size_t i = 0; i < n; i++) x[i] = s * ol_rng_normal(r);
+}
+
+static double dot_fd(const float *a, const float *b, size_t n) {
+  double acc = 0.0;
+  for (size_t i = 0; i < n; i++) acc += (double)a[i] * (double)b[i];
+  return acc;
+}
+
+/* ||ref - got|| / ||ref|| over n entries */
+static double rel_err_d(const double *ref, const float *got, size_t n) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double d = ref[i] - (double)got[i];
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return sqrt(num) / (sqrt(den) + 1e-30);
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+  double m = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - (double)b[i]);
+    if (d > m) m = d;
+  }
+  return m;
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Central-difference check of the analytic gradient g of loss() with respect to x(n).
+ * When n_check < n, a random subset of n_check components is checked (large inputs). */
+static double grad_check(const char *what, loss_fn loss, void *ctx, float *x, const float *g,
+                         size_t n, size_t n_check, uint64_t seed) {
+  ol_rng r;
+  ol_rng_seed(&r, seed);
+  if (n_check > n) n_check = n;
+  double *fd = dvec(n_check);
+  float *ga = fvec(n_check);
+  for (size_t c = 0; c < n_check; c++) {
+    size_t i = n_check == n ? c : (size_t)(ol_rng_u64(&r) % n);
+    const float x0 = x[i];
+    x[i] = x0 + FD_EPS;
+    double lp = loss(ctx);
+    x[i] = x0 - FD_EPS;
+    double lm = loss(ctx);
+    x[i] = x0;
+    /* divide by the perturbation actually representable in f32 */
+    fd[c] = (lp - lm) / ((double)(x0 + FD_EPS) - (double)(x0 - FD_EPS));
+    ga[c] = g[i];
+  }
+  double e = rel_err_d(fd, ga, n_check);
+  printf("  grad check %-28s rel err %.2e (%zu of %zu)\n", what, e, n_check, n);
+  ol_free(fd);
+  ol_free(ga);
+  return e;
+}
+
+static int setup(void **state) {
+  (void)state;
+  ol_backend_set(ol_backend_cpu());
+  return 0;
+}
+
+/* ---- gemm / gemv ------------------------------------------------------------------------ */
+
+static void test_gemm_transposes(void **state) {
+  (void)state;
+  ol_rng r;
+  ol_rng_seed(&r, 1);
+  const size_t M = 5, N = 7, K = 3, pad = 2;
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      // A stored (M, K) or (K, M); B stored (K, N) or (N, K); padded leading dims
+      size_t lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+      float *A = fvec((ta ? K : M) * lda), *B = fvec((tb ? N : K) * ldb);
+      float *C = fvec(M * ldc), *C0 = fvec(M * ldc);
+      fill_normal(A, (ta ? K : M) * lda, &r, 1.0f);
+      fill_normal(B, (tb ? N : K) * ldb, &r, 1.0f);
+      fill_normal(C, M * ldc, &r, 1.0f);
+      memcpy(C0, C, M * ldc * sizeof(float));
+      const float alpha = 1.5f, beta = 0.5f;
+      ol_bk->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      for (size_t i = 0; i < M; i++) {
+        for (size_t j = 0; j < N; j++) {
+          double acc = 0.0;
+          for (size_t p = 0; p < K; p++) {
+            double a = ta ? A[p * lda + i] : A[i * lda + p];
+            double b = tb ? B[j * ldb + p] : B[p * ldb + j];
+            acc += a * b;
+          }
+          double want = alpha * acc + beta * C0[i * ldc + j];
+          assert_true(fabs(want - C[i * ldc + j]) < 1e-5 * (1.0 + fabs(want)));
+        }
+        for (size_t j = N; j < ldc; j++) assert_true(C[i * ldc + j] == C0[i * ldc + j]);
+      }
+      ol_free(A);
+      ol_free(B);
+      ol_free(C);
+      ol_free(C0);
+    }
+}
+
+static void test_gemv_transposes(void **state) {
+  (void)state;
+  ol_rng r;
+  ol_rng_seed(&r, 2);
+  const size_t M = 6, N = 4, pad = 3;
+  for (int t = 0; t < 2; t++) {
+    size_t lda = (t ? M : N) + pad;
+    float *A = fvec((t ? N : M) * lda), *x = fvec(N), *y = fvec(M), *y0 = fvec(M);
+    fill_normal(A, (t ? N : M) * lda, &r, 1.0f);
+    fill_normal(x, N, &r, 1.0f);
+    fill_normal(y, M, &r, 1.0f);
+    memcpy(y0, y, M * sizeof(float));
+    ol_bk->gemv(t, M, N, 2.0f, A, lda, x, -1.0f, y);
+    for (size_t i = 0; i < M; i++) {
+      double acc = 0.0;
+      for (size_t j = 0; j < N; j++) acc += (double)(t ? A[j * lda + i] : A[i * lda + j]) * x[j];
+      double want = 2.0 * acc - y0[i];
+      assert_true(fabs(want - y[i]) < 1e-5 * (1.0 + fabs(want)));
+    }
+    ol_free(A);
+    ol_free(x);
+    ol_free(y);
+    ol_free(y0);
+  }
+}
+
+/* ---- embedding ---------------------------------------------------------------------------- */
+
+typedef struct {
+  const int32_t *tok;
+  const float *table, *r;
+  float *out;
+  size_t N, D;
+} emb_ctx;
+
+static double emb_loss(void *p) {
+  emb_ctx *c = p;
+  ol_bk->embedding_forward(c->out, c->tok, c->table, c->N, c->D);
+  return dot_fd(c->out, c->r, c->N * c->D);
+}
+
+static void test_embedding(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 3);
+  /* N*D large enough for the OpenMP path; D = 70 is not a multiple of the 64-column slab */
+  const size_t V = 11, N = 512, D = 70;
+  int32_t *tok = ol_calloc(N, sizeof(int32_t));
+  for (size_t n = 0; n < N; n++) tok[n] = (int32_t)(ol_rng_u64(&rng) % 7);  // repeats, rows 7..10 unused
+  float *table = fvec(V * D), *out = fvec(N * D), *r = fvec(N * D), *dt = fvec(V * D),
+        *dt0 = fvec(V * D);
+  fill_normal(table, V * D, &rng, 1.0f);
+  fill_normal(r, N * D, &rng, 1.0f);
+  fill_normal(dt0, V * D, &rng, 1.0f);
+
+  ol_bk->embedding_forward(out, tok, table, N, D);
+  for (size_t n = 0; n < N; n++)
+    assert_memory_equal(out + n * D, table + (size_t)tok[n] * D, D * sizeof(float));
+
+  // backward accumulates: start from dt0, subtract it afterwards
+  memcpy(dt, dt0, V * D * sizeof(float));
+  ol_bk->embedding_backward(dt, tok, r, N, D);
+  for (size_t i = 0; i < V * D; i++) dt[i] -= dt0[i];
+  double *ref = dvec(V * D);  // naive scatter-add
+  for (size_t n = 0; n < N; n++)
+    for (size_t i = 0; i < D; i++) ref[(size_t)tok[n] * D + i] += r[n * D + i];
+  assert_true(rel_err_d(ref, dt, V * D) < 1e-5);
+  for (size_t i = 7 * D; i < V * D; i++) assert_true(fabsf(dt[i]) < 1e-6f);
+
+  /* a subset: each loss evaluation is a parallel region, slow when the cores are shared */
+  emb_ctx c = {tok, table, r, out, N, D};
+  assert_true(grad_check("embedding dtable", emb_loss, &c, table, dt, V * D, 100, 30) < FD_TOL);
+  ol_free(ref);
+  ol_free(tok);
+  ol_free(table);
+  ol_free(out);
+  ol_free(r);
+  ol_free(dt);
+  ol_free(dt0);
+}
+
+/* ---- RMSNorm ------------------------------------------------------------------------------ */
+
+typedef struct {
+  float *x, *w, *out, *rstd;
+  const float *r;
+  size_t N, D;
+  float eps;
+} rms_ctx;
+
+static double rms_loss(void *p) {
+  rms_ctx *c = p;
+  ol_bk->rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->D, c->eps);
+  return dot_fd(c->out, c->r, c->N * c->D);
+}
+
+static void rmsnorm_case(size_t N, size_t D, size_t n_check, uint64_t seed) {
+  ol_rng rng;
+  ol_rng_seed(&rng, seed);
+  const float eps = 1e-5f;
+  float *x = fvec(N * D), *w = fvec(D), *out = fvec(N * D), *rstd = fvec(N), *r = fvec(N * D);
+  float *dx = fvec(N * D), *dw = fvec(D), *dx0 = fvec(N * D), *dw0 = fvec(D);
+  fill_normal(x, N * D, &rng, 1.0f);
+  fill_normal(r, N * D, &rng, 1.0f);
+  for (size_t i = 0; i < D; i++) w[i] = 1.0f + 0.3f * ol_rng_normal(&rng);
+  fill_normal(dx0, N * D, &rng, 1.0f);
+  fill_normal(dw0, D, &rng, 1.0f);
+
+  // forward vs naive (HF: x * rsqrt(mean(x^2) + eps) * w)
+  ol_bk->rmsnorm_forward(out, rstd, x, w, N, D, eps);
+  for (size_t n = 0; n < N; n++) {
+    double ms = 0.0;
+    for (size_t i = 0; i < D; i++) ms += (double)x[n * D + i] * x[n * D + i];
+    double rs = 1.0 / sqrt(ms / (double)D + eps);
+    assert_true(fabs(rs - rstd[n]) < 1e-5 * rs);
+    for (size_t i = 0; i < D; i++)
+      assert_true(fabs(x[n * D + i] * rs * w[i] - out[n * D + i]) < 1e-5);
+  }
+
+  // backward accumulates into dx and dw
+  memcpy(dx, dx0, N * D * sizeof(float));
+  memcpy(dw, dw0, D * sizeof(float));
+  ol_bk->rmsnorm_backward(dx, dw, r, x, w, rstd, N, D);
+  for (size_t i = 0; i < N * D; i++) dx[i] -= dx0[i];
+  for (size_t i = 0; i < D; i++) dw[i] -= dw0[i];
+
+  // dw == NULL must give the same dx
+  float *dx2 = fvec(N * D);
+  ol_bk->rmsnorm_backward(dx2, NULL, r, x, w, rstd, N, D);
+  assert_true(max_abs_diff(dx, dx2, N * D) < 1e-5);
+
+  rms_ctx c = {x, w, out, rstd, r, N, D, eps};
+  assert_true(grad_check("rmsnorm dx", rms_loss, &c, x, dx, N * D, n_check, seed + 1) < FD_TOL);
+  assert_true(grad_check("rmsnorm dw", rms_loss, &c, w, dw, D, n_check, seed + 2) < FD_TOL);
+  ol_free(x);
+  ol_free(w);
+  ol_free(out);
+  ol_free(rstd);
+  ol_free(r);
+  ol_free(dx);
+  ol_free(dw);
+  ol_free(dx0);
+  ol_free(dw0);
+  ol_free(dx2);
+}
+
+static void test_rmsnorm(void **state) {
+  (void)state;
+  rmsnorm_case(6, 10, 1000, 4);
+  rmsnorm_case(128, 144, 100, 5);  // OpenMP path, D not a multiple of the dw slab
+}
+
+/* ---- RoPE --------------------------------------------------------------------------------- */
+
+typedef struct {
+  float *x, *work;
+  const float *cos_t, *sin_t, *r;
+  size_t B, T, nh, hd;
+} rope_ctx;
+
+static double rope_loss(void *p) {
+  rope_ctx *c = p;
+  size_t n = c->B * c->T * c->nh * c->hd;
+  memcpy(c->work, c->x, n * sizeof(float));
+  ol_bk->rope_apply(c->work, c->cos_t, c->sin_t, c->B, c->T, c->nh, c->hd, 0);
+  return dot_fd(c->work, c->r, n);
+}
+
+static void test_rope(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 6);
+  const size_t B = 2, T = 9, nh = 3, hd = 8, half = hd / 2, n = B * T * nh * hd;
+  const double theta = 10000.0;
+  float *cs = fvec(T * half), *sn = fvec(T * half);
+  float *x = fvec(n), *y = fvec(n), *r = fvec(n), *dx = fvec(n), *work = fvec(n);
+  ol_bk->rope_table(cs, sn, T, hd, theta);
+  for (size_t t = 0; t < T; t++)
+    for (size_t i = 0; i < half; i++) {
+      double a = (double)t / pow(theta, (double)(2 * i) / (double)hd);
+      assert_true(fabs(cos(a) - cs[t * half + i]) < 1e-6);
+      assert_true(fabs(sin(a) - sn[t * half + i]) < 1e-6);
+    }
+
+  fill_normal(x, n, &rng, 1.0f);
+  fill_normal(r, n, &rng, 1.0f);
+  memcpy(y, x, n * sizeof(float));
+  ol_bk->rope_apply(y, cs, sn, B, T, nh, hd, 0);
+  // naive HF: out = x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1), cos/sin doubled
+  for (size_t b = 0; b < B; b++)
+    for (size_t t = 0; t < T; t++)
+      for (size_t h = 0; h < nh; h++)
+        for (size_t i = 0; i < hd; i++) {
+          const float *xv = x + ((b * T + t) * nh + h) * hd;
+          double c = cs[t * half + i % half], s = sn[t * half + i % half];
+          double rot = i < half ? -(double)xv[i + half] : (double)xv[i - half];
+          double want = xv[i] * c + rot * s;
+          assert_true(fabs(want - y[((b * T + t) * nh + h) * hd + i]) < 1e-5);
+        }
+  // position 0 is the identity, later positions are not
+  assert_memory_equal(y, x, nh * hd * sizeof(float));
+  assert_true(max_abs_diff(y + nh * hd, x + nh * hd, nh * hd) > 1e-2);
+
+  // inverse o forward = identity
+  ol_bk->rope_apply(y, cs, sn, B, T, nh, hd, 1);
+  assert_true(max_abs_diff(y, x, n) < 1e-5);
+
+  // gradient: backward of the forward is the inverse rotation applied to dout
+  memcpy(dx, r, n * sizeof(float));
+  ol_bk->rope_apply(dx, cs, sn, B, T, nh, hd, 1);
+  rope_ctx c = {x, work, cs, sn, r, B, T, nh, hd};
+  assert_true(grad_check("rope dx", rope_loss, &c, x, dx, n, n, 60) < FD_TOL);
+  ol_free(cs);
+  ol_free(sn);
+  ol_free(x);
+  ol_free(y);
+  ol_free(r);
+  ol_free(dx);
+  ol_free(work);
+}
+
+/* ---- attention ---------------------------------------------------------------------------- */
+
+/* naive causal GQA attention in double: out (B,T,H,hd), lse (B,H,T) */
+static void attention_naive(double *out, double *lse, const float *q, const float *k,
+                            const float *v, size_t B, size_t T, size_t H, size_t Hkv, size_t hd) {
+  double *s = dvec(T);
+  const double scale = 1.0 / sqrt((double)hd);
+  for (size_t b = 0; b < B; b++)
+    for (size_t h = 0; h < H; h++) {
+      size_t kh = h / (H / Hkv);
+      for (size_t i = 0; i < T; i++) {
+        const float *qi = q + ((b * T + i) * H + h) * hd;
+        double mx = -INFINITY;
+        for (size_t j = 0; j <= i; j++) {
+          const float *kj = k + ((b * T + j) * Hkv + kh) * hd;
+          double acc = 0.0;
+          for (size_t d = 0; d < hd; d++) acc += (double)qi[d] * kj[d];
+          s[j] = acc * scale;
+          if (s[j] > mx) mx = s[j];
+        }
+        double sum = 0.0;
+        for (size_t j = 0; j <= i; j++) sum += exp(s[j] - mx);
+        lse[(b * H + h) * T + i] = mx + log(sum);
+        double *oi = out + ((b * T + i) * H + h) * hd;
+        for (size_t d = 0; d < hd; d++) oi[d] = 0.0;
+        for (size_t j = 0; j <= i; j++) {
+          double pj = exp(s[j] - mx) / sum;
+          const float *vj = v + ((b * T + j) * Hkv + kh) * hd;
+          for (size_t d = 0; d < hd; d++) oi[d] += pj * vj[d];
+        }
+      }
+    }
+  ol_free(s);
+}
+
+typedef struct {
+  float *q, *k, *v, *out, *lse, *scratch;
+  const float *r;
+  size_t B, T, H, Hkv, hd;
+} attn_ctx;
+
+static double attn_loss(void *p) {
+  attn_ctx *c = p;
+  ol_bk->attention_forward(c->out, c->lse, c->q, c->k, c->v, c->B, c->T, c->H, c->Hkv, c->hd,
+                           c->scratch);
+  return dot_fd(c->out, c->r, c->B * c->T * c->H * c->hd);
+}
+
+static void attention_case(size_t B, size_t T, size_t H, size_t Hkv, size_t hd, size_t n_check,
+                           uint64_t seed) {
+  ol_rng rng;
+  ol_rng_seed(&rng, seed);
+  const size_t nq = B * T * H * hd, nk = B * T * Hkv * hd;
+  float *q = fvec(nq), *k = fvec(nk), *v = fvec(nk), *out = fvec(nq), *lse = fvec(B * H * T);
+  float *r = fvec(nq), *dq = fvec(nq), *dk = fvec(nk), *dv = fvec(nk), *out2 = fvec(nq);
+  float *scratch = fvec(ol_bk->attention_scratch_floats(T));
+  double *ref = dvec(nq), *ref_lse = dvec(B * H * T);
+  fill_normal(q, nq, &rng, 1.0f);
+  fill_normal(k, nk, &rng, 1.0f);
+  fill_normal(v, nk, &rng, 1.0f);
+  fill_normal(r, nq, &rng, 1.0f);
+
+  // forward and lse vs the naive triple loop
+  ol_bk->attention_forward(out, lse, q, k, v, B, T, H, Hkv, hd, scratch);
+  attention_naive(ref, ref_lse, q, k, v, B, T, H, Hkv, hd);
+  for (size_t i = 0; i < nq; i++) assert_true(fabs(ref[i] - out[i]) < 1e-4);
+  for (size_t i = 0; i < B * H * T; i++) assert_true(fabs(ref_lse[i] - lse[i]) < 1e-4);
+
+  // causal mask: changing the k, v of a later position leaves earlier outputs unchanged
+  const size_t t0 = T / 2;
+  for (size_t b = 0; b < B; b++)
+    for (size_t i = 0; i < Hkv * hd; i++) {
+      k[(b * T + t0) * Hkv * hd + i] += 3.0f;
+      v[(b * T + t0) * Hkv * hd + i] -= 2.0f;
+    }
+  ol_bk->attention_forward(out2, lse, q, k, v, B, T, H, Hkv, hd, scratch);
+  for (size_t b = 0; b < B; b++) {
+    const float *o1 = out + b * T * H * hd, *o2 = out2 + b * T * H * hd;
+    assert_memory_equal(o1, o2, t0 * H * hd * sizeof(float));          // rows < t0: identical
+    assert_true(max_abs_diff(o1 + t0 * H * hd, o2 + t0 * H * hd, H * hd) > 1e-3);  // row t0 moves
+  }
+  for (size_t b = 0; b < B; b++)
+    for (size_t i = 0; i < Hkv * hd; i++) {
+      k[(b * T + t0) * Hkv * hd + i] -= 3.0f;
+      v[(b * T + t0) * Hkv * hd + i] += 2.0f;
+    }
+
+  // gradients: forward (to set lse), backward with dout = r, then finite differences
+  ol_bk->attention_forward(out, lse, q, k, v, B, T, H, Hkv, hd, scratch);
+  fill_normal(dk, nk, &rng, 1.0f);  // garbage: backward must overwrite
+  fill_normal(dv, nk, &rng, 1.0f);
+  fill_normal(dq, nq, &rng, 1.0f);
+  fill_normal(scratch, ol_bk->attention_scratch_floats(T), &rng, 1.0f);
+  ol_bk->attention_backward(dq, dk, dv, r, q, k, v, lse, B, T, H, Hkv, hd, scratch);
+  attn_ctx c = {q, k, v, out, lse, scratch, r, B, T, H, Hkv, hd};
+  char name[64];
+  snprintf(name, sizeof name, "attn dq T=%zu H=%zu Hkv=%zu", T, H, Hkv);
+  assert_true(grad_check(name, attn_loss, &c, q, dq, nq, n_check, seed + 1) < FD_TOL);
+  snprintf(name, sizeof name, "attn dk T=%zu H=%zu Hkv=%zu", T, H, Hkv);
+  assert_true(grad_check(name, attn_loss, &c, k, dk, nk, n_check, seed + 2) < FD_TOL);
+  snprintf(name, sizeof name, "attn dv T=%zu H=%zu Hkv=%zu", T, H, Hkv);
+  assert_true(grad_check(name, attn_loss, &c, v, dv, nk, n_check, seed + 3) < FD_TOL);
+
+  ol_free(q);
+  ol_free(k);
+  ol_free(v);
+  ol_free(out);
+  ol_free(lse);
+  ol_free(r);
+  ol_free(dq);
+  ol_free(dk);
+  ol_free(dv);
+  ol_free(out2);
+  ol_free(scratch);
+  ol_free(ref);
+  ol_free(ref_lse);
+}
+
+static void test_attention_mha(void **state) {
+  (void)state;
+  attention_case(2, 6, 2, 2, 4, 100000, 70);
+}
+
+static void test_attention_gqa(void **state) {
+  (void)state;
+  attention_case(2, 7, 4, 2, 4, 100000, 80);  // 2 query heads per kv head
+  attention_case(2, 5, 3, 1, 6, 100000, 85);  // multi-query: all heads share one kv head
+}
+
+static void test_attention_peaked(void **state) {
+  (void)state;
+  /* large scores: most probabilities underflow to 0 and each row is nearly one-hot */
+  ol_rng rng;
+  ol_rng_seed(&rng, 95);
+  const size_t B = 2, T = 70, H = 2, Hkv = 1, hd = 16, nq = B * T * H * hd, nk = B * T * Hkv * hd;
+  float *q = fvec(nq), *k = fvec(nk), *v = fvec(nk), *out = fvec(nq), *lse = fvec(B * H * T);
+  float *scratch = fvec(ol_bk->attention_scratch_floats(T));
+  double *ref = dvec(nq), *ref_lse = dvec(B * H * T);
+  fill_normal(q, nq, &rng, 12.0f);
+  fill_normal(k, nk, &rng, 12.0f);
+  fill_normal(v, nk, &rng, 1.0f);
+  ol_bk->attention_forward(out, lse, q, k, v, B, T, H, Hkv, hd, scratch);
+  attention_naive(ref, ref_lse, q, k, v, B, T, H, Hkv, hd);
+  for (size_t i = 0; i < nq; i++) assert_true(fabs(ref[i] - out[i]) < 1e-4);
+  for (size_t i = 0; i < B * H * T; i++)
+    assert_true(fabs(ref_lse[i] - lse[i]) < 1e-5 * (1.0 + fabs(ref_lse[i])));
+  ol_free(q);
+  ol_free(k);
+  ol_free(v);
+  ol_free(out);
+  ol_free(lse);
+  ol_free(scratch);
+  ol_free(ref);
+  ol_free(ref_lse);
+}
+
+static void test_attention_long(void **state) {
+  (void)state;
+  /* T spans several causal row blocks (incl. a partial one) and takes the OpenMP path */
+  attention_case(2, 150, 4, 2, 8, 400, 90);
+}
+
+/* ---- SwiGLU ------------------------------------------------------------------------------- */
+
+typedef struct {
+  float *g, *u, *h;
+  const float *r;
+  size_t n;
+} swiglu_ctx;
+
+static double swiglu_loss(void *p) {
+  swiglu_ctx *c = p;
+  ol_bk->swiglu_forward(c->h, c->g, c->u, c->n);
+  return dot_fd(c->h, c->r, c->n);
+}
+
+static void test_swiglu(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 9);
+  const size_t n = 257;
+  float *g = fvec(n), *u = fvec(n), *h = fvec(n), *r = fvec(n), *dg = fvec(n), *du = fvec(n);
+  fill_normal(g, n, &rng, 2.0f);
+  fill_normal(u, n, &rng, 1.0f);
+  fill_normal(r, n, &rng, 1.0f);
+  g[0] = 100.0f;  // sigmoid saturates at 1
+  g[1] = -100.0f; // exp(100) overflows to inf: sigmoid must be 0, not NaN
+  u[1] = 1.0f;
+  g[2] = 0.0f;
+  ol_bk->swiglu_forward(h, g, u, n);
+  for (size_t i = 0; i < n; i++) {
+    double want = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+    assert_true(fabs(want - h[i]) < 1e-5 * (1.0 + fabs(want)));
+  }
+  assert_true(fabsf(h[1]) < 1e-40f);  // silu(-100) = -100 / (1 + e^100) ~ -4e-42
+  ol_bk->swiglu_backward(dg, du, r, g, u, n);
+  swiglu_ctx c = {g, u, h, r, n};
+  assert_true(grad_check("swiglu dg", swiglu_loss, &c, g, dg, n, n, 91) < FD_TOL);
+  assert_true(grad_check("swiglu du", swiglu_loss, &c, u, du, n, n, 92) < FD_TOL);
+  ol_free(g);
+  ol_free(u);
+  ol_free(h);
+  ol_free(r);
+  ol_free(dg);
+  ol_free(du);
+}
+
+/* ---- cross-entropy ------------------------------------------------------------------------ */
+
+typedef struct {
+  float *z, *work;
+  const int32_t *tgt;
+  size_t N, V;
+} ce_ctx;
+
+static double ce_loss(void *p) {
+  ce_ctx *c = p;
+  memcpy(c->work, c->z, c->N * c->V * sizeof(float));
+  return ol_bk->cross_entropy(c->work, c->tgt, c->N, c->V, 0.0f);
+}
+
+static void test_cross_entropy(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 10);
+  const size_t N = 7, V = 33;
+  float *z = fvec(N * V), *z0 = fvec(N * V), *work = fvec(N * V), *dz = fvec(N * V);
+  int32_t *tgt = ol_calloc(N, sizeof(int32_t));
+  fill_normal(z, N * V, &rng, 2.0f);
+  for (size_t j = 0; j < V; j++) z[2 * V + j] += 80.0f;  // a row with huge logits: exp overflows unless max-subtracted
+  for (size_t n = 0; n < N; n++) tgt[n] = (int32_t)(ol_rng_u64(&rng) % V);
+  memcpy(z0, z, N * V * sizeof(float));
+
+  // loss value vs a direct log-softmax in double; grad_scale = 0 leaves logits untouched
+  double want = 0.0;
+  for (size_t n = 0; n < N; n++) {
+    double mx = -INFINITY, sum = 0.0;
+    for (size_t j = 0; j < V; j++) mx = fmax(mx, z[n * V + j]);
+    for (size_t j = 0; j < V; j++) sum += exp(z[n * V + j] - mx);
+    want -= (double)z[n * V + tgt[n]] - mx - log(sum);
+  }
+  double got = ol_bk->cross_entropy(z, tgt, N, V, 0.0f);
+  assert_true(isfinite(got));
+  assert_true(fabs(got - want) < 1e-5 * fabs(want));
+  assert_memory_equal(z, z0, N * V * sizeof(float));
+
+  // with a gradient: same loss, logits become (softmax - onehot) * grad_scale
+  const float gs = 0.25f;
+  memcpy(dz, z, N * V * sizeof(float));
+  double got2 = ol_bk->cross_entropy(dz, tgt, N, V, gs);
+  assert_true(fabs(got2 - want) < 1e-5 * fabs(want));
+  for (size_t n = 0; n < N; n++) {
+    double rowsum = 0.0;
+    for (size_t j = 0; j < V; j++) rowsum += dz[n * V + j];
+    assert_true(fabs(rowsum) < 1e-6);  // softmax sums to one, minus the one-hot
+  }
+  for (size_t i = 0; i < N * V; i++) dz[i] /= gs;
+  ce_ctx c = {z, work, tgt, N, V};
+  assert_true(grad_check("cross_entropy dlogits", ce_loss, &c, z, dz, N * V, N * V, 100) < FD_TOL);
+  ol_free(z);
+  ol_free(z0);
+  ol_free(work);
+  ol_free(dz);
+  ol_free(tgt);
+}
+
+static void test_softmax_exp_accuracy(void **state) {
+  (void)state;
+  /* The backend's vectorised exp, seen through the softmax of two-logit rows z = (0, x):
+   * dlogits = softmax - onehot(0) gives p1 = e^x / (1 + e^x) (e^-|x| scaled). f32 ulp is 6e-8;
+   * the exp has 1.4 ulp and the few f32 ops around it add a few more, so 1e-6 relative. Below
+   * e^-87 (the end of the f32 normal range) the backend flushes to 0, so there the check is
+   * absolute: e^-90 = 8e-40 < 1e-39. */
+  const size_t N = 2001, V = 2;
+  float *z = fvec(N * V);
+  int32_t *tgt = ol_calloc(N, sizeof(int32_t));
+  for (size_t n = 0; n < N; n++) {
+    z[n * V + 0] = 0.0f;
+    z[n * V + 1] = -120.0f + 200.0f * (float)n / (float)(N - 1);  // x in [-120, 80]
+  }
+  float *x = fvec(N);
+  for (size_t n = 0; n < N; n++) x[n] = z[n * V + 1];
+  double loss = ol_bk->cross_entropy(z, tgt, N, V, 1.0f);
+  double want_loss = 0.0;
+  for (size_t n = 0; n < N; n++) {
+    const double xd = x[n];
+    const double p1 = 1.0 / (1.0 + exp(-xd));
+    want_loss += xd > 0 ? xd + log1p(exp(-xd)) : log1p(exp(xd));  // -log p0 = log(1 + e^x)
+    const double tol = xd < -90.0 ? 1e-39 : xd < -87.0 ? 2e-38 : 1e-6 * p1;
+    assert_true(fabs(z[n * V + 1] - p1) <= tol);
+    // dz0 = p0 - 1 = -p1, but computed as f32 p0 minus 1: a few f32 ulps of 1 absolute
+    assert_true(fabs(z[n * V + 0] + p1) <= 1e-6 * p1 + 3e-7);
+  }
+  assert_true(fabs(loss - want_loss) < 1e-6 * want_loss);
+  ol_free(z);
+  ol_free(tgt);
+  ol_free(x);
+}
+
+/* ---- 1LoRA linear: y = x W^T + b * sum(x) ------------------------------------------------- */
+
+typedef struct {
+  float *x, *b, *y, *s;
+  const float *W, *r;
+  size_t N, k, d;
+} lin_ctx;
+
+static void onelora_linear_forward(float *y, float *s, const float *x, const float *W,
+                                   const float *b, size_t N, size_t k, size_t d) {
+  // y (N, d), s (N), x (N, k), W (d, k), b (d)
+  ol_bk->gemm(0, 1, N, d, k, 1.0f, x, k, W, k, 0.0f, y, d);
+  ol_bk->row_sums(s, x, N, k);
+  ol_bk->add_outer(y, s, b, N, d);
+}
+
+static double lin_loss(void *p) {
+  lin_ctx *c = p;
+  onelora_linear_forward(c->y, c->s, c->x, c->W, c->b, c->N, c->k, c->d);
+  return dot_fd(c->y, c->r, c->N * c->d);
+}
+
+static void test_onelora_linear(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 11);
+  const size_t N = 6, k = 9, d = 5;
+  float *x = fvec(N * k), *W = fvec(d * k), *b = fvec(d), *y = fvec(N * d), *s = fvec(N);
+  float *r = fvec(N * d), *dx = fvec(N * k), *db = fvec(d), *c = fvec(N);
+  fill_normal(x, N * k, &rng, 1.0f);
+  fill_normal(W, d * k, &rng, 0.5f);
+  fill_normal(b, d, &rng, 1.0f);
+  fill_normal(r, N * d, &rng, 1.0f);
+
+  onelora_linear_forward(y, s, x, W, b, N, k, d);
+  for (size_t n = 0; n < N; n++) {
+    double sum = 0.0;
+    for (size_t i = 0; i < k; i++) sum += x[n * k + i];
+    assert_true(fabs(sum - s[n]) < 1e-5);
+    for (size_t j = 0; j < d; j++) {
+      double acc = b[j] * sum;
+      for (size_t i = 0; i < k; i++) acc += (double)x[n * k + i] * W[j * k + i];
+      assert_true(fabs(acc - y[n * d + j]) < 1e-4);
+    }
+  }
+
+  // backward with dy = r:  dx = dy W + (dy . b) 1,  db = dy^T s
+  ol_bk->gemm(0, 0, N, k, d, 1.0f, r, d, W, k, 0.0f, dx, k);
+  ol_bk->gemv(0, N, d, 1.0f, r, d, b, 0.0f, c);  // c (N) = dy b
+  ol_bk->add_row_scalar(dx, c, N, k);
+  ol_bk->gemv(1, d, N, 1.0f, r, d, s, 0.0f, db);  // db (d) = dy^T s
+  lin_ctx ctx = {x, b, y, s, W, r, N, k, d};
+  assert_true(grad_check("1lora dx", lin_loss, &ctx, x, dx, N * k, N * k, 110) < FD_TOL);
+  assert_true(grad_check("1lora db", lin_loss, &ctx, b, db, d, d, 111) < FD_TOL);
+  ol_free(x);
+  ol_free(W);
+  ol_free(b);
+  ol_free(y);
+  ol_free(s);
+  ol_free(r);
+  ol_free(dx);
+  ol_free(db);
+  ol_free(c);
+}
+
+/* ---- vector helpers ----------------------------------------------------------------------- */
+
+static void test_vector_helpers(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 12);
+  const size_t n = 100003;  // OpenMP path, odd length
+  float *x = fvec(n), *y = fvec(n), *y0 = fvec(n);
+  fill_normal(x, n, &rng, 1.0f);
+  fill_normal(y, n, &rng, 1.0f);
+  memcpy(y0, y, n * sizeof(float));
+  ol_bk->axpy(y, x, -0.75f, n);
+  for (size_t i = 0; i < n; i++) assert_true(fabsf(y[i] - (y0[i] - 0.75f * x[i])) < 1e-6f);
+  double want = 0.0;
+  for (size_t i = 0; i < n; i++) want += (double)x[i] * x[i];
+  assert_true(fabs(ol_bk->sumsq(x, n) - want) < 1e-9 * want);
+  memcpy(y, x, n * sizeof(float));
+  ol_bk->scale(y, 3.0f, n);
+  for (size_t i = 0; i < n; i++) assert_true(y[i] == 3.0f * x[i]);
+  ol_free(x);
+  ol_free(y);
+  ol_free(y0);
+}
+
+/* ---- AdamW -------------------------------------------------------------------------------- */
+
+static void test_adamw(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 13);
+  const size_t n = 50;
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+  float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n);
+  double *pd = dvec(n), *md = dvec(n), *vd = dvec(n);
+  fill_normal(p, n, &rng, 1.0f);
+  for (size_t i = 0; i < n; i++) pd[i] = p[i];
+  for (int64_t step = 1; step <= 3; step++) {
+    fill_normal(g, n, &rng, step == 2 ? 1e-3f : 1.0f);
+    ol_bk->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step);
+    // torch.optim.AdamW by hand, in double
+    double bc1 = 1.0 - pow(b1, (double)step), bc2 = 1.0 - pow(b2, (double)step);
+    for (size_t i = 0; i < n; i++) {
+      pd[i] *= 1.0 - (double)lr * wd;
+      md[i] = b1 * md[i] + (1.0 - b1) * g[i];
+      vd[i] = b2 * vd[i] + (1.0 - b2) * (double)g[i] * g[i];
+      double mhat = md[i] / bc1, vhat = vd[i] / bc2;
+      pd[i] -= lr * mhat / (sqrt(vhat) + eps);
+      assert_true(fabs(md[i] - m[i]) < 1e-6 * (fabs(md[i]) + 1e-6));
+      assert_true(fabs(vd[i] - v[i]) < 1e-5 * vd[i] + 1e-12);
+      assert_true(fabs(pd[i] - p[i]) < 1e-6 * (1.0 + fabs(pd[i])));
+    }
+  }
+  ol_free(p);
+  ol_free(g);
+  ol_free(m);
+  ol_free(v);
+  ol_free(pd);
+  ol_free(md);
+  ol_free(vd);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_gemm_transposes), cmocka_unit_test(test_gemv_transposes),
+      cmocka_unit_test(test_embedding),       cmocka_unit_test(test_rmsnorm),
+      cmocka_unit_test(test_rope),            cmocka_unit_test(test_attention_mha),
+      cmocka_unit_test(test_attention_gqa),   cmocka_unit_test(test_attention_peaked),
+      cmocka_unit_test(test_attention_long),
+      cmocka_unit_test(test_swiglu),          cmocka_unit_test(test_cross_entropy),
+      cmocka_unit_test(test_softmax_exp_accuracy),
+      cmocka_unit_test(test_onelora_linear),  cmocka_unit_test(test_vector_helpers),
+      cmocka_unit_test(test_adamw),
+  };
+  return cmocka_run_group_tests(tests, setup, NULL);
+}
