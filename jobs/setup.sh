@@ -7,7 +7,7 @@ ONELORA_BUILD="${ONELORA_BUILD:-$ONELORA_ROOT/build}"
 
 onelora_install() {
   local pkgs=(build-essential cmake libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-              libopenblas-dev libcmocka-dev "$@")
+              libopenblas-dev libopenblas-openmp-dev libcmocka-dev "$@")
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,5 +30,3 @@ onelora_build() {
 
 # mpirun as root (containers, CI) needs these; they change nothing for other users.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-# OpenBLAS threads and OpenMP threads take turns: let OpenMP threads sleep when idle.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
