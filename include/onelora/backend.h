@@ -73,10 +73,13 @@ typedef struct {
 
   /* 1LoRA helpers. s(N) = row sums of x(N,k) */
   void (*row_sums)(float *s, const float *x, size_t N, size_t k);
-  /* y(N,d) += s(N) outer b(d) */
-  void (*add_outer)(float *y, const float *s, const float *b, size_t N, size_t d);
-  /* x(N,k) += c(N) broadcast along each row */
-  void (*add_row_scalar)(float *x, const float *c, size_t N, size_t k);
+  /* y(N,d) = beta * y + s(N) outer b(d) */
+  void (*outer)(float *y, const float *s, const float *b, size_t N, size_t d, float beta);
+  /* x(N,k) = beta * x + c(N) broadcast along each row */
+  void (*broadcast_rows)(float *x, const float *c, size_t N, size_t k, float beta);
+  /* One pass over dy(N,d): c(N) = dy b(d), and db(d) += dy^T s(N) */
+  void (*rowdot_accum)(float *c, float *db, const float *dy, const float *s, const float *b,
+                       size_t N, size_t d);
 
   /* AdamW (PyTorch semantics, decoupled weight decay), step counted from 1 */
   void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,

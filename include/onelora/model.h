@@ -113,6 +113,10 @@ int ol_model_save(const ol_model *m, const char *path, int dtype);
  * head. Adapters' O(d+k) work per token is not counted. */
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T);
 
+/* Detaches (on = 0) or reattaches (on = 1) every adapter: detached, forward and backward do
+ * exactly --method none's work. For timing the adapters' cost within one run. */
+void ol_model_attach_adapters(ol_model *m, int on);
+
 /* Folds every adapter into its linear weight (W += delta). */
 void ol_model_merge(ol_model *m);
 

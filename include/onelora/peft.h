@@ -72,13 +72,14 @@ typedef struct {
   void (*init)(ol_adapter *a, const struct ol_linear *lin, ol_rng *rng);
   /* floats per token it keeps from forward for its backward */
   size_t (*saved_per_token)(const ol_adapter *a, const struct ol_linear *lin);
-  /* y(N,d) += its contribution for x(N,k); writes saved(N, saved_per_token) */
+  /* y(N,d) = beta*y + its contribution for x(N,k) (beta is 0 or 1; adapters run before the
+   * frozen GEMM, so the first one initialises y); writes saved(N, saved_per_token) */
   void (*forward)(ol_adapter *a, const struct ol_linear *lin, const float *x, float *y, size_t N,
-                  float *saved);
-  /* dx(N,k) += its contribution for dy(N,d); accumulates its own gradients. `saved` is dead
-   * after this call, so backward may reuse it as scratch. */
+                  float beta, float *saved);
+  /* dx(N,k) = beta*dx + its contribution for dy(N,d); accumulates its own gradients. `saved`
+   * is dead after this call, so backward may reuse it as scratch. */
   void (*backward)(ol_adapter *a, const struct ol_linear *lin, const float *dy, float *dx,
-                   size_t N, float *saved);
+                   size_t N, float beta, float *saved);
   /* W(d,k) += its update, so that the plain linear equals the adapted one */
   void (*merge)(const ol_adapter *a, struct ol_linear *lin);
 } ol_adapter_ops;
@@ -108,6 +109,7 @@ typedef struct ol_linear {
   float *dW;                /* (out, in) its gradient when trainable, else NULL */
   ol_adapter adapters[OL_MAX_ADAPTERS];
   int n_adapters;
+  int n_detached;           /* adapters set aside by ol_model_attach_adapters */
 } ol_linear;
 
 /* floats per token this linear keeps between its forward and its backward */

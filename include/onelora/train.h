@@ -57,11 +57,14 @@ typedef struct {
   int shuffle;
   /* bench: when set, a random model of this shape and random tokens replace the files */
   const ol_config *synthetic;
+  /* bench: before each step, time the same step with every adapter detached */
+  int time_frozen;
 } ol_train_opts;
 
 /* What a run measured, for the benchmark report. */
 typedef struct {
   double median_step_s;       /* median wall time of a step, the first step excluded */
+  double median_frozen_step_s; /* the same with adapters detached (time_frozen), else 0 */
   double tokens_per_step;
   double flops_per_step;      /* matrix-product FLOPs a step issues (ol_model_flops) */
   double final_loss;

@@ -591,23 +591,45 @@ static void cpu_row_sums(float *s, const float *x, size_t N, size_t k) {
   }
 }
 
-static void cpu_add_outer(float *y, const float *s, const float *b, size_t N, size_t d) {
-  // y (N, d) += s (N) outer b (d)
+static void cpu_outer(float *y, const float *s, const float *b, size_t N, size_t d, float beta) {
+  // y (N, d) = beta * y + s (N) outer b (d); beta 0 writes without reading y
 #pragma omp parallel for schedule(static) if (N * d >= OMP_MIN_ROWWORK)
   for (size_t n = 0; n < N; n++) {
     float *yn = y + n * d;
     const float sn = s[n];
-    for (size_t i = 0; i < d; i++) yn[i] += sn * b[i];
+    if (beta == 0.0f)
+      for (size_t i = 0; i < d; i++) yn[i] = sn * b[i];
+    else
+      for (size_t i = 0; i < d; i++) yn[i] = beta * yn[i] + sn * b[i];
   }
 }
 
-static void cpu_add_row_scalar(float *x, const float *c, size_t N, size_t k) {
-  // x (N, k) += c (N) broadcast along each row
+static void cpu_broadcast_rows(float *x, const float *c, size_t N, size_t k, float beta) {
+  // x (N, k) = beta * x + c (N) broadcast along each row
 #pragma omp parallel for schedule(static) if (N * k >= OMP_MIN_ROWWORK)
   for (size_t n = 0; n < N; n++) {
     float *xn = x + n * k;
     const float cn = c[n];
-    for (size_t i = 0; i < k; i++) xn[i] += cn;
+    if (beta == 0.0f)
+      for (size_t i = 0; i < k; i++) xn[i] = cn;
+    else
+      for (size_t i = 0; i < k; i++) xn[i] = beta * xn[i] + cn;
+  }
+}
+
+static void cpu_rowdot_accum(float *c, float *db, const float *dy, const float *s, const float *b,
+                             size_t N, size_t d) {
+  // c (N) = dy (N, d) b (d); db (d) += dy^T s (N): each row of dy is read once
+#pragma omp parallel for schedule(static) reduction(+ : db[:d]) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    const float *dyn = dy + n * d;
+    const float sn = s[n];
+    float acc = 0.0f;
+    for (size_t i = 0; i < d; i++) {
+      acc += dyn[i] * b[i];
+      db[i] += sn * dyn[i];
+    }
+    c[n] = acc;
   }
 }
 
@@ -664,8 +686,9 @@ static const ol_backend cpu_backend = {
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .row_sums = cpu_row_sums,
-    .add_outer = cpu_add_outer,
-    .add_row_scalar = cpu_add_row_scalar,
+    .outer = cpu_outer,
+    .broadcast_rows = cpu_broadcast_rows,
+    .rowdot_accum = cpu_rowdot_accum,
     .adamw = cpu_adamw,
 };
 

@@ -174,6 +174,15 @@ double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
   return per_token * (double)tokens;
 }
 
+void ol_model_attach_adapters(ol_model *m, int on) {
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *lin = &m->blocks[l].lin[p];
+      if (!on && lin->n_adapters) lin->n_detached = lin->n_adapters, lin->n_adapters = 0;
+      if (on && lin->n_detached) lin->n_adapters = lin->n_detached, lin->n_detached = 0;
+    }
+}
+
 void ol_model_merge(ol_model *m) {
   for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {

@@ -24,20 +24,18 @@ static void onelora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
 static size_t onelora_saved(const ol_adapter *a, const ol_linear *lin) { return 1; }
 
 static void onelora_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
-                            size_t N, float *saved) {
-  float *s = saved;                          // (N) the feature sums, kept for backward
-  ol_bk->row_sums(s, x, N, lin->in);         // x (N, k)
-  ol_bk->add_outer(y, s, a->value[0], N, lin->out);  // y (N, d) += s b^T
+                            size_t N, float beta, float *saved) {
+  float *s = saved;                                   // (N) the feature sums, kept for backward
+  ol_bk->row_sums(s, x, N, lin->in);                  // x (N, k)
+  ol_bk->outer(y, s, a->value[0], N, lin->out, beta); // y (N, d) = beta y + s b^T
 }
 
 static void onelora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
-                             size_t N, float *saved) {
-  float *s = saved;  // (N) feature sums from forward; reused below as c = dy b once db is done
-  // db (d) += dy^T s, with dy (N, d)
-  ol_bk->gemv(1, lin->out, N, 1.0f, dy, lin->out, s, 1.0f, a->grad[0]);
-  float *c = s;      // (N)
-  ol_bk->gemv(0, N, lin->out, 1.0f, dy, lin->out, a->value[0], 0.0f, c);
-  ol_bk->add_row_scalar(dx, c, N, lin->in);  // dx (N, k) += c 1^T
+                             size_t N, float beta, float *saved) {
+  float *s = saved;  // (N) feature sums from forward, overwritten by c = dy b as they are used
+  // one pass over dy (N, d): c = dy b and db (d) += dy^T s
+  ol_bk->rowdot_accum(s, a->grad[0], dy, s, a->value[0], N, lin->out);
+  ol_bk->broadcast_rows(dx, s, N, lin->in, beta);  // dx (N, k) = beta dx + c 1^T
 }
 
 static void onelora_merge(const ol_adapter *a, ol_linear *lin) {

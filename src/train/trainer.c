@@ -22,6 +22,7 @@ typedef struct {
   int32_t *tokens;         /* (B, T) inputs of a micro-batch */
   int32_t *targets;        /* (B, T) next-token targets */
   double *step_s;          /* (steps) wall time of each step */
+  double *frozen_step_s;   /* (steps) wall time of the same step with adapters detached */
 } trainer;
 
 /* Fills t->tokens/targets with micro-batch mb of step `step` from split s. */
@@ -110,9 +111,29 @@ static int check_inputs(trainer *t, const ol_config *cfg) {
   return OL_OK;
 }
 
+/* Zeroes the gradients, then forward and backward over the step's micro-batches. */
+static int forward_backward(trainer *t, int64_t step, float grad_scale, double *loss_sum) {
+  ol_model *m = &t->model;
+  memset(m->params.grad, 0, m->params.total * sizeof(float));
+  *loss_sum = 0.0;
+  for (size_t mb = 0; mb < t->M; mb++) {
+    OL_TRY(load_micro_batch(t, OL_SPLIT_TRAIN, step, mb));
+    *loss_sum += ol_model_forward(m, &t->acts, t->tokens, t->targets, grad_scale);
+    ol_model_backward(m, &t->acts, t->tokens);
+  }
+  return OL_OK;
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
+}
+
+/* Median of x[1..n) (the first step warms up), or x[0] when n == 1; sorts in place. */
+static double median_after_first(double *x, size_t n) {
+  size_t skip = n > 1 ? 1 : 0;
+  qsort(x + skip, n - skip, sizeof(double), cmp_double);
+  return x[skip + (n - skip) / 2];
 }
 
 static int train_loop(trainer *t, ol_train_result *res) {
@@ -131,14 +152,18 @@ static int train_loop(trainer *t, ol_train_result *res) {
     OL_TRY(ol_metrics_write(t->log, "eval", 2, k, v));
   }
   for (int64_t step = 0; step < o->steps; step++) {
-    double t0 = ol_now();
-    memset(m->params.grad, 0, m->params.total * sizeof(float));
-    double loss_sum = 0.0;
-    for (size_t mb = 0; mb < t->M; mb++) {
-      OL_TRY(load_micro_batch(t, OL_SPLIT_TRAIN, step, mb));
-      loss_sum += ol_model_forward(m, &t->acts, t->tokens, t->targets, grad_scale);
-      ol_model_backward(m, &t->acts, t->tokens);
+    if (o->time_frozen) {  // the same step with every adapter detached: --method none's work
+      double t0 = ol_now();
+      ol_model_attach_adapters(m, 0);
+      double ignored;
+      int rc = forward_backward(t, step, grad_scale, &ignored);
+      ol_model_attach_adapters(m, 1);
+      OL_TRY(rc);
+      t->frozen_step_s[step] = ol_now() - t0;
     }
+    double t0 = ol_now();
+    double loss_sum;
+    OL_TRY(forward_backward(t, step, grad_scale, &loss_sum));
     loss = loss_sum / tokens_per_step;
     if (!isfinite(loss))
       return ol_error("non-finite loss (%g) at step %lld: stopping without writing a checkpoint "
@@ -169,9 +194,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
     if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
       OL_TRY(write_checkpoint(t, step + 1, loss));
   }
-  size_t n = (size_t)o->steps > 1 ? (size_t)o->steps - 1 : 1;  // the first step warms up
-  qsort(step_s + o->steps - n, n, sizeof(double), cmp_double);
-  double median = step_s[o->steps - n + n / 2];
+  double median = median_after_first(step_s, (size_t)o->steps);
   char evals[96] = "";
   if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
   ol_info("done | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
@@ -180,6 +203,8 @@ static int train_loop(trainer *t, ol_train_result *res) {
           (double)ol_peak_rss_bytes() / 1048576.0);
   if (res) {
     res->median_step_s = median;
+    res->median_frozen_step_s =
+        o->time_frozen ? median_after_first(t->frozen_step_s, (size_t)o->steps) : 0.0;
     res->tokens_per_step = tokens_per_step;
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
@@ -218,6 +243,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     t.tokens = ol_calloc(t.B * t.T, sizeof(int32_t));
     t.targets = ol_calloc(t.B * t.T, sizeof(int32_t));
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
+    t.frozen_step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
             "targets %s | trainable %zu | batch %zux%zux%zu tokens | activations kept %.1f MiB",
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
@@ -229,7 +255,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK) rc = train_loop(&t, result);
   ol_metrics_close(t.log);
   if (t.data) ol_dataset_close(t.data);
-  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s);
+  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
   ol_acts_free(&t.acts);
   ol_model_free(&t.model);
   return rc;

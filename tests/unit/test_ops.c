@@ -668,9 +668,10 @@ typedef struct {
 static void onelora_linear_forward(float *y, float *s, const float *x, const float *W,
                                    const float *b, size_t N, size_t k, size_t d) {
   // y (N, d), s (N), x (N, k), W (d, k), b (d)
-  ol_bk->gemm(0, 1, N, d, k, 1.0f, x, k, W, k, 0.0f, y, d);
+  // as ol_linear_forward runs it: the adapter initialises y, the GEMM accumulates
   ol_bk->row_sums(s, x, N, k);
-  ol_bk->add_outer(y, s, b, N, d);
+  ol_bk->outer(y, s, b, N, d, 0.0f);
+  ol_bk->gemm(0, 1, N, d, k, 1.0f, x, k, W, k, 1.0f, y, d);
 }
 
 static double lin_loss(void *p) {
@@ -703,11 +704,13 @@ static void test_onelora_linear(void **state) {
     }
   }
 
-  // backward with dy = r:  dx = dy W + (dy . b) 1,  db = dy^T s
-  ol_bk->gemm(0, 0, N, k, d, 1.0f, r, d, W, k, 0.0f, dx, k);
-  ol_bk->gemv(0, N, d, 1.0f, r, d, b, 0.0f, c);  // c (N) = dy b
-  ol_bk->add_row_scalar(dx, c, N, k);
-  ol_bk->gemv(1, d, N, 1.0f, r, d, s, 0.0f, db);  // db (d) = dy^T s
+  // backward with dy = r:  dx = dy W + (dy . b) 1,  db = dy^T s, as ol_linear_backward runs
+  // it: c overwrites the sums in place, the adapter initialises dx, the GEMM accumulates
+  memcpy(c, s, N * sizeof(float));
+  memset(db, 0, d * sizeof(float));
+  ol_bk->rowdot_accum(c, db, r, c, b, N, d);  // c (N) = dy b, db (d) += dy^T s
+  ol_bk->broadcast_rows(dx, c, N, k, 0.0f);
+  ol_bk->gemm(0, 0, N, k, d, 1.0f, r, d, W, k, 1.0f, dx, k);
   lin_ctx ctx = {x, b, y, s, W, r, N, k, d};
   assert_true(grad_check("1lora dx", lin_loss, &ctx, x, dx, N * k, N * k, 110) < FD_TOL);
   assert_true(grad_check("1lora db", lin_loss, &ctx, b, db, d, d, 111) < FD_TOL);
