@@ -17,7 +17,7 @@ cat "$fortunes/computers" "$fortunes/science" "$fortunes/linux" > "$work/fortune
 
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 "$bin" train --model "$ONELORA_ROOT/jobs/data/base-kjv.h5" --data "$work/fortunes.h5" \
-  --method 1lora --targets all --steps "${DEMO_STEPS:-60}" --micro-batch 16 --seq-len 256 \
+  --method 1lora --targets all --steps "${DEMO_STEPS:-100}" --micro-batch 16 --seq-len 256 \
   --lr 1e-2 --warmup 5 --schedule cosine --clip 1.0 --seed 1 \
-  --eval-every 30 --eval-batches 4 --ckpt-dir "$work/ckpt" --log "$work/train.jsonl"
+  --eval-every 50 --eval-batches 4 --ckpt-dir "$work/ckpt" --log "$work/train.jsonl"
 echo "demo: log $work/train.jsonl, checkpoint in $work/ckpt"
