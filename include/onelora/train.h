@@ -64,7 +64,8 @@ typedef struct {
 /* What a run measured, for the benchmark report. */
 typedef struct {
   double median_step_s;       /* median wall time of a step, the first step excluded */
-  double median_frozen_step_s; /* the same with adapters detached (time_frozen), else 0 */
+  double step_over_frozen;    /* median over steps of step time / the same step with adapters
+                                 detached (time_frozen), else 1 */
   double tokens_per_step;
   double flops_per_step;      /* matrix-product FLOPs a step issues (ol_model_flops) */
   double final_loss;

@@ -58,11 +58,10 @@ int ol_cmd_bench(int argc, char **argv) {
   // frozen weights, the four trainable buffers (values, gradients, Adam m and v), and the
   // activations backward keeps
   size_t minimum = r.frozen_bytes + 4 * r.trainable * sizeof(float) + r.kept_bytes;
-  double frozen = r.median_frozen_step_s > 0 ? r.median_frozen_step_s : r.median_step_s;
-  ol_info("bench | method %s | trainable %zu | median step %.4f s | frozen step %.4f s | "
-          "step/frozen %.4f | %.0f tok/s | %.1f GFLOP/s | sgemm 2048^3 %.1f GFLOP/s | ratio %.3f | "
+  ol_info("bench | method %s | trainable %zu | median step %.4f s | step/frozen %.4f | "
+          "%.0f tok/s | %.1f GFLOP/s | sgemm 2048^3 %.1f GFLOP/s | ratio %.3f | "
           "peak RSS %.1f MiB | minimum %.1f MiB | RSS/minimum %.3f",
-          o.method.text, r.trainable, r.median_step_s, frozen, r.median_step_s / frozen,
+          o.method.text, r.trainable, r.median_step_s, r.step_over_frozen,
           r.tokens_per_step / r.median_step_s,
           flops / 1e9, peak_sgemm / 1e9, flops / peak_sgemm, (double)r.peak_rss_bytes / 1048576.0,
           (double)minimum / 1048576.0, (double)r.peak_rss_bytes / (double)minimum);

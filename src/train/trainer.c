@@ -194,6 +194,8 @@ static int train_loop(trainer *t, ol_train_result *res) {
     if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
       OL_TRY(write_checkpoint(t, step + 1, loss));
   }
+  double *paired = t->frozen_step_s;  // each step over its frozen twin: drift cancels in pairs
+  for (int64_t i = 0; o->time_frozen && i < o->steps; i++) paired[i] = step_s[i] / paired[i];
   double median = median_after_first(step_s, (size_t)o->steps);
   char evals[96] = "";
   if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
@@ -203,8 +205,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
           (double)ol_peak_rss_bytes() / 1048576.0);
   if (res) {
     res->median_step_s = median;
-    res->median_frozen_step_s =
-        o->time_frozen ? median_after_first(t->frozen_step_s, (size_t)o->steps) : 0.0;
+    res->step_over_frozen = o->time_frozen ? median_after_first(paired, (size_t)o->steps) : 1.0;
     res->tokens_per_step = tokens_per_step;
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
