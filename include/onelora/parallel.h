@@ -10,5 +10,7 @@ typedef struct {
 void ol_grid_init(int *argc, char ***argv, ol_grid *g);
 void ol_grid_finalize(void);
 void ol_grid_abort(int code);
+/* Ranks in MPI_COMM_WORLD (1 when MPI was not started) */
+int ol_grid_world_size(void);
 
 #endif

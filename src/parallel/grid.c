@@ -15,3 +15,10 @@ void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
 void ol_grid_finalize(void) { MPI_Finalize(); }
 
 void ol_grid_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+
+int ol_grid_world_size(void) {
+  int started = 0, size = 1;
+  MPI_Initialized(&started);
+  if (started) MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+}

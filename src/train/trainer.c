@@ -9,6 +9,7 @@
 #include "onelora/backend.h"
 #include "onelora/io.h"
 #include "onelora/model.h"
+#include "onelora/parallel.h"
 #include "onelora/train.h"
 
 typedef struct {
@@ -225,6 +226,9 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   ol_h5model *mf = NULL;
   ol_config cfg;
   int rc = OL_OK;
+  if (ol_grid_world_size() > 1)
+    return ol_error("onelora runs on one rank for now (started on %d): tensor, pipeline and data "
+                    "parallelism are not implemented yet", ol_grid_world_size());
   if (o->synthetic) {
     cfg = *o->synthetic;
     rc = ol_model_build(&t.model, &cfg, &o->method);
