@@ -314,6 +314,13 @@ int ol_h5_get_config(hid_t loc, const char *file, ol_config *cfg) {
     else
       OL_TRY(ol_h5_get_i64(loc, file, config_fields[i].name, (int64_t *)field));
   }
+  // optional flags, absent in files without biases
+  const char *flags[2] = {"attention_bias", "mlp_bias"};
+  int64_t *dst[2] = {&cfg->attention_bias, &cfg->mlp_bias};
+  for (int i = 0; i < 2; i++) {
+    *dst[i] = 0;
+    if (H5Aexists(loc, flags[i]) > 0) OL_TRY(ol_h5_get_i64(loc, file, flags[i], dst[i]));
+  }
   return OL_OK;
 }
 
@@ -326,6 +333,8 @@ int ol_h5_put_config(hid_t loc, const char *file, const ol_config *cfg) {
     else
       OL_TRY(ol_h5_put_i64(loc, file, config_fields[i].name, *(const int64_t *)field));
   }
+  if (cfg->attention_bias) OL_TRY(ol_h5_put_i64(loc, file, "attention_bias", 1));
+  if (cfg->mlp_bias) OL_TRY(ol_h5_put_i64(loc, file, "mlp_bias", 1));
   return OL_OK;
 }
 

@@ -77,6 +77,10 @@ typedef struct {
   void (*outer)(float *y, const float *s, const float *b, size_t N, size_t d, float beta);
   /* x(N,k) = beta * x + c(N) broadcast along each row */
   void (*broadcast_rows)(float *x, const float *c, size_t N, size_t k, float beta);
+  /* y(N,d) = beta * y + bias(d) added to every row */
+  void (*add_bias)(float *y, const float *bias, size_t N, size_t d, float beta);
+  /* db(d) += column sums of dy(N,d) */
+  void (*col_sums)(float *db, const float *dy, size_t N, size_t d);
   /* One pass over dy(N,d): c(N) = dy b(d), and db(d) += dy^T s(N) */
   void (*rowdot_accum)(float *c, float *db, const float *dy, const float *s, const float *b,
                        size_t N, size_t d);

@@ -14,6 +14,10 @@ typedef struct {
   int64_t max_seq_len;  /* longest T the model accepts */
   double norm_eps;      /* RMSNorm epsilon */
   double rope_theta;    /* RoPE base */
+  /* Optional (absent = 0): the projections carry frozen biases, as after merging BitFit.
+   * Hugging Face's config flags of the same names. */
+  int64_t attention_bias; /* q, k, v, o have a "<module>.bias" dataset */
+  int64_t mlp_bias;       /* gate, up, down have one */
 } ol_config;
 
 /* Checks the config for internal consistency; on failure records a message naming `what`

@@ -24,6 +24,7 @@ typedef struct {
 
 typedef struct {
   ol_tensor w[OL_PROJ_COUNT];   /* projection weights; lin[p].W points at w[p].data */
+  ol_tensor bias[OL_PROJ_COUNT];/* (out) biases when the config has them (lin[p].bias) */
   ol_linear lin[OL_PROJ_COUNT];
   ol_tensor attn_norm;     /* (D) input_layernorm */
   ol_tensor mlp_norm;      /* (D) post_attention_layernorm */
@@ -40,13 +41,17 @@ typedef struct {
   ol_tensor **tensors;     /* every model-file tensor in file order, for load/save/merge */
   size_t n_tensors;
   ol_params params;        /* the flat trainable state */
+  ol_frozen generated;     /* frozen tensors the methods generate (checkpoint group `frozen`) */
   float *frozen;           /* one arena for every frozen tensor */
   size_t frozen_floats;
 } ol_model;
 
-/* Lays out the model for a method: declares trainables, allocates frozen and trainable
- * storage, binds adapters. Weights are uninitialised until loaded or randomised. */
-int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method);
+/* Lays out the model for a method: every tensor, the trainable table and the generated frozen
+ * tensors, without allocating weights or trainable state (enough for counting). */
+int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed);
+/* Layout, then allocates frozen and trainable storage and binds adapters. Weights are
+ * uninitialised until loaded or randomised. */
+int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
 /* Random weights: normal(0, 0.02) per matrix, ones for norms; tensor i uses hash(seed, i). */
@@ -83,6 +88,7 @@ typedef struct {
   float *dk, *dv;          /* (N, Hkv*hd) */
   float *dres;             /* (N, D) gradient of the residual stream */
   float *logits;           /* (head_chunk, V) LM head logits / dlogits of one token chunk */
+  float *lin_work;         /* (N, max out) scratch of rescaling adapters, NULL when none */
   float *rope_cos, *rope_sin; /* (T, hd/2) */
   float *attn_scratch;     /* attention_scratch_floats(T) */
   size_t head_chunk;       /* tokens per LM-head chunk */

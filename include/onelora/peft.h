@@ -42,7 +42,17 @@ const char *ol_proj_module(ol_proj p);   /* "self_attn.q_proj", ..., "mlp.down_p
 typedef enum { OL_PAR_COLUMN, OL_PAR_ROW, OL_PAR_REPLICATED } ol_par_kind;
 
 /* ---- methods ------------------------------------------------------------------------------- */
-typedef enum { OL_AD_ONELORA = 0, OL_AD_COUNT } ol_adapter_kind;
+typedef enum {
+  OL_AD_ONELORA = 0,   /* 1lora: y += b sum(x) */
+  OL_AD_ONELORA_RANDOM,/* 1lora-random: y += b (v . x), v a fixed seeded random vector */
+  OL_AD_LORA,          /* lora: y += (alpha/r) B A x */
+  OL_AD_DORA,          /* dora: y = m / |W + sBA|_row * (W x + s B A x) */
+  OL_AD_VERA,          /* vera: y += lambda_b * B (lambda_d * A x), A and B frozen, shared */
+  OL_AD_MORA,          /* mora: y += tile(M compress(x)), type 1 */
+  OL_AD_MORA6,         /* mora6: type 6, RoPE-rotated groups */
+  OL_AD_BITFIT,        /* bitfit: y += beta */
+  OL_AD_COUNT
+} ol_adapter_kind;
 
 typedef struct {
   char text[128];          /* the --method value, normalised */
@@ -62,13 +72,44 @@ int ol_method_parse(const char *methods, const char *targets, int64_t rank, doub
 struct ol_linear;
 typedef struct ol_adapter ol_adapter;
 
+/* ---- frozen tensors that methods generate themselves (VeRA's shared A and B, 1lora-random's
+ * compression vectors): stored in the checkpoint's `frozen` group ---------------------------- */
+typedef struct {
+  char name[128];
+  int ndim;
+  size_t shape[2];
+  float *data;           /* owned by the list */
+} ol_frozen_entry;
+
+typedef struct {
+  ol_frozen_entry *entries;
+  size_t count, cap;
+} ol_frozen;
+
+/* Adds a zeroed tensor and returns its storage; NULL when the name is already present. */
+float *ol_frozen_add(ol_frozen *f, const char *name, int ndim, const size_t *shape);
+ol_frozen_entry *ol_frozen_find(const ol_frozen *f, const char *name);
+void ol_frozen_free(ol_frozen *f);
+
+/* What adapters see while the model is laid out */
+typedef struct {
+  ol_params *params;       /* declare trainable tensors here */
+  ol_frozen *frozen;       /* generated frozen tensors */
+  const ol_method *method; /* rank, alpha */
+  uint64_t seed;           /* --seed: generated tensors and inits derive from it */
+  size_t k_max, d_max;     /* largest in and out of the adapted linears (VeRA's shared shapes) */
+} ol_peft_ctx;
+
 /* An adapter method: a small vtable. Every function works on this rank's shard. */
 typedef struct {
   const char *name;         /* the --method name */
   const char *param_suffix; /* e.g. "onelora_b" */
-  /* declares its trainable tensors for this linear into the table */
-  void (*declare)(ol_adapter *a, const struct ol_linear *lin, ol_params *p);
-  /* initialises its tensors once they are allocated and bound (a->value, a->grad) */
+  /* declares its trainable tensors for this linear (ctx->params) and creates or looks up the
+   * frozen tensors it generates (ctx->frozen, filled right away from ctx->seed); sets
+   * a->state_floats when it needs per-layer scratch that persists across calls */
+  void (*declare)(ol_adapter *a, const struct ol_linear *lin, ol_peft_ctx *ctx);
+  /* initialises its trainable tensors once they are allocated and bound (a->value, a->grad);
+   * rng is a stream private to this adapter */
   void (*init)(ol_adapter *a, const struct ol_linear *lin, ol_rng *rng);
   /* floats per token it keeps from forward for its backward */
   size_t (*saved_per_token)(const ol_adapter *a, const struct ol_linear *lin);
@@ -80,8 +121,19 @@ typedef struct {
    * is dead after this call, so backward may reuse it as scratch. */
   void (*backward)(ol_adapter *a, const struct ol_linear *lin, const float *dy, float *dx,
                    size_t N, float beta, float *saved);
-  /* W(d,k) += its update, so that the plain linear equals the adapted one */
+  /* W(d,k) += its update (or the bias, for bitfit), so that the plain linear equals the
+   * adapted one */
   void (*merge)(const ol_adapter *a, struct ol_linear *lin);
+
+  /* Optional, for methods that rescale the layer's whole output (DoRA). When set, the linear
+   * computes z(N,d) = x W^T + the additive adapters (this one's forward included) into a
+   * scratch, then rescale_forward(z) in place, then y = beta*y + z. In backward,
+   * rescale_backward turns dy(N,d) into dz(N,d) (its own gradients accumulated; x is its saved
+   * input), and everything else back-propagates dz. */
+  void (*rescale_forward)(ol_adapter *a, const struct ol_linear *lin, float *z, size_t N,
+                          float *saved);
+  void (*rescale_backward)(ol_adapter *a, const struct ol_linear *lin, const float *dy,
+                           float *dz, size_t N, float *saved);
 } ol_adapter_ops;
 
 struct ol_adapter {
@@ -90,13 +142,22 @@ struct ol_adapter {
   int n_param;
   float *value[4];          /* bound into the flat buffers after allocation */
   float *grad[4];
+  const float *frozen[2];   /* generated frozen tensors it reads (set in declare) */
+  size_t state_floats;      /* persistent per-layer scratch it asked for in declare */
+  float *state;             /* (state_floats) allocated with the model */
 };
 
 /* Points a->value/a->grad at the allocated flat buffers. */
 void ol_adapter_bind(ol_adapter *a, const ol_params *p);
 
 const ol_adapter_ops *ol_adapter_lookup(ol_adapter_kind k);
-extern const ol_adapter_ops ol_onelora_ops;
+extern const ol_adapter_ops ol_onelora_ops, ol_onelora_random_ops, ol_lora_ops, ol_dora_ops,
+    ol_vera_ops, ol_mora_ops, ol_mora6_ops, ol_bitfit_ops;
+
+/* LoRA scaling s = alpha / rank, shared by lora and dora */
+float ol_lora_scale(const ol_method *m);
+/* MoRA's square size r^ = floor(sqrt((k + d) r) + 1/2) */
+size_t ol_mora_rhat(size_t k, size_t d, int64_t rank);
 
 /* ---- the linear layer ---------------------------------------------------------------------- */
 #define OL_MAX_ADAPTERS 4
@@ -107,6 +168,8 @@ typedef struct ol_linear {
   float *W;                 /* (out, in) frozen or trainable weight shard */
   long w_param;             /* entry index when W is trainable, else -1 */
   float *dW;                /* (out, in) its gradient when trainable, else NULL */
+  float *bias;              /* (out) frozen bias when the model file has one, else NULL */
+  float *work;              /* (N, out) scratch for a rescaling adapter (DoRA), from ol_acts */
   ol_adapter adapters[OL_MAX_ADAPTERS];
   int n_adapters;
   int n_detached;           /* adapters set aside by ol_model_attach_adapters */

@@ -617,6 +617,27 @@ static void cpu_broadcast_rows(float *x, const float *c, size_t N, size_t k, flo
   }
 }
 
+static void cpu_add_bias(float *y, const float *bias, size_t N, size_t d, float beta) {
+  // y (N, d) = beta * y + bias (d) in every row
+#pragma omp parallel for schedule(static) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    float *yn = y + n * d;
+    if (beta == 0.0f)
+      for (size_t i = 0; i < d; i++) yn[i] = bias[i];
+    else
+      for (size_t i = 0; i < d; i++) yn[i] = beta * yn[i] + bias[i];
+  }
+}
+
+static void cpu_col_sums(float *db, const float *dy, size_t N, size_t d) {
+  // db (d) += sum over the N rows of dy (N, d)
+#pragma omp parallel for schedule(static) reduction(+ : db[:d]) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    const float *dyn = dy + n * d;
+    for (size_t i = 0; i < d; i++) db[i] += dyn[i];
+  }
+}
+
 static void cpu_rowdot_accum(float *c, float *db, const float *dy, const float *s, const float *b,
                              size_t N, size_t d) {
   // c (N) = dy (N, d) b (d); db (d) += dy^T s (N): each row of dy is read once
@@ -689,6 +710,8 @@ static const ol_backend cpu_backend = {
     .outer = cpu_outer,
     .broadcast_rows = cpu_broadcast_rows,
     .rowdot_accum = cpu_rowdot_accum,
+    .add_bias = cpu_add_bias,
+    .col_sums = cpu_col_sums,
     .adamw = cpu_adamw,
 };
 

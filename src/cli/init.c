@@ -40,7 +40,7 @@ int ol_cmd_init(int argc, char **argv) {
   ol_method frozen;
   ol_model m;
   if (ol_method_parse("none", "all", 1, 1.0, &frozen) != OL_OK ||
-      ol_model_build(&m, &cfg, &frozen) != OL_OK)
+      ol_model_build(&m, &cfg, &frozen, (uint64_t)seed) != OL_OK)
     return ol_cli_fail();
   ol_model_randomize(&m, (uint64_t)seed);
   int rc = ol_model_save(&m, out, dtype);

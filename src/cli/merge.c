@@ -22,7 +22,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
   if (rc == OL_OK)
     rc = ol_method_parse(meta.method, meta.targets, meta.rank, (double)meta.alpha_x1000 / 1000.0,
                          &method);
-  if (rc == OL_OK) rc = ol_model_build(&m, &cfg, &method);
+  if (rc == OL_OK) rc = ol_model_build(&m, &cfg, &method, meta.seed);
   if (rc == OL_OK) rc = ol_model_load(&m, mf);
   if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, c, ckpt_path, 0);
   if (rc == OL_OK) {

@@ -60,6 +60,13 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   a->attn_scratch = ol_calloc(scratch, sizeof(float));
   ol_bk->rope_table(a->rope_cos, a->rope_sin, T, m->hd, c->rope_theta);
   size_t work = 5 * N * D + N * F + 2 * N * kvD + a->head_chunk * V + T * m->hd + scratch;
+  for (size_t l = 0; l < L && !a->lin_work; l++)  // one scratch for every rescaling adapter
+    for (int p = 0; p < OL_PROJ_COUNT; p++)
+      for (int i = 0; i < m->blocks[l].lin[p].n_adapters; i++)
+        if (m->blocks[l].lin[p].adapters[i].ops->rescale_forward && !a->lin_work) {
+          a->lin_work = ol_calloc(N * (D > F ? D : F), sizeof(float));
+          work += N * (D > F ? D : F);
+        }
   a->bytes_kept = kept * sizeof(float);
   a->bytes_total = (kept + work) * sizeof(float);
 }
@@ -77,7 +84,14 @@ void ol_acts_free(ol_acts *a) {
   ol_free(a->xn), ol_free(a->att), ol_free(a->h);
   ol_free(a->dq), ol_free(a->dk), ol_free(a->dv), ol_free(a->dres);
   ol_free(a->logits), ol_free(a->rope_cos), ol_free(a->rope_sin), ol_free(a->attn_scratch);
+  ol_free(a->lin_work);
   memset(a, 0, sizeof *a);
+}
+
+/* Points every linear at these activations' scratch (for rescaling adapters). */
+static void set_linear_work(ol_model *m, ol_acts *a) {
+  for (size_t l = 0; l < a->L; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) m->blocks[l].lin[p].work = a->lin_work;
 }
 
 /* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. */
@@ -145,6 +159,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   const ol_config *c = &m->cfg;
   const size_t N = a->N, D = (size_t)c->dim, V = (size_t)c->vocab_size, L = (size_t)c->n_layers;
   float *xs = a->xs;  // (L+1, N, D)
+  set_linear_work(m, a);
   ol_bk->embedding_forward(xs, tokens, m->embed.data, N, D);
   for (size_t l = 0; l < L; l++) block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D);
 
@@ -174,6 +189,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
 
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
   const size_t N = a->N, D = (size_t)m->cfg.dim, L = (size_t)m->cfg.n_layers;
+  set_linear_work(m, a);
   for (size_t l = L; l-- > 0;) block_backward(m, a, l, a->xs + l * N * D);
   if (m->embed.param >= 0)
     ol_bk->embedding_backward(ol_params_grad(&m->params, (size_t)m->embed.param), tokens, a->dres,

@@ -12,10 +12,10 @@ typedef struct {
 } preset;
 
 static const preset presets[] = {
-    {"tiny", {64, 2, 4, 2, 176, 256, 128, 1e-5, 10000.0}},
-    {"small", {256, 4, 8, 4, 688, 256, 256, 1e-5, 10000.0}},
-    {"llama2-7b", {4096, 32, 32, 32, 11008, 32000, 4096, 1e-5, 10000.0}},
-    {"llama2-13b", {5120, 40, 40, 40, 13824, 32000, 4096, 1e-5, 10000.0}},
+    {"tiny", {64, 2, 4, 2, 176, 256, 128, 1e-5, 10000.0, 0, 0}},
+    {"small", {256, 4, 8, 4, 688, 256, 256, 1e-5, 10000.0, 0, 0}},
+    {"llama2-7b", {4096, 32, 32, 32, 11008, 32000, 4096, 1e-5, 10000.0, 0, 0}},
+    {"llama2-13b", {5120, 40, 40, 40, 13824, 32000, 4096, 1e-5, 10000.0, 0, 0}},
 };
 
 int ol_preset(const char *name, ol_config *out) {
@@ -50,7 +50,19 @@ static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
   m->tensors[m->n_tensors++] = t;
 }
 
-int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
+/* Largest in/out of the linears the method adapts (VeRA slices its shared matrices from these). */
+static void adapted_extent(const ol_model *m, size_t *k_max, size_t *d_max) {
+  *k_max = *d_max = 0;
+  if (!m->method.adapters) return;
+  for (int p = 0; p < OL_PROJ_COUNT; p++)
+    if (m->method.targets & (1u << p)) {
+      const ol_linear *lin = &m->blocks[0].lin[p];
+      if (lin->in > *k_max) *k_max = lin->in;
+      if (lin->out > *d_max) *d_max = lin->out;
+    }
+}
+
+int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
   memset(m, 0, sizeof *m);
   OL_TRY(ol_config_validate(cfg, "model config"));
   m->cfg = *cfg;
@@ -60,14 +72,24 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
   m->hd = D / (size_t)cfg->n_heads;
   const size_t kvD = (size_t)cfg->n_kv_heads * m->hd;
   const int full = method->full, norms = method->full || method->norms;
+  const size_t outs[OL_PROJ_COUNT] = {D, kvD, kvD, D, F, F, D};
+  const size_t ins[OL_PROJ_COUNT] = {D, D, D, D, D, D, F};
 
   m->blocks = ol_calloc(L, sizeof *m->blocks);
-  m->tensors = ol_calloc(3 + L * (2 + OL_PROJ_COUNT), sizeof *m->tensors);
+  m->tensors = ol_calloc(3 + L * (2 + 2 * OL_PROJ_COUNT), sizeof *m->tensors);
+  for (size_t l = 0; l < L; l++)  // shapes first: adapters may need every layer's extent
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *lin = &m->blocks[l].lin[p];
+      snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", l, ol_proj_module(p));
+      lin->out = outs[p], lin->in = ins[p];
+      lin->par = (p == OL_O || p == OL_DOWN) ? OL_PAR_ROW : OL_PAR_COLUMN;
+    }
+  ol_peft_ctx ctx = {&m->params, &m->generated, &m->method, seed, 0, 0};
+  adapted_extent(m, &ctx.k_max, &ctx.d_max);
+
   char name[128];
   tensor_set(&m->embed, "model.embed_tokens.weight", V, D);
   tensor_place(m, &m->embed, full);
-  const size_t outs[OL_PROJ_COUNT] = {D, kvD, kvD, D, F, F, D};
-  const size_t ins[OL_PROJ_COUNT] = {D, D, D, D, D, D, F};
   for (size_t l = 0; l < L; l++) {
     ol_block *b = &m->blocks[l];
     snprintf(name, sizeof name, "model.layers.%zu.input_layernorm.weight", l);
@@ -80,20 +102,21 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
         tensor_place(m, &b->mlp_norm, norms);
       }
       ol_linear *lin = &b->lin[p];
-      snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", l, ol_proj_module(p));
-      lin->out = outs[p];
-      lin->in = ins[p];
-      lin->par = (p == OL_O || p == OL_DOWN) ? OL_PAR_ROW : OL_PAR_COLUMN;
       snprintf(name, sizeof name, "%s.weight", lin->name);
       tensor_set(&b->w[p], name, lin->out, lin->in);
       tensor_place(m, &b->w[p], full);
       lin->w_param = b->w[p].param;
+      if (p <= OL_O ? cfg->attention_bias : cfg->mlp_bias) {
+        snprintf(name, sizeof name, "%s.bias", lin->name);
+        tensor_set(&b->bias[p], name, lin->out, 0);
+        tensor_place(m, &b->bias[p], full);
+      }
       if (method->targets & (1u << p))
         for (int k = 0; k < OL_AD_COUNT; k++)
           if (method->adapters & (1u << k)) {
             ol_adapter *a = &lin->adapters[lin->n_adapters++];
             a->ops = ol_adapter_lookup((ol_adapter_kind)k);
-            a->ops->declare(a, lin, &m->params);
+            a->ops->declare(a, lin, &ctx);
           }
     }
   }
@@ -101,7 +124,11 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
   tensor_place(m, &m->final_norm, norms);
   tensor_set(&m->lm_head, "lm_head.weight", V, D);
   tensor_place(m, &m->lm_head, full);
+  return OL_OK;
+}
 
+int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
+  OL_TRY(ol_model_layout(m, cfg, method, seed));
   // storage: trainables in the flat buffer, everything else in one frozen arena
   ol_params_alloc(&m->params);
   m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
@@ -115,12 +142,18 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method) {
       off += tensor_numel(t);
     }
   }
-  for (size_t l = 0; l < L; l++)
+  for (size_t l = 0; l < (size_t)cfg->n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
-      ol_linear *lin = &m->blocks[l].lin[p];
-      lin->W = m->blocks[l].w[p].data;
+      ol_block *b = &m->blocks[l];
+      ol_linear *lin = &b->lin[p];
+      lin->W = b->w[p].data;
       lin->dW = lin->w_param >= 0 ? ol_params_grad(&m->params, (size_t)lin->w_param) : NULL;
-      for (int i = 0; i < lin->n_adapters; i++) ol_adapter_bind(&lin->adapters[i], &m->params);
+      lin->bias = b->bias[p].ndim ? b->bias[p].data : NULL;
+      for (int i = 0; i < lin->n_adapters; i++) {
+        ol_adapter *a = &lin->adapters[i];
+        ol_adapter_bind(a, &m->params);
+        if (a->state_floats) a->state = ol_calloc(a->state_floats, sizeof(float));
+      }
     }
   return OL_OK;
 }
@@ -193,7 +226,11 @@ void ol_model_merge(ol_model *m) {
 }
 
 void ol_model_free(ol_model *m) {
+  for (size_t l = 0; m->blocks && l < (size_t)m->cfg.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++)
+      for (int i = 0; i < OL_MAX_ADAPTERS; i++) ol_free(m->blocks[l].lin[p].adapters[i].state);
   ol_free(m->blocks);
+  ol_frozen_free(&m->generated);
   ol_free(m->tensors);
   ol_free(m->frozen);
   ol_params_free(&m->params);

@@ -1,6 +1,10 @@
-/* The linear layer: a frozen (or, for full fine-tuning, trainable) weight plus its adapters.
- * A frozen weight gets no gradient, so its backward needs only W (dx = dy W) and the layer keeps
- * its input alive only when W itself is trainable (DESIGN §4). */
+/* The linear layer: a frozen (or, for full fine-tuning, trainable) weight, an optional frozen
+ * bias, and its adapters. A frozen weight gets no gradient, so its backward needs only W
+ * (dx = dy W) and the layer keeps its input alive only when W itself is trainable (DESIGN §4).
+ *
+ * Additive adapters and the bias run first and the GEMM last with beta = 1, so their writes
+ * replace the pass in which BLAS would otherwise zero or scale the output. A rescaling adapter
+ * (DoRA) works on z = x W^T + additive terms in the scratch lin->work. */
 #include <string.h>
 
 #include "onelora/backend.h"
@@ -13,11 +17,15 @@ size_t ol_linear_saved_per_token(const ol_linear *lin) {
   return n;
 }
 
-/* Adapters run first and the frozen GEMM last with beta = 1, so the adapters' writes replace
- * the pass in which BLAS would otherwise scale or zero the output. */
-void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float beta,
-                       float *saved) {
-  // x (N, in), y (N, out), W (out, in)
+static ol_adapter *rescaler(ol_linear *lin) {
+  for (int i = 0; i < lin->n_adapters; i++)
+    if (lin->adapters[i].ops->rescale_forward) return &lin->adapters[i];
+  return NULL;
+}
+
+/* z(N,out) = beta*z + x W^T + adapters' additive terms; returns the rescaler's saved slot */
+static float *additive_forward(ol_linear *lin, const float *x, float *z, size_t N, float beta,
+                               float *saved, ol_adapter *scale, float **scale_slot) {
   float *slot = saved;
   if (lin->w_param >= 0) {
     memcpy(slot, x, N * lin->in * sizeof(float));  // (N, in) for dW
@@ -25,15 +33,42 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
   }
   for (int i = 0; i < lin->n_adapters; i++, beta = 1.0f) {
     ol_adapter *a = &lin->adapters[i];
-    a->ops->forward(a, lin, x, y, N, beta, slot);
+    if (a == scale) *scale_slot = slot;
+    a->ops->forward(a, lin, x, z, N, beta, slot);
     slot += N * a->ops->saved_per_token(a, lin);
   }
-  ol_bk->gemm(0, 1, N, lin->out, lin->in, 1.0f, x, lin->in, lin->W, lin->in, beta, y, lin->out);
+  ol_bk->gemm(0, 1, N, lin->out, lin->in, 1.0f, x, lin->in, lin->W, lin->in, beta, z, lin->out);
+  return slot;
+}
+
+void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float beta,
+                       float *saved) {
+  // x (N, in), y (N, out), W (out, in)
+  ol_adapter *scale = rescaler(lin);
+  if (!scale) {
+    if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
+    additive_forward(lin, x, y, N, beta, saved, NULL, NULL);
+    return;
+  }
+  float *z = beta == 0.0f ? y : lin->work;  // (N, out)
+  float *slot = NULL;
+  additive_forward(lin, x, z, N, 0.0f, saved, scale, &slot);
+  scale->ops->rescale_forward(scale, lin, z, N, slot);
+  if (z != y) ol_bk->axpy(y, z, 1.0f, N * lin->out);
+  if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
 }
 
 void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, float beta,
                         float *saved) {
   // dy (N, out), dx (N, in)
+  ol_adapter *scale = rescaler(lin);
+  if (scale) {
+    float *slot = saved + (lin->w_param >= 0 ? N * lin->in : 0);
+    for (ol_adapter *a = lin->adapters; a != scale; a++) slot += N * a->ops->saved_per_token(a, lin);
+    float *dz = lin->work;  // (N, out)
+    scale->ops->rescale_backward(scale, lin, dy, dz, N, slot);
+    dy = dz;
+  }
   float *slot = saved;
   if (lin->w_param >= 0) {
     // dW (out, in) += dy^T x

@@ -1,13 +1,53 @@
 /* Parsing of --method and --targets, and the adapter registry: a new method is one file in
  * src/peft/ plus one line here. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "onelora/peft.h"
 
 static const ol_adapter_ops *const registry[OL_AD_COUNT] = {
-    [OL_AD_ONELORA] = &ol_onelora_ops,
+    [OL_AD_ONELORA] = &ol_onelora_ops, [OL_AD_ONELORA_RANDOM] = &ol_onelora_random_ops,
+    [OL_AD_LORA] = &ol_lora_ops,       [OL_AD_DORA] = &ol_dora_ops,
+    [OL_AD_VERA] = &ol_vera_ops,       [OL_AD_MORA] = &ol_mora_ops,
+    [OL_AD_MORA6] = &ol_mora6_ops,     [OL_AD_BITFIT] = &ol_bitfit_ops,
 };
+
+float ol_lora_scale(const ol_method *m) { return (float)(m->alpha / (double)m->rank); }
+
+size_t ol_mora_rhat(size_t k, size_t d, int64_t rank) {
+  return (size_t)floor(sqrt((double)(k + d) * (double)rank) + 0.5);
+}
+
+float *ol_frozen_add(ol_frozen *f, const char *name, int ndim, const size_t *shape) {
+  if (ol_frozen_find(f, name)) return NULL;
+  if (f->count == f->cap) {
+    size_t cap = f->cap ? 2 * f->cap : 16;
+    ol_frozen_entry *e = ol_calloc(cap, sizeof *e);
+    if (f->count) memcpy(e, f->entries, f->count * sizeof *e);
+    ol_free(f->entries);
+    f->entries = e, f->cap = cap;
+  }
+  ol_frozen_entry *e = &f->entries[f->count++];
+  ol_strlcpy(e->name, name, sizeof e->name);
+  e->ndim = ndim;
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) e->shape[i] = shape[i], n *= shape[i];
+  e->data = ol_calloc(n, sizeof(float));
+  return e->data;
+}
+
+ol_frozen_entry *ol_frozen_find(const ol_frozen *f, const char *name) {
+  for (size_t i = 0; i < f->count; i++)
+    if (strcmp(f->entries[i].name, name) == 0) return &f->entries[i];
+  return NULL;
+}
+
+void ol_frozen_free(ol_frozen *f) {
+  for (size_t i = 0; i < f->count; i++) ol_free(f->entries[i].data);
+  ol_free(f->entries);
+  memset(f, 0, sizeof *f);
+}
 
 const ol_adapter_ops *ol_adapter_lookup(ol_adapter_kind k) {
   OL_CHECK(k < OL_AD_COUNT);
@@ -79,7 +119,8 @@ static int add_method(const char *item, const char *flag, void *vctx) {
       m->adapters |= 1u << k;
       return OL_OK;
     }
-  return ol_error("%s: unknown method '%s' (known: none, full, norms, 1lora)", flag, item);
+  return ol_error("%s: unknown method '%s' (known: none, full, norms, 1lora, 1lora-random, lora, "
+                  "dora, vera, mora, mora6, bitfit)", flag, item);
 }
 
 int ol_method_parse(const char *methods, const char *targets, int64_t rank, double alpha,
@@ -91,6 +132,9 @@ int ol_method_parse(const char *methods, const char *targets, int64_t rank, doub
   int parts = ctx.none + out->full + out->norms + (out->adapters != 0);
   if (ctx.none && parts > 1) return ol_error("--method: 'none' cannot be combined ('%s')", methods);
   if (out->full && parts > 1) return ol_error("--method: 'full' cannot be combined ('%s')", methods);
+  if ((out->adapters & (1u << OL_AD_DORA)) && (out->adapters & ~(1u << OL_AD_DORA)))
+    return ol_error("--method: 'dora' rescales the whole layer output and cannot share layers with "
+                    "another adapter ('%s'); combine it with norms only", methods);
   if (rank <= 0) return ol_error("--rank must be positive, got %lld", (long long)rank);
   out->rank = rank;
   out->alpha = alpha;

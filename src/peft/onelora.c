@@ -8,11 +8,11 @@
 #include "onelora/backend.h"
 #include "onelora/peft.h"
 
-static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_params *p) {
+static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   char name[160];
   snprintf(name, sizeof name, "%s.onelora_b", lin->name);
   size_t shape[1] = {lin->out};
-  a->param[0] = ol_params_declare(p, name, 1, shape);
+  a->param[0] = ol_params_declare(ctx->params, name, 1, shape);
   a->n_param = 1;
 }
 
@@ -53,4 +53,58 @@ const ol_adapter_ops ol_onelora_ops = {
     .forward = onelora_forward,
     .backward = onelora_backward,
     .merge = onelora_merge,
+};
+
+/* 1lora-random (the paper's Table S1 ablation): the ones of the compression are replaced by a
+ * fixed random vector v (k) ~ N(0, 1), one per layer, generated from --seed and the layer's name
+ * and stored in the checkpoint's `frozen` group as "<module>.onelora_v":
+ *   y += b (v . x);  db += dy^T s;  dx += (dy b) v^T.  It keeps one float per token, s = v . x. */
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+  return h;
+}
+
+static void random_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
+  onelora_declare(a, lin, ctx);
+  char name[160];
+  snprintf(name, sizeof name, "%s.onelora_v", lin->name);
+  size_t shape[1] = {lin->in};
+  float *v = ol_frozen_add(ctx->frozen, name, 1, shape);  // (k)
+  OL_CHECK(v != NULL);
+  ol_rng rng;
+  ol_rng_seed(&rng, ctx->seed ^ name_hash(name));
+  for (size_t i = 0; i < lin->in; i++) v[i] = ol_rng_normal(&rng);
+  a->frozen[0] = v;
+}
+
+static void random_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
+                           size_t N, float beta, float *saved) {
+  float *s = saved;  // (N) s = x v, kept for backward
+  ol_bk->gemv(0, N, lin->in, 1.0f, x, lin->in, a->frozen[0], 0.0f, s);
+  ol_bk->outer(y, s, a->value[0], N, lin->out, beta);  // y (N, d) = beta y + s b^T
+}
+
+static void random_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                            size_t N, float beta, float *saved) {
+  float *s = saved;  // (N), overwritten by c = dy b
+  ol_bk->rowdot_accum(s, a->grad[0], dy, s, a->value[0], N, lin->out);
+  ol_bk->outer(dx, s, a->frozen[0], N, lin->in, beta);  // dx (N, k) = beta dx + c v^T
+}
+
+static void random_merge(const ol_adapter *a, ol_linear *lin) {
+  const float *b = a->value[0], *v = a->frozen[0];  // (d), (k)
+  for (size_t i = 0; i < lin->out; i++)
+    for (size_t j = 0; j < lin->in; j++) lin->W[i * lin->in + j] += b[i] * v[j];
+}
+
+const ol_adapter_ops ol_onelora_random_ops = {
+    .name = "1lora-random",
+    .param_suffix = "onelora_b",
+    .declare = random_declare,
+    .init = onelora_init,
+    .saved_per_token = onelora_saved,
+    .forward = random_forward,
+    .backward = random_backward,
+    .merge = random_merge,
 };

@@ -231,13 +231,13 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
                     "parallelism are not implemented yet", ol_grid_world_size());
   if (o->synthetic) {
     cfg = *o->synthetic;
-    rc = ol_model_build(&t.model, &cfg, &o->method);
+    rc = ol_model_build(&t.model, &cfg, &o->method, o->seed);
     if (rc == OL_OK) ol_model_randomize(&t.model, o->seed);
   } else {
     rc = ol_h5model_open(o->model_path, &mf, &cfg);
     if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
     if (rc == OL_OK) rc = check_inputs(&t, &cfg);
-    if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method);
+    if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method, o->seed);
     if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
     if (mf) ol_h5model_close(mf);
   }

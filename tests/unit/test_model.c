@@ -17,7 +17,7 @@
 enum { B = 2, T = 8 };
 
 static ol_config tiny_config(int64_t kv_heads) {
-  ol_config c = {32, 2, 4, kv_heads, 48, 40, 16, 1e-5, 10000.0};
+  ol_config c = {32, 2, 4, kv_heads, 48, 40, 16, 1e-5, 10000.0, 0, 0};
   return c;
 }
 
@@ -34,7 +34,7 @@ static void fixture_init(fixture *f, const char *methods, const char *targets, i
   ol_method method;
   assert_int_equal(ol_method_parse(methods, targets, 1, 1.0, &method), OL_OK);
   ol_config c = tiny_config(kv);
-  assert_int_equal(ol_model_build(&f->m, &c, &method), OL_OK);
+  assert_int_equal(ol_model_build(&f->m, &c, &method, seed), OL_OK);
   ol_model_randomize(&f->m, seed);
   for (size_t i = 0; i < f->m.n_tensors; i++) {
     ol_tensor *t = f->m.tensors[i];

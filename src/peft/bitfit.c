@@ -1,0 +1,50 @@
+/* BitFit: y += beta, one trainable bias vector (d) per layer, zero-initialised. It keeps
+ * nothing for backward: d(beta) = column sums of dy, and dx gets nothing. */
+#include <stdio.h>
+
+#include "onelora/backend.h"
+#include "onelora/peft.h"
+
+static void bitfit_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
+  char name[160];
+  snprintf(name, sizeof name, "%s.bias", lin->name);
+  size_t shape[1] = {lin->out};
+  a->param[0] = ol_params_declare(ctx->params, name, 1, shape);
+  a->n_param = 1;
+}
+
+static void bitfit_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
+  (void)rng;
+  for (size_t i = 0; i < lin->out; i++) a->value[0][i] = 0.0f;
+}
+
+static size_t bitfit_saved(const ol_adapter *a, const ol_linear *lin) { return 0; }
+
+static void bitfit_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
+                           size_t N, float beta, float *saved) {
+  ol_bk->add_bias(y, a->value[0], N, lin->out, beta);  // y (N, d) = beta y + 1 beta^T
+}
+
+static void bitfit_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                            size_t N, float beta, float *saved) {
+  ol_bk->col_sums(a->grad[0], dy, N, lin->out);  // d(beta) (d) += column sums of dy (N, d)
+  if (beta == 0.0f) ol_bk->scale(dx, 0.0f, N * lin->in);  // dx gets nothing from a bias
+}
+
+/* The merged layer carries the bias itself: merge adds beta to lin->bias, which the model
+ * creates (zeroed) when it merges a bitfit checkpoint. */
+static void bitfit_merge(const ol_adapter *a, ol_linear *lin) {
+  OL_CHECK(lin->bias != NULL);
+  for (size_t i = 0; i < lin->out; i++) lin->bias[i] += a->value[0][i];
+}
+
+const ol_adapter_ops ol_bitfit_ops = {
+    .name = "bitfit",
+    .param_suffix = "bias",
+    .declare = bitfit_declare,
+    .init = bitfit_init,
+    .saved_per_token = bitfit_saved,
+    .forward = bitfit_forward,
+    .backward = bitfit_backward,
+    .merge = bitfit_merge,
+};

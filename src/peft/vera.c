@@ -1,0 +1,3 @@
+/* placeholder: being written */
+#include "onelora/peft.h"
+const ol_adapter_ops ol_vera_ops = {.name = "vera"};
