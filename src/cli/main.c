@@ -20,6 +20,7 @@ static const command commands[] = {
     {"tokenize", ol_cmd_tokenize, 0, "byte-level tokenizer: text files to a data file"},
     {"bench", ol_cmd_bench, 1, "measure training throughput and memory on a random model"},
     {"merge", ol_cmd_merge, 0, "fold a checkpoint into the model weights"},
+    {"plan", ol_cmd_plan, 0, "count what a method trains on a model (before running it)"},
 };
 
 static void usage(FILE *f) {
