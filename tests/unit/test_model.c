@@ -143,6 +143,58 @@ static void test_onelora_norms_gradient_gqa(void **state) {
   fixture_free(&f);
 }
 
+static void test_onelora_random_bitfit_gradient(void **state) {
+  // 1lora-random and bitfit share every layer: both additive terms and their backward order
+  fixture f;
+  fixture_init(&f, "1lora-random,bitfit", "all", 2, 8);
+  randomize_trainables(&f, 0.05f);
+  check_gradient(&f, 24);
+  fixture_free(&f);
+}
+
+static void test_bitfit_on_some_layers_gradient(void **state) {
+  // targets leave some layers plain: their dx must still come out of the frozen GEMM alone
+  fixture f;
+  fixture_init(&f, "bitfit", "q,o,down", 4, 9);
+  randomize_trainables(&f, 0.1f);
+  check_gradient(&f, 24);
+  fixture_free(&f);
+}
+
+static void test_merge_random_and_bitfit(void **state) {
+  // the merged model (W += b v^T, bias += beta) computes the adapted model's loss
+  fixture f;
+  fixture_init(&f, "1lora-random,bitfit", "all", 2, 10);
+  randomize_trainables(&f, 0.05f);
+  double adapted = mean_loss(&f);
+  fixture merged;
+  ol_config c = tiny_config(2);
+  c.attention_bias = c.mlp_bias = 1;
+  ol_method none;
+  assert_int_equal(ol_method_parse("none", "all", 1, 1.0, &none), OL_OK);
+  assert_int_equal(ol_model_build(&merged.m, &c, &none, 10), OL_OK);
+  for (size_t i = 0; i < f.m.n_tensors; i++) {  // same weights, zero biases
+    ol_tensor *src = f.m.tensors[i], *dst = ol_model_tensor(&merged.m, src->name);
+    size_t n = src->ndim == 2 ? src->shape[0] * src->shape[1] : src->shape[0];
+    memcpy(dst->data, src->data, n * sizeof(float));
+  }
+  ol_acts_alloc(&merged.a, &merged.m, B, T);
+  memcpy(merged.tokens, f.tokens, sizeof f.tokens);
+  memcpy(merged.targets, f.targets, sizeof f.targets);
+  double plain = mean_loss(&merged);  // before folding: the adapters must matter
+  assert_true(fabs(plain - adapted) > 1e-4 * fabs(adapted));
+  for (size_t l = 0; l < (size_t)c.n_layers; l++)  // fold the adapters into the copy's layers
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_linear *from = &f.m.blocks[l].lin[p], *to = &merged.m.blocks[l].lin[p];
+      for (int i = 0; i < from->n_adapters; i++) from->adapters[i].ops->merge(&from->adapters[i], to);
+    }
+  double folded = mean_loss(&merged);
+  printf("  adapted %.7f merged %.7f\n", adapted, folded);
+  assert_true(fabs(adapted - folded) < 1e-5 * fabs(adapted));
+  fixture_free(&f);
+  fixture_free(&merged);
+}
+
 static void test_full_gradient(void **state) {
   fixture f;
   fixture_init(&f, "full", "all", 2, 3);
@@ -222,6 +274,9 @@ int main(void) {
       cmocka_unit_test(test_onelora_gradient_mha),
       cmocka_unit_test(test_onelora_norms_gradient_gqa),
       cmocka_unit_test(test_full_gradient),
+      cmocka_unit_test(test_onelora_random_bitfit_gradient),
+      cmocka_unit_test(test_bitfit_on_some_layers_gradient),
+      cmocka_unit_test(test_merge_random_and_bitfit),
       cmocka_unit_test(test_onelora_zero_is_identity),
       cmocka_unit_test(test_onelora_merge_matches_adapter),
       cmocka_unit_test(test_micro_batches_equal_one_batch),
