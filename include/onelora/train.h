@@ -37,12 +37,15 @@ size_t ol_sample_position(uint64_t seed, int shuffle, int64_t step, size_t G, si
                           size_t T);
 
 
-/* Writes every tensor of the table (params, adam_m, adam_v) as a checkpoint file, atomically. */
+/* Writes every tensor of the table (params, adam_m, adam_v) and the generated frozen tensors
+ * (frozen) as a checkpoint file, atomically. */
 #include "onelora/io.h"
-int ol_checkpoint_save(const ol_params *p, const ol_ckpt_meta *meta, const char *path);
-/* Reads every tensor of the table from an open checkpoint (Adam moments too when `moments`);
- * the checkpoint must hold exactly the table's tensors, at the same shapes. */
-int ol_checkpoint_load(ol_params *p, ol_ckpt *c, const char *path, int moments);
+int ol_checkpoint_save(const ol_params *p, const ol_frozen *gen, const ol_ckpt_meta *meta,
+                       const char *path);
+/* Reads every tensor of the table from an open checkpoint (Adam moments too when `moments`),
+ * and the generated frozen tensors from group `frozen`; the checkpoint must hold exactly the
+ * table's tensors, at the same shapes. */
+int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, const char *path, int moments);
 
 /* Everything `onelora train` needs, as parsed and checked by the CLI. */
 typedef struct {

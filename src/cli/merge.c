@@ -24,7 +24,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
                          &method);
   if (rc == OL_OK) rc = ol_model_build(&m, &cfg, &method, meta.seed);
   if (rc == OL_OK) rc = ol_model_load(&m, mf);
-  if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, c, ckpt_path, 0);
+  if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, &m.generated, c, ckpt_path, 0);
   if (rc == OL_OK) {
     ol_model_merge(&m);
     rc = ol_model_save(&m, out, dtype);

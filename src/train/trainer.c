@@ -83,7 +83,7 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
   meta.data_cursor = (uint64_t)step * t->G;
   double t0 = ol_now();
-  OL_TRY(ol_checkpoint_save(&t->model.params, &meta, path));
+  OL_TRY(ol_checkpoint_save(&t->model.params, &t->model.generated, &meta, path));
   ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
   return OL_OK;
 }
