@@ -14,6 +14,8 @@ enum { OL_OK = 0, OL_ERR = 1 };
 
 int ol_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   /* records, returns OL_ERR */
 const char *ol_last_error(void);
+/* Prints "onelora: error: <last error>" on stderr, from rank 0 only (errors are agreed). */
+void ol_error_report(void);
 void ol_clear_error(void);
 
 /* Fatal internal invariant checks: print file:line and abort. Never for user input. */

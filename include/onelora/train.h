@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "onelora/config.h"
+#include "onelora/parallel.h"
 #include "onelora/peft.h"
 
 typedef struct {
@@ -62,6 +63,8 @@ typedef struct {
   const ol_config *synthetic;
   /* bench: before each step, time the same step with every adapter detached */
   int time_frozen;
+  int tp, pp;              /* layout; DP = ranks / (tp * pp) */
+  ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 
 /* What a run measured, for the benchmark report. */

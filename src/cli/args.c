@@ -87,6 +87,6 @@ int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, con
 }
 
 int ol_cli_fail(void) {
-  fprintf(stderr, "onelora: error: %s\n", ol_last_error());
+  ol_error_report();
   return 1;
 }

@@ -23,7 +23,7 @@ static double sgemm_rate(size_t n) {
   return best;
 }
 
-int ol_cmd_bench(int argc, char **argv) {
+int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   ol_shape_args shape;
   ol_arg extra[OL_SHAPE_NARGS];
   ol_shape_flags(&shape, extra);
@@ -43,6 +43,7 @@ int ol_cmd_bench(int argc, char **argv) {
     return ol_cli_fail();
   }
   o.synthetic = &cfg;
+  o.grid = grid;
   // adapters can be detached to time the frozen twin of each step; trainable norms or weights
   // cannot, so those runs report no ratio (compare their median step with a `none` run)
   o.time_frozen = o.method.adapters != 0 && !o.method.full && !o.method.norms;

@@ -5,10 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-int ol_cmd_train(int argc, char **argv);
+#include "onelora/parallel.h"
+int ol_cmd_train(int argc, char **argv, ol_grid *grid);
 int ol_cmd_init(int argc, char **argv);
 int ol_cmd_tokenize(int argc, char **argv);
-int ol_cmd_bench(int argc, char **argv);
+int ol_cmd_bench(int argc, char **argv, ol_grid *grid);
 int ol_cmd_merge(int argc, char **argv);
 int ol_cmd_plan(int argc, char **argv);
 

@@ -9,18 +9,18 @@
 
 typedef struct {
   const char *name;
-  int (*run)(int argc, char **argv);
-  int mpi;  /* runs on MPI ranks; the others are single-process tools that skip MPI start-up */
+  int (*run)(int argc, char **argv);                  /* a single-process tool */
+  int (*run_mpi)(int argc, char **argv, ol_grid *grid); /* runs on MPI ranks */
   const char *summary;
 } command;
 
 static const command commands[] = {
-    {"train", ol_cmd_train, 1, "fine-tune a model with a PEFT method"},
-    {"init", ol_cmd_init, 0, "write a random model from a preset or an explicit shape"},
-    {"tokenize", ol_cmd_tokenize, 0, "byte-level tokenizer: text files to a data file"},
-    {"bench", ol_cmd_bench, 1, "measure training throughput and memory on a random model"},
-    {"merge", ol_cmd_merge, 0, "fold a checkpoint into the model weights"},
-    {"plan", ol_cmd_plan, 0, "count what a method trains on a model (before running it)"},
+    {"train", NULL, ol_cmd_train, "fine-tune a model with a PEFT method"},
+    {"init", ol_cmd_init, NULL, "write a random model from a preset or an explicit shape"},
+    {"tokenize", ol_cmd_tokenize, NULL, "byte-level tokenizer: text files to a data file"},
+    {"bench", NULL, ol_cmd_bench, "measure training throughput and memory on a random model"},
+    {"merge", ol_cmd_merge, NULL, "fold a checkpoint into the model weights"},
+    {"plan", ol_cmd_plan, NULL, "count what a method trains on a model (before running it)"},
 };
 
 static void usage(FILE *f) {
@@ -47,11 +47,11 @@ int main(int argc, char **argv) {
   }
   int help = 0;
   for (int i = 2; i < argc; i++) help |= strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0;
-  int mpi = cmd->mpi && !help;
-  ol_grid grid;
-  if (mpi) ol_grid_init(&argc, &argv, &grid);
   ol_backend_set(ol_backend_cpu());
-  int rc = cmd->run(argc - 1, argv + 1);
-  if (mpi) ol_grid_finalize();
+  if (!cmd->run_mpi) return cmd->run(argc - 1, argv + 1);
+  ol_grid grid = {.world_size = 1, .tp = 1, .pp = 1, .dp = 1};
+  if (!help) ol_grid_init(&argc, &argv, &grid);  // --help needs no MPI start-up
+  int rc = cmd->run_mpi(argc - 1, argv + 1, &grid);
+  if (!help) ol_grid_finalize(&grid);
   return rc;
 }

@@ -79,8 +79,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   else if (eval_batches <= 0) rc = ol_error("--eval-batches must be positive, got %lld", (long long)eval_batches);
   else if (ckpt_every < 0) rc = ol_error("--ckpt-every must be >= 0, got %lld", (long long)ckpt_every);
   else if (tp != 1 || pp != 1)
-    rc = ol_error("--tp %lld --pp %lld: tensor and pipeline parallelism are not available yet; use 1",
-                  (long long)tp, (long long)pp);
+    rc = ol_error("--tp %lld --pp %lld: tensor and pipeline parallelism are not available yet; use 1 "
+                  "(data parallelism is: run on several ranks)", (long long)tp, (long long)pp);
   else if (strcmp(wdtype, "f32") != 0)
     rc = ol_error("--weights-dtype %s: the cpu backend keeps frozen weights in f32 only", wdtype);
   else if (strcmp(device, "cpu") != 0)
@@ -100,16 +100,18 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   o.clip = clip;
   o.seed = (uint64_t)seed;
   o.shuffle = !no_shuffle;
+  o.tp = (int)tp, o.pp = (int)pp;
   *out = o;
   return OL_OK;
 }
 
-int ol_cmd_train(int argc, char **argv) {
+int ol_cmd_train(int argc, char **argv, ol_grid *grid) {
   ol_train_opts o;
   int help;
   if (ol_train_flags("train", usage_text, argc, argv, NULL, 0, 0, &o, &help) != OL_OK)
     return ol_cli_fail();
   if (help) return 0;
+  o.grid = grid;
   if (ol_train_run(&o, NULL) != OL_OK) return ol_cli_fail();
   return 0;
 }

@@ -34,6 +34,12 @@ void ol_fatal(const char *file, int line, const char *fmt, ...) {
 
 void ol_log_set_rank(int rank) { log_rank = rank; }
 
+void ol_error_report(void) {
+  if (log_rank != 0) return;  // errors are agreed across ranks: rank 0 speaks for all
+  fprintf(stderr, "onelora: error: %s\n", ol_last_error());
+  fflush(stderr);
+}
+
 void ol_info(const char *fmt, ...) {
   if (log_rank != 0) return;
   va_list ap;

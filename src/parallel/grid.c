@@ -1,24 +1,74 @@
-/* The process grid. For now one rank; DP x PP x TP communicators come with the parallel layer. */
+/* The process grid: DP x PP x TP communicators, agreement on errors, aborts. */
 #include <mpi.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "onelora/core.h"
 #include "onelora/parallel.h"
 
 void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
+  memset(g, 0, sizeof *g);
   int provided;
   MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &g->world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g->world_size);
+  g->tp = g->pp = g->dp = 1;
   ol_log_set_rank(g->world_rank);
 }
 
-void ol_grid_finalize(void) { MPI_Finalize(); }
+static MPI_Comm *comm(void **handle) { return (MPI_Comm *)handle; }
 
-void ol_grid_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code); }
+int ol_grid_layout(ol_grid *g, int tp, int pp) {
+  if (tp <= 0 || pp <= 0 || g->world_size % (tp * pp) != 0)
+    return ol_error("--tp %d x --pp %d does not divide the %d ranks of this job", tp, pp,
+                    g->world_size);
+  g->tp = tp, g->pp = pp, g->dp = g->world_size / (tp * pp);
+  g->tp_rank = g->world_rank % tp;
+  g->dp_rank = g->world_rank / tp % g->dp;
+  g->pp_rank = g->world_rank / (tp * g->dp);
+  // MPI_Comm is an int or a pointer depending on the MPI; keep it in heap storage
+  MPI_Comm *c[3];
+  for (int i = 0; i < 3; i++) c[i] = ol_calloc(1, sizeof(MPI_Comm));
+  MPI_Comm_split(MPI_COMM_WORLD, g->pp_rank * g->dp + g->dp_rank, g->tp_rank, c[0]);  // same stage+replica
+  MPI_Comm_split(MPI_COMM_WORLD, g->pp_rank * tp + g->tp_rank, g->dp_rank, c[1]);    // same stage+shard
+  MPI_Comm_split(MPI_COMM_WORLD, g->dp_rank * tp + g->tp_rank, g->pp_rank, c[2]);    // same replica+shard
+  g->tp_comm = c[0], g->dp_comm = c[1], g->pp_comm = c[2];
+  return OL_OK;
+}
+
+void ol_grid_finalize(ol_grid *g) {
+  void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
+  for (int i = 0; i < 3; i++)
+    if (*handles[i]) {
+      MPI_Comm_free(comm(*handles[i]));
+      ol_free(*handles[i]);
+      *handles[i] = NULL;
+    }
+  MPI_Finalize();
+}
+
+void ol_grid_abort(int code) {
+  fflush(stdout);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  for (;;) {}  // MPI_Abort does not return
+}
 
 int ol_grid_world_size(void) {
   int started = 0, size = 1;
   MPI_Initialized(&started);
   if (started) MPI_Comm_size(MPI_COMM_WORLD, &size);
   return size;
+}
+
+int ol_grid_agree(ol_grid *g, int status) {
+  if (g->world_size == 1) return status;
+  // the lowest failing rank tells everyone its message
+  int mine = status == OL_OK ? g->world_size : g->world_rank, first;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (first == g->world_size) return OL_OK;
+  char msg[1024];
+  ol_strlcpy(msg, first == g->world_rank ? ol_last_error() : "", sizeof msg);
+  MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
+  return ol_error("rank %d: %s", first, msg);
 }

@@ -26,21 +26,26 @@ typedef struct {
   double *frozen_step_s;   /* (steps) wall time of the same step with adapters detached */
 } trainer;
 
-/* Fills t->tokens/targets with micro-batch mb of step `step` from split s. */
+/* Fills t->tokens/targets with micro-batch mb of step `step` from split s. DP replica r takes
+ * the r-th contiguous block of G/DP samples of the global batch (DESIGN §6). */
 static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
-  if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, position)
+  const size_t first = (size_t)t->o->grid->dp_rank * t->B * t->M + mb * t->B;  // global sample
+  if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, sample)
     uint64_t V = (uint64_t)t->model.cfg.vocab_size;
-    for (size_t i = 0; i < t->B * t->T; i++) {
-      uint64_t h = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->M + mb) * 2 + s) ^ i);
-      t->tokens[i] = (int32_t)(h % V);
-      t->targets[i] = (int32_t)((h >> 32) % V);
+    for (size_t i = 0; i < t->B; i++) {
+      uint64_t sample = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->G + first + i) * 2 + s));
+      for (size_t x = 0; x < t->T; x++) {
+        uint64_t h = ol_hash64(sample ^ x);
+        t->tokens[i * t->T + x] = (int32_t)(h % V);
+        t->targets[i * t->T + x] = (int32_t)((h >> 32) % V);
+      }
     }
     return OL_OK;
   }
   size_t n = ol_dataset_len(t->data, s);
   int shuffle = s == OL_SPLIT_TRAIN && t->o->shuffle;
   for (size_t i = 0; i < t->B; i++) {
-    size_t j = mb * t->B + i;
+    size_t j = first + i;
     size_t p = ol_sample_position(t->o->seed, shuffle, step, t->G, j, n, t->T);
     OL_TRY(ol_dataset_read(t->data, s, p, t->T + 1, t->window));
     memcpy(t->tokens + i * t->T, t->window, t->T * sizeof(int32_t));
@@ -52,16 +57,20 @@ static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
 /* Mean validation loss over eval_batches global batches, in unshuffled order. */
 static int evaluate(trainer *t, double *out) {
   double sum = 0.0;
-  for (int64_t e = 0; e < t->o->eval_batches; e++)
-    for (size_t mb = 0; mb < t->M; mb++) {
-      OL_TRY(load_micro_batch(t, OL_SPLIT_VAL, e, mb));
-      sum += ol_model_forward(&t->model, &t->acts, t->tokens, t->targets, 0.0f);
+  int rc = OL_OK;
+  for (int64_t e = 0; e < t->o->eval_batches && rc == OL_OK; e++)
+    for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) {
+      rc = load_micro_batch(t, OL_SPLIT_VAL, e, mb);
+      if (rc == OL_OK) sum += ol_model_forward(&t->model, &t->acts, t->tokens, t->targets, 0.0f);
     }
+  OL_TRY(ol_grid_agree(t->o->grid, rc));
+  ol_dp_sum(t->o->grid, &sum, 1);
   *out = sum / ((double)t->o->eval_batches * (double)(t->G * t->T));
   return OL_OK;
 }
 
-static int write_checkpoint(trainer *t, int64_t step, double loss) {
+/* Rank 0 writes (every DP replica holds the same full state); all ranks agree on the outcome. */
+static int write_checkpoint_rank0(trainer *t, int64_t step, double loss) {
   const ol_train_opts *o = t->o;
   if (mkdir(o->ckpt_dir, 0755) != 0) {
     struct stat st;
@@ -76,7 +85,7 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
   ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
   meta.cfg = t->model.cfg;
-  meta.tp = meta.pp = meta.dp = 1;
+  meta.tp = o->grid->tp, meta.pp = o->grid->pp, meta.dp = o->grid->dp;
   meta.seed = o->seed;
   meta.loss = loss;
   meta.rank = o->method.rank;
@@ -86,6 +95,11 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   OL_TRY(ol_checkpoint_save(&t->model.params, &t->model.generated, &meta, path));
   ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
   return OL_OK;
+}
+
+static int write_checkpoint(trainer *t, int64_t step, double loss) {
+  int rc = t->o->grid->world_rank == 0 ? write_checkpoint_rank0(t, step, loss) : OL_OK;
+  return ol_grid_agree(t->o->grid, rc);
 }
 
 static void format_eta(double seconds, char *buf, size_t size) {
@@ -112,16 +126,22 @@ static int check_inputs(trainer *t, const ol_config *cfg) {
   return OL_OK;
 }
 
-/* Zeroes the gradients, then forward and backward over the step's micro-batches. */
+/* Zeroes the gradients, runs forward and backward over this replica's micro-batches, then sums
+ * the gradients and the loss over the DP replicas. loss_sum is the global sum. */
 static int forward_backward(trainer *t, int64_t step, float grad_scale, double *loss_sum) {
   ol_model *m = &t->model;
   memset(m->params.grad, 0, m->params.total * sizeof(float));
   *loss_sum = 0.0;
-  for (size_t mb = 0; mb < t->M; mb++) {
-    OL_TRY(load_micro_batch(t, OL_SPLIT_TRAIN, step, mb));
+  int rc = OL_OK;
+  for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) {
+    rc = load_micro_batch(t, OL_SPLIT_TRAIN, step, mb);
+    if (rc != OL_OK) break;
     *loss_sum += ol_model_forward(m, &t->acts, t->tokens, t->targets, grad_scale);
     ol_model_backward(m, &t->acts, t->tokens);
   }
+  OL_TRY(ol_grid_agree(t->o->grid, rc));
+  ol_dp_allreduce_grads(t->o->grid, &m->params);
+  ol_dp_sum(t->o->grid, loss_sum, 1);
   return OL_OK;
 }
 
@@ -164,6 +184,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
     }
     double t0 = ol_now();
     double loss_sum;
+    memset(o->grid->bytes, 0, sizeof o->grid->bytes);  // this step's communication
     OL_TRY(forward_backward(t, step, grad_scale, &loss_sum));
     loss = loss_sum / tokens_per_step;
     if (!isfinite(loss))
@@ -178,12 +199,17 @@ static int train_loop(trainer *t, ol_train_result *res) {
     double peak_mib = (double)ol_peak_rss_bytes() / 1048576.0;
     char eta[32];
     format_eta(elapsed / (double)(step + 1) * (double)(o->steps - step - 1), eta, sizeof eta);
-    ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB | eta %s",
-            (long long)step + 1, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib, eta);
+    const double *comm = o->grid->bytes;  // payload bytes this rank sent, per purpose
+    ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB | "
+            "comm KiB tp %.1f+%.1f pp %.1f dp %.1f | eta %s",
+            (long long)step + 1, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib,
+            comm[OL_COMM_TP_FWD] / 1024, comm[OL_COMM_TP_BWD] / 1024, comm[OL_COMM_PP] / 1024,
+            comm[OL_COMM_DP] / 1024, eta);
     const char *k[] = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_s", "peak_rss_mib",
-                       "elapsed_s"};
-    double v[] = {(double)(step + 1), loss, lr, gnorm, tok_s, dt, peak_mib, elapsed};
-    OL_TRY(ol_metrics_write(t->log, "step", 8, k, v));
+                       "elapsed_s", "bytes_tp_fwd", "bytes_tp_bwd", "bytes_pp", "bytes_dp"};
+    double v[] = {(double)(step + 1), loss, lr, gnorm, tok_s, dt, peak_mib, elapsed,
+                  comm[OL_COMM_TP_FWD], comm[OL_COMM_TP_BWD], comm[OL_COMM_PP], comm[OL_COMM_DP]};
+    OL_TRY(ol_metrics_write(t->log, "step", 12, k, v));
     int last = step + 1 == o->steps;
     if (o->eval_every > 0 && ((step + 1) % o->eval_every == 0 || last)) {
       OL_TRY(evaluate(t, &val));
@@ -222,14 +248,12 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   trainer t = {0};
   t.o = o;
   t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
-  t.G = t.B * t.M;
   ol_h5model *mf = NULL;
   ol_config cfg;
-  int rc = OL_OK;
-  if (ol_grid_world_size() > 1)
-    return ol_error("onelora runs on one rank for now (started on %d): tensor, pipeline and data "
-                    "parallelism are not implemented yet", ol_grid_world_size());
-  if (o->synthetic) {
+  int rc = ol_grid_layout(o->grid, o->tp, o->pp);
+  t.G = t.B * t.M * (size_t)o->grid->dp;  // sequences per global batch
+  if (rc != OL_OK) {
+  } else if (o->synthetic) {
     cfg = *o->synthetic;
     rc = ol_model_build(&t.model, &cfg, &o->method, o->seed);
     if (rc == OL_OK) ol_model_randomize(&t.model, o->seed);
@@ -241,6 +265,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
     if (mf) ol_h5model_close(mf);
   }
+  rc = ol_grid_agree(o->grid, rc);  // every rank stops here when one could not set up
   if (rc == OL_OK) {
     ol_model_init_adapters(&t.model, o->seed);
     ol_acts_alloc(&t.acts, &t.model, t.B, t.T);
@@ -250,12 +275,14 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
     t.frozen_step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
-            "targets %s | trainable %zu | batch %zux%zux%zu tokens | activations kept %.1f MiB",
+            "targets %s | trainable %zu | batch %zux%zux%zux%d tokens (MxBxTxDP) | layout tp %d pp %d "
+            "dp %d | activations kept %.1f MiB",
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
             (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
             o->method.text, o->method.targets_text, ol_model_trainable(&t.model), t.M, t.B, t.T,
-            (double)t.acts.bytes_kept / 1048576.0);
-    rc = ol_metrics_open(o->log_path, &t.log);
+            o->grid->dp, o->grid->tp, o->grid->pp, o->grid->dp, (double)t.acts.bytes_kept / 1048576.0);
+    rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, &t.log) : OL_OK;
+    rc = ol_grid_agree(o->grid, rc);
   }
   if (rc == OL_OK) rc = train_loop(&t, result);
   ol_metrics_close(t.log);
