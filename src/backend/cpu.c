@@ -655,6 +655,46 @@ static void cpu_rowdot_accum(float *c, float *db, const float *dy, const float *
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * lora/dora helpers: DoRA's output rescaling y = (m / |W + sBA|_row) * z */
+
+static void cpu_scale_cols(float *y, const float *x, const float *g, size_t N, size_t d) {
+  // y (N, d) = x (N, d) * g (d) in every row; y may be x
+#pragma omp parallel for schedule(static) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    float *yn = y + n * d;
+    const float *xn = x + n * d;
+#pragma omp simd
+    for (size_t i = 0; i < d; i++) yn[i] = xn[i] * g[i];
+  }
+}
+
+static void cpu_col_dots_accum(float *acc, const float *a, const float *b, const float *g,
+                               size_t N, size_t d) {
+  // acc (d) += g (d) * sum over the N rows of a (N, d) * b (N, d)
+#pragma omp parallel for schedule(static) reduction(+ : acc[:d]) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    const float *an = a + n * d, *bn = b + n * d;
+    for (size_t i = 0; i < d; i++) acc[i] += g[i] * an[i] * bn[i];
+  }
+}
+
+static void cpu_dora_inv_norms(float *rn, const float *W, const float *B, const float *P,
+                               size_t d, size_t k, size_t r) {
+  // rn (d) = 1 / sqrt(|W_i|^2 + B_i . P_i), W (d, k), B and P (d, r); sums in double. The
+  // floor guards a zero row (and an expanded sum rounded below zero): rn stays finite and
+  // the row's output, which is then zero too, stays zero
+#pragma omp parallel for schedule(static) if (d * k >= OMP_MIN_ROWWORK)
+  for (size_t i = 0; i < d; i++) {
+    const float *wi = W + i * k, *bi = B + i * r, *pi = P + i * r;
+    double n2 = 0.0;
+#pragma omp simd reduction(+ : n2)
+    for (size_t j = 0; j < k; j++) n2 += (double)wi[j] * (double)wi[j];
+    for (size_t q = 0; q < r; q++) n2 += (double)bi[q] * (double)pi[q];
+    rn[i] = (float)(1.0 / sqrt(fmax(n2, 1e-30)));
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * AdamW, in the order of operations of torch.optim.AdamW (single-tensor path, used on CPU):
  *   p *= 1 - lr wd;  m.lerp_(g, 1 - b1);  v = v b2 + (1 - b2) g g;
  *   p += (-(lr / bc1) m) / (sqrt(v) / sqrt(bc2) + eps)
@@ -713,6 +753,10 @@ static const ol_backend cpu_backend = {
     .add_bias = cpu_add_bias,
     .col_sums = cpu_col_sums,
     .adamw = cpu_adamw,
+    /* lora/dora */
+    .scale_cols = cpu_scale_cols,
+    .col_dots_accum = cpu_col_dots_accum,
+    .dora_inv_norms = cpu_dora_inv_norms,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }
