@@ -48,13 +48,17 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 typedef float v8f __attribute__((vector_size(32)));
+/* Always inlined into their callers, so each target clone (avx2 or default) compiles them for its
+ * own target; a call across clones would pass 32-byte vectors under two different ABIs (seen as a
+ * crash in unoptimised sanitizer builds). */
+#define V8_INLINE static inline __attribute__((always_inline))
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 
-static inline v8f v8_set(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
+V8_INLINE v8f v8_set(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
 
 /* the first n <= 8 lanes from p, the others = fill */
-static inline v8f v8_load(const float *p, size_t n, float fill) {
+V8_INLINE v8f v8_load(const float *p, size_t n, float fill) {
   v8f v;
   if (n == 8) {
     memcpy(&v, p, sizeof v);
@@ -65,7 +69,7 @@ static inline v8f v8_load(const float *p, size_t n, float fill) {
 }
 
 /* the first n <= 8 lanes of *v to p */
-static inline void v8_store(float *p, const v8f *v, size_t n) {
+V8_INLINE void v8_store(float *p, const v8f *v, size_t n) {
   if (n == 8) {
     memcpy(p, v, sizeof *v);
   } else {
@@ -80,7 +84,7 @@ static inline void v8_store(float *p, const v8f *v, size_t n) {
 /* exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two
  * parts so r is exact), exp(r) by the Cephes expf polynomial: max relative error 8e-8 (1.4 ulp)
  * on [-87, 88]. Below -87 it returns 0 (no denormals), above 88 +inf; NaN propagates. */
-static inline v8f v8_exp(const v8f *xp) {
+V8_INLINE v8f v8_exp(const v8f *xp) {
   const v8f x = *xp;
   const v8f lo = v8_set(-87.0f), hi = v8_set(88.0f);
   const v8i below = x < lo, above = x > hi;  // false for NaN
