@@ -88,6 +88,17 @@ typedef struct {
   /* AdamW (PyTorch semantics, decoupled weight decay), step counted from 1 */
   void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int64_t step);
+
+  /* lora/dora */
+  /* y(N,d) = x(N,d) with column i scaled by g(i) in every row; y may be x */
+  void (*scale_cols)(float *y, const float *x, const float *g, size_t N, size_t d);
+  /* acc(d) += g(d) * (column sums of a(N,d) * b(N,d), elementwise) */
+  void (*col_dots_accum)(float *acc, const float *a, const float *b, const float *g, size_t N,
+                         size_t d);
+  /* DoRA's row norms, as reciprocals: rn(i) = 1 / sqrt(|W_i|^2 + B_i . P_i) for W(d,k) and
+   * B, P (d,r); with P = 2s W A^T + s^2 B A A^T this is 1 / |W_i + s (B A)_i| */
+  void (*dora_inv_norms)(float *rn, const float *W, const float *B, const float *P, size_t d,
+                         size_t k, size_t r);
 } ol_backend;
 
 /* The active backend (set once at start-up) */

@@ -93,4 +93,30 @@ int ol_metrics_write(ol_metrics *m, const char *kind, int n, const char *const *
                      const double *values);
 void ol_metrics_close(ol_metrics *m);
 
+/* ---- Hugging Face outputs: safetensors and config.json (docs/FORMATS.md) ------------------ */
+/* One tensor of a safetensors file: its name and shape. */
+typedef struct {
+  const char *name;
+  int ndim;
+  size_t shape[OL_MAX_DIMS];
+} ol_st_tensor;
+
+typedef struct ol_safetensors ol_safetensors;
+/* Creates "<path>.tmp" and writes the header for n tensors of one dtype (f32 or f16), whose
+ * data then follows in the order given: offsets are laid out back to back in that order. */
+int ol_safetensors_create(const char *path, const ol_st_tensor *tensors, size_t n, ol_dtype dtype,
+                          ol_safetensors **out);
+/* Appends the next declared tensor, which must be `name`; src holds its prod(shape) floats. */
+int ol_safetensors_write(ol_safetensors *s, const char *name, const float *src);
+/* Checks that every tensor was written, fsyncs and renames to path. Frees s even on error. */
+int ol_safetensors_finish(ol_safetensors *s);
+/* Abandons a writer without finishing: the tmp file is removed. */
+void ol_safetensors_close(ol_safetensors *s);
+
+/* Writes a Hugging Face LlamaForCausalLM config.json for cfg (tmp + rename); dtype (f32 or f16)
+ * becomes torch_dtype. */
+int ol_hf_config_write(const char *path, const ol_config *cfg, ol_dtype dtype);
+/* Creates directory `dir` and any missing parents; an existing directory is fine. */
+int ol_io_make_dir(const char *dir);
+
 #endif

@@ -20,6 +20,8 @@ typedef struct {
   size_t shape[2];         /* full shape on disk */
   float *data;             /* this rank's storage (frozen arena or flat trainable buffer) */
   long param;              /* entry in the trainable table, or -1 when frozen */
+  int not_in_file;         /* the file loaded from has no such tensor (a bias that merging
+                            * BitFit adds to a model without biases): ol_model_load zeroes it */
 } ol_tensor;
 
 typedef struct {
@@ -112,6 +114,9 @@ struct ol_h5model;
 int ol_model_load(ol_model *m, struct ol_h5model *f);
 /* Writes the model's weights as a model file (f32 or f16 on disk). */
 int ol_model_save(const ol_model *m, const char *path, int dtype);
+/* Writes the model as a Hugging Face directory (created if missing): DIR/config.json and
+ * DIR/model.safetensors with the model file's tensor names (f32 or f16). */
+int ol_model_save_hf(const ol_model *m, const char *dir, int dtype);
 
 /* Matrix-product FLOPs of one training step over `tokens` tokens of sequences of length T:
  * the linears (forward, dx, and dW where trainable), causal attention as the backend runs it

@@ -145,6 +145,9 @@ struct ol_adapter {
   const float *frozen[2];   /* generated frozen tensors it reads (set in declare) */
   size_t state_floats;      /* persistent per-layer scratch it asked for in declare */
   float *state;             /* (state_floats) allocated with the model */
+  /* constants a method fixes in declare, since the vtable's calls see no ol_method */
+  size_t rank;              /* its inner size (lora, dora: r) */
+  float scale;              /* its output scaling (lora, dora: s = alpha / r) */
 };
 
 /* Points a->value/a->grad at the allocated flat buffers. */

@@ -48,13 +48,17 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 typedef float v8f __attribute__((vector_size(32)));
+/* Always inlined into their callers, so each target clone (avx2 or default) compiles them for its
+ * own target; a call across clones would pass 32-byte vectors under two different ABIs (seen as a
+ * crash in unoptimised sanitizer builds). */
+#define V8_INLINE static inline __attribute__((always_inline))
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
 
-static inline v8f v8_set(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
+V8_INLINE v8f v8_set(float s) { return (v8f){s, s, s, s, s, s, s, s}; }
 
 /* the first n <= 8 lanes from p, the others = fill */
-static inline v8f v8_load(const float *p, size_t n, float fill) {
+V8_INLINE v8f v8_load(const float *p, size_t n, float fill) {
   v8f v;
   if (n == 8) {
     memcpy(&v, p, sizeof v);
@@ -65,7 +69,7 @@ static inline v8f v8_load(const float *p, size_t n, float fill) {
 }
 
 /* the first n <= 8 lanes of *v to p */
-static inline void v8_store(float *p, const v8f *v, size_t n) {
+V8_INLINE void v8_store(float *p, const v8f *v, size_t n) {
   if (n == 8) {
     memcpy(p, v, sizeof *v);
   } else {
@@ -80,7 +84,7 @@ static inline void v8_store(float *p, const v8f *v, size_t n) {
 /* exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two
  * parts so r is exact), exp(r) by the Cephes expf polynomial: max relative error 8e-8 (1.4 ulp)
  * on [-87, 88]. Below -87 it returns 0 (no denormals), above 88 +inf; NaN propagates. */
-static inline v8f v8_exp(const v8f *xp) {
+V8_INLINE v8f v8_exp(const v8f *xp) {
   const v8f x = *xp;
   const v8f lo = v8_set(-87.0f), hi = v8_set(88.0f);
   const v8i below = x < lo, above = x > hi;  // false for NaN
@@ -655,6 +659,46 @@ static void cpu_rowdot_accum(float *c, float *db, const float *dy, const float *
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * lora/dora helpers: DoRA's output rescaling y = (m / |W + sBA|_row) * z */
+
+static void cpu_scale_cols(float *y, const float *x, const float *g, size_t N, size_t d) {
+  // y (N, d) = x (N, d) * g (d) in every row; y may be x
+#pragma omp parallel for schedule(static) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    float *yn = y + n * d;
+    const float *xn = x + n * d;
+#pragma omp simd
+    for (size_t i = 0; i < d; i++) yn[i] = xn[i] * g[i];
+  }
+}
+
+static void cpu_col_dots_accum(float *acc, const float *a, const float *b, const float *g,
+                               size_t N, size_t d) {
+  // acc (d) += g (d) * sum over the N rows of a (N, d) * b (N, d)
+#pragma omp parallel for schedule(static) reduction(+ : acc[:d]) if (N * d >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    const float *an = a + n * d, *bn = b + n * d;
+    for (size_t i = 0; i < d; i++) acc[i] += g[i] * an[i] * bn[i];
+  }
+}
+
+static void cpu_dora_inv_norms(float *rn, const float *W, const float *B, const float *P,
+                               size_t d, size_t k, size_t r) {
+  // rn (d) = 1 / sqrt(|W_i|^2 + B_i . P_i), W (d, k), B and P (d, r); sums in double. The
+  // floor guards a zero row (and an expanded sum rounded below zero): rn stays finite and
+  // the row's output, which is then zero too, stays zero
+#pragma omp parallel for schedule(static) if (d * k >= OMP_MIN_ROWWORK)
+  for (size_t i = 0; i < d; i++) {
+    const float *wi = W + i * k, *bi = B + i * r, *pi = P + i * r;
+    double n2 = 0.0;
+#pragma omp simd reduction(+ : n2)
+    for (size_t j = 0; j < k; j++) n2 += (double)wi[j] * (double)wi[j];
+    for (size_t q = 0; q < r; q++) n2 += (double)bi[q] * (double)pi[q];
+    rn[i] = (float)(1.0 / sqrt(fmax(n2, 1e-30)));
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * AdamW, in the order of operations of torch.optim.AdamW (single-tensor path, used on CPU):
  *   p *= 1 - lr wd;  m.lerp_(g, 1 - b1);  v = v b2 + (1 - b2) g g;
  *   p += (-(lr / bc1) m) / (sqrt(v) / sqrt(bc2) + eps)
@@ -713,6 +757,10 @@ static const ol_backend cpu_backend = {
     .add_bias = cpu_add_bias,
     .col_sums = cpu_col_sums,
     .adamw = cpu_adamw,
+    /* lora/dora */
+    .scale_cols = cpu_scale_cols,
+    .col_dots_accum = cpu_col_dots_accum,
+    .dora_inv_norms = cpu_dora_inv_norms,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }

@@ -1,17 +1,44 @@
 /* onelora merge: fold a checkpoint's trained state into the model's weights and write a plain
- * model file that needs no adapters. */
+ * model that needs no adapters: an HDF5 model file (OUT.h5) or a Hugging Face directory
+ * (config.json + model.safetensors). */
 #include <stdio.h>
+#include <string.h>
 
 #include "cli.h"
 #include "onelora/io.h"
 #include "onelora/model.h"
 #include "onelora/train.h"
 
-static int merge(const char *model_path, const char *ckpt_path, const char *out, ol_dtype dtype) {
+static int ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* BitFit merges into per-projection biases. Hugging Face's flags cover a whole group (q,k,v,o or
+ * gate,up,down), so a targeted group gets biases on every projection, zero where untargeted. */
+static void bitfit_bias_flags(const ol_method *method, ol_config *cfg) {
+  if (!(method->adapters & (1u << OL_AD_BITFIT))) return;
+  const unsigned attn = 1u << OL_Q | 1u << OL_K | 1u << OL_V | 1u << OL_O;
+  const unsigned mlp = 1u << OL_GATE | 1u << OL_UP | 1u << OL_DOWN;
+  if (method->targets & attn) cfg->attention_bias = 1;
+  if (method->targets & mlp) cfg->mlp_bias = 1;
+}
+
+/* The biases the merged model has and the source file's config does not start at zero. */
+static void mark_new_biases(ol_model *m, const ol_config *src) {
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      ol_tensor *b = &m->blocks[l].bias[p];
+      if (b->ndim && !(p <= OL_O ? src->attention_bias : src->mlp_bias)) b->not_in_file = 1;
+    }
+}
+
+static int merge(const char *model_path, const char *ckpt_path, const char *out, ol_dtype dtype,
+                 int hf) {
   ol_ckpt *c = NULL;
   ol_h5model *mf = NULL;
   ol_ckpt_meta meta;
-  ol_config cfg;
+  ol_config cfg, merged_cfg;
   ol_method method;
   ol_model m = {0};
   char what[4200];
@@ -22,16 +49,24 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
   if (rc == OL_OK)
     rc = ol_method_parse(meta.method, meta.targets, meta.rank, (double)meta.alpha_x1000 / 1000.0,
                          &method);
-  if (rc == OL_OK) rc = ol_model_build(&m, &cfg, &method, meta.seed);
-  if (rc == OL_OK) rc = ol_model_load(&m, mf);
+  if (rc == OL_OK) {
+    merged_cfg = cfg;
+    bitfit_bias_flags(&method, &merged_cfg);
+    rc = ol_model_build(&m, &merged_cfg, &method, meta.seed);
+  }
+  if (rc == OL_OK) {
+    mark_new_biases(&m, &cfg);
+    rc = ol_model_load(&m, mf);
+  }
   if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, &m.generated, c, ckpt_path, 0);
   if (rc == OL_OK) {
     ol_model_merge(&m);
-    rc = ol_model_save(&m, out, dtype);
+    rc = hf ? ol_model_save_hf(&m, out, dtype) : ol_model_save(&m, out, dtype);
   }
   if (rc == OL_OK)
-    ol_info("merged %s (method %s, step %lld) into %s -> %s (%s)", ckpt_path, meta.method,
-            (long long)meta.step, model_path, out, ol_dtype_name(dtype));
+    ol_info("merged %s (method %s, step %lld) into %s -> %s (%s%s)", ckpt_path, meta.method,
+            (long long)meta.step, model_path, out, hf ? "Hugging Face directory, " : "",
+            ol_dtype_name(dtype));
   if (mf) ol_h5model_close(mf);
   if (c) ol_ckpt_close(c);
   ol_model_free(&m);
@@ -43,12 +78,17 @@ int ol_cmd_merge(int argc, char **argv) {
   const ol_arg args[] = {
       {"--model", OL_ARG_STR, &model, "M.h5", "the model file the checkpoint was trained from"},
       {"--ckpt", OL_ARG_STR, &ckpt, "C.h5", "checkpoint file"},
-      {"--out", OL_ARG_STR, &out, "OUT.h5", "merged model file"},
+      {"--out", OL_ARG_STR, &out, "OUT.h5|DIR", "merged model file, or Hugging Face directory"},
       {"--dtype", OL_ARG_STR, &dtype_s, "T", "f32 | f16 on disk (f32)"},
   };
   int help;
-  if (ol_args_parse("merge", "--model M.h5 --ckpt C.h5 --out OUT.h5 [--dtype f16]\n\nFolds the "
-                    "checkpoint's adapters (or fully trained weights) into the model.",
+  if (ol_args_parse("merge",
+                    "--model M.h5 --ckpt C.h5 --out OUT.h5|DIR [--dtype f16]\n\n"
+                    "Folds the checkpoint's adapters (or fully trained weights) into the model.\n"
+                    "--out ending in .h5 writes a model file; any other path is a directory\n"
+                    "(created if missing) that gets Hugging Face config.json + model.safetensors,\n"
+                    "with the model file's tensor names. BitFit merges into biases: the merged\n"
+                    "config sets attention_bias / mlp_bias for each group it targeted.",
                     argc, argv, args, sizeof args / sizeof args[0], &help, NULL, 0, NULL) != OL_OK)
     return ol_cli_fail();
   if (help) return 0;
@@ -57,8 +97,11 @@ int ol_cmd_merge(int argc, char **argv) {
   if (!model) rc = ol_error("onelora merge: --model is required");
   else if (!ckpt) rc = ol_error("onelora merge: --ckpt is required");
   else if (!out) rc = ol_error("onelora merge: --out is required");
+  else if (ends_with(out, ".safetensors"))
+    rc = ol_error("--out %s: give a directory for Hugging Face output; it gets config.json and "
+                  "model.safetensors", out);
   else if (ol_dtype_parse(dtype_s, &dtype) != OL_OK || dtype == OL_DTYPE_BF16)
     rc = ol_error("--dtype: expected f32 or f16, got '%s'", dtype_s);
-  if (rc == OL_OK) rc = merge(model, ckpt, out, dtype);
+  if (rc == OL_OK) rc = merge(model, ckpt, out, dtype, !ends_with(out, ".h5"));
   return rc == OL_OK ? 0 : ol_cli_fail();
 }

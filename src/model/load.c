@@ -1,10 +1,21 @@
 /* Moving weights between an ol_model and model files. Each rank reads only its own slice. */
+#include <stdio.h>
+#include <string.h>
+
 #include "onelora/io.h"
 #include "onelora/model.h"
+
+static size_t tensor_numel(const ol_tensor *t) {
+  return t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+}
 
 int ol_model_load(ol_model *m, ol_h5model *f) {
   for (size_t i = 0; i < m->n_tensors; i++) {
     const ol_tensor *t = m->tensors[i];
+    if (t->not_in_file) {  // its config says the file has none: never read a stray dataset
+      memset(t->data, 0, tensor_numel(t) * sizeof(float));
+      continue;
+    }
     size_t start[2] = {0, 0};
     OL_TRY(ol_h5model_read(f, t->name, t->ndim, t->shape, start, t->shape, t->data));
   }
@@ -24,4 +35,41 @@ int ol_model_save(const ol_model *m, const char *path, int dtype) {
     }
   }
   return ol_h5model_finish(f);
+}
+
+/* "<dir>/<file>", without doubling a trailing slash of dir; ol_free() it. */
+static char *join_path(const char *dir, const char *file) {
+  size_t n = strlen(dir) + strlen(file) + 2;
+  char *p = ol_calloc(n, 1);
+  size_t d = strlen(dir);
+  snprintf(p, n, "%s%s%s", dir, d && dir[d - 1] == '/' ? "" : "/", file);
+  return p;
+}
+
+/* The weights go first and config.json last: a directory with a new config.json has its
+ * weights complete. */
+int ol_model_save_hf(const ol_model *m, const char *dir, int dtype) {
+  OL_TRY(ol_io_make_dir(dir));
+  char *st_path = join_path(dir, "model.safetensors");
+  char *cfg_path = join_path(dir, "config.json");
+  ol_st_tensor *ts = ol_calloc(m->n_tensors, sizeof *ts);  // (n_tensors) in model file order
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    const ol_tensor *t = m->tensors[i];
+    ts[i].name = t->name;
+    ts[i].ndim = t->ndim;
+    for (int d = 0; d < t->ndim; d++) ts[i].shape[d] = t->shape[d];
+  }
+  ol_safetensors *s = NULL;
+  int rc = ol_safetensors_create(st_path, ts, m->n_tensors, (ol_dtype)dtype, &s);
+  for (size_t i = 0; rc == OL_OK && i < m->n_tensors; i++)
+    rc = ol_safetensors_write(s, m->tensors[i]->name, m->tensors[i]->data);
+  if (s) {
+    if (rc == OL_OK) rc = ol_safetensors_finish(s);
+    else ol_safetensors_close(s);
+  }
+  if (rc == OL_OK) rc = ol_hf_config_write(cfg_path, &m->cfg, (ol_dtype)dtype);
+  ol_free(ts);
+  ol_free(st_path);
+  ol_free(cfg_path);
+  return rc;
 }

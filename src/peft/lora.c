@@ -1,3 +1,86 @@
-/* placeholder: being written */
+/* LoRA (Hu et al. 2021): y = W x + s B A x, s = alpha / r, with A (r, k) and B (d, r)
+ * trainable, A ~ U(-1/sqrt(k), +1/sqrt(k)) (PyTorch's kaiming_uniform_ with a = sqrt(5)) and
+ * B = 0, so training starts from the frozen model.
+ *
+ * Memory: dA = dt^T x needs the input, so LoRA keeps x (k floats per token) and t = x A^T
+ * (r floats per token) in its saved slot: 4 (k + r) bytes per token per adapted layer.
+ *   forward:  t(N,r) = x A^T;  y(N,d) = beta y + s t B^T
+ *   backward: dB += s dy^T t;  dt = s dy B (into t's slot);  dA += dt^T x;  dx = beta dx + dt A
+ * dora.c reuses this file's forward, backward and init through ol_lora_ops. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "onelora/backend.h"
 #include "onelora/peft.h"
-const ol_adapter_ops ol_lora_ops = {.name = "lora"};
+
+static void lora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
+  const size_t r = (size_t)ctx->method->rank;
+  char name[160];
+  snprintf(name, sizeof name, "%s.lora_A", lin->name);
+  size_t shape_a[2] = {r, lin->in};
+  a->param[0] = ol_params_declare(ctx->params, name, 2, shape_a);
+  snprintf(name, sizeof name, "%s.lora_B", lin->name);
+  size_t shape_b[2] = {lin->out, r};
+  a->param[1] = ol_params_declare(ctx->params, name, 2, shape_b);
+  a->n_param = 2;
+  a->rank = r;
+  a->scale = ol_lora_scale(ctx->method);
+}
+
+static void lora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
+  const size_t r = a->rank, k = lin->in, d = lin->out;
+  const float bound = 1.0f / sqrtf((float)k);
+  float *A = a->value[0];  // (r, k)
+  float *B = a->value[1];  // (d, r)
+  for (size_t i = 0; i < r * k; i++) A[i] = bound * (2.0f * ol_rng_uniform(rng) - 1.0f);
+  for (size_t i = 0; i < d * r; i++) B[i] = 0.0f;
+}
+
+static size_t lora_saved(const ol_adapter *a, const ol_linear *lin) {
+  return lin->in + a->rank;
+}
+
+static void lora_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y, size_t N,
+                         float beta, float *saved) {
+  const size_t r = a->rank, k = lin->in, d = lin->out;
+  const float *A = a->value[0];  // (r, k)
+  const float *B = a->value[1];  // (d, r)
+  float *xs = saved;             // (N, k) the input, kept for dA
+  float *t = saved + N * k;      // (N, r) t = x A^T, kept for dB
+  memcpy(xs, x, N * k * sizeof(float));
+  ol_bk->gemm(0, 1, N, r, k, 1.0f, x, k, A, k, 0.0f, t, r);
+  ol_bk->gemm(0, 1, N, d, r, a->scale, t, r, B, r, beta, y, d);  // y (N, d) = beta y + s t B^T
+}
+
+static void lora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                          size_t N, float beta, float *saved) {
+  const size_t r = a->rank, k = lin->in, d = lin->out;
+  const float *A = a->value[0];  // (r, k)
+  const float *B = a->value[1];  // (d, r)
+  float *dA = a->grad[0];        // (r, k)
+  float *dB = a->grad[1];        // (d, r)
+  const float *xs = saved;       // (N, k)
+  float *t = saved + N * k;      // (N, r) t, then dt = s dy B once dB has used it
+  ol_bk->gemm(1, 0, d, r, N, a->scale, dy, d, t, r, 1.0f, dB, r);   // dB += s dy^T t
+  ol_bk->gemm(0, 0, N, r, d, a->scale, dy, d, B, r, 0.0f, t, r);    // dt = s dy B
+  ol_bk->gemm(1, 0, r, k, N, 1.0f, t, r, xs, k, 1.0f, dA, k);       // dA += dt^T x
+  ol_bk->gemm(0, 0, N, k, r, 1.0f, t, r, A, k, beta, dx, k);        // dx = beta dx + dt A
+}
+
+static void lora_merge(const ol_adapter *a, ol_linear *lin) {
+  const size_t r = a->rank, k = lin->in, d = lin->out;
+  // W (d, k) += s B (d, r) A (r, k)
+  ol_bk->gemm(0, 0, d, k, r, a->scale, a->value[1], r, a->value[0], k, 1.0f, lin->W, k);
+}
+
+const ol_adapter_ops ol_lora_ops = {
+    .name = "lora",
+    .param_suffix = "lora_A",
+    .declare = lora_declare,
+    .init = lora_init,
+    .saved_per_token = lora_saved,
+    .forward = lora_forward,
+    .backward = lora_backward,
+    .merge = lora_merge,
+};
