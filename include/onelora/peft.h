@@ -177,7 +177,8 @@ typedef struct ol_linear {
   float *W;                 /* (out, in) frozen or trainable weight shard */
   long w_param;             /* entry index when W is trainable, else -1 */
   float *dW;                /* (out, in) its gradient when trainable, else NULL */
-  float *bias;              /* (out) frozen bias when the model file has one, else NULL */
+  float *bias;              /* (out) bias when the model file has one, else NULL */
+  float *dbias;             /* (out) its gradient when trainable (full), else NULL */
   float *work;              /* (N, out) scratch for a rescaling adapter (DoRA), from ol_acts */
   ol_adapter adapters[OL_MAX_ADAPTERS];
   int n_adapters;
