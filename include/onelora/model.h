@@ -114,9 +114,10 @@ struct ol_h5model;
 int ol_model_load(ol_model *m, struct ol_h5model *f);
 /* Writes the model's weights as a model file (f32 or f16 on disk). */
 int ol_model_save(const ol_model *m, const char *path, int dtype);
-/* Writes the model as a Hugging Face directory (created if missing): DIR/config.json and
- * DIR/model.safetensors with the model file's tensor names (f32 or f16). */
-int ol_model_save_hf(const ol_model *m, const char *dir, int dtype);
+/* Writes the model for Hugging Face with the model file's tensor names (f32 or f16): OUT is a
+ * directory (created if missing) that gets config.json and model.safetensors, or a path
+ * ending in .safetensors, written with config.json beside it. */
+int ol_model_save_hf(const ol_model *m, const char *out, int dtype);
 
 /* Matrix-product FLOPs of one training step over `tokens` tokens of sequences of length T:
  * the linears (forward, dx, and dW where trainable), causal attention as the backend runs it

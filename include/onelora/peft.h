@@ -146,8 +146,9 @@ struct ol_adapter {
   size_t state_floats;      /* persistent per-layer scratch it asked for in declare */
   float *state;             /* (state_floats) allocated with the model */
   /* constants a method fixes in declare, since the vtable's calls see no ol_method */
-  size_t rank;              /* its inner size (lora, dora: r) */
+  size_t rank;              /* its inner size (lora, dora, vera: r; mora, mora6: r^) */
   float scale;              /* its output scaling (lora, dora: s = alpha / r) */
+  size_t k_max;             /* vera: the row stride of the shared A (the model's k_max) */
 };
 
 /* Points a->value/a->grad at the allocated flat buffers. */
@@ -176,7 +177,8 @@ typedef struct ol_linear {
   float *W;                 /* (out, in) frozen or trainable weight shard */
   long w_param;             /* entry index when W is trainable, else -1 */
   float *dW;                /* (out, in) its gradient when trainable, else NULL */
-  float *bias;              /* (out) frozen bias when the model file has one, else NULL */
+  float *bias;              /* (out) bias when the model file has one, else NULL */
+  float *dbias;             /* (out) its gradient when trainable (full), else NULL */
   float *work;              /* (N, out) scratch for a rescaling adapter (DoRA), from ol_acts */
   ol_adapter adapters[OL_MAX_ADAPTERS];
   int n_adapters;

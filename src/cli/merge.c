@@ -78,14 +78,15 @@ int ol_cmd_merge(int argc, char **argv) {
   const ol_arg args[] = {
       {"--model", OL_ARG_STR, &model, "M.h5", "the model file the checkpoint was trained from"},
       {"--ckpt", OL_ARG_STR, &ckpt, "C.h5", "checkpoint file"},
-      {"--out", OL_ARG_STR, &out, "OUT.h5|DIR", "merged model file, or Hugging Face directory"},
+      {"--out", OL_ARG_STR, &out, "OUT", "OUT.h5, OUT.safetensors or a Hugging Face directory"},
       {"--dtype", OL_ARG_STR, &dtype_s, "T", "f32 | f16 on disk (f32)"},
   };
   int help;
   if (ol_args_parse("merge",
-                    "--model M.h5 --ckpt C.h5 --out OUT.h5|DIR [--dtype f16]\n\n"
+                    "--model M.h5 --ckpt C.h5 --out OUT.h5|OUT.safetensors|DIR [--dtype f16]\n\n"
                     "Folds the checkpoint's adapters (or fully trained weights) into the model.\n"
-                    "--out ending in .h5 writes a model file; any other path is a directory\n"
+                    "--out ending in .h5 writes a model file; ending in .safetensors, that file\n"
+                    "with a Hugging Face config.json beside it; any other path is a directory\n"
                     "(created if missing) that gets Hugging Face config.json + model.safetensors,\n"
                     "with the model file's tensor names. BitFit merges into biases: the merged\n"
                     "config sets attention_bias / mlp_bias for each group it targeted.",
@@ -97,9 +98,6 @@ int ol_cmd_merge(int argc, char **argv) {
   if (!model) rc = ol_error("onelora merge: --model is required");
   else if (!ckpt) rc = ol_error("onelora merge: --ckpt is required");
   else if (!out) rc = ol_error("onelora merge: --out is required");
-  else if (ends_with(out, ".safetensors"))
-    rc = ol_error("--out %s: give a directory for Hugging Face output; it gets config.json and "
-                  "model.safetensors", out);
   else if (ol_dtype_parse(dtype_s, &dtype) != OL_OK || dtype == OL_DTYPE_BF16)
     rc = ol_error("--dtype: expected f32 or f16, got '%s'", dtype_s);
   if (rc == OL_OK) rc = merge(model, ckpt, out, dtype, !ends_with(out, ".h5"));

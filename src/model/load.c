@@ -42,16 +42,31 @@ static char *join_path(const char *dir, const char *file) {
   size_t n = strlen(dir) + strlen(file) + 2;
   char *p = ol_calloc(n, 1);
   size_t d = strlen(dir);
-  snprintf(p, n, "%s%s%s", dir, d && dir[d - 1] == '/' ? "" : "/", file);
+  snprintf(p, n, "%s%s%s", dir, d == 0 || dir[d - 1] == '/' ? "" : "/", file);
   return p;
 }
 
 /* The weights go first and config.json last: a directory with a new config.json has its
  * weights complete. */
-int ol_model_save_hf(const ol_model *m, const char *dir, int dtype) {
-  OL_TRY(ol_io_make_dir(dir));
-  char *st_path = join_path(dir, "model.safetensors");
+int ol_model_save_hf(const ol_model *m, const char *out, int dtype) {
+  // OUT.safetensors: that file, and config.json beside it; otherwise OUT is the directory
+  size_t n = strlen(out);
+  int file = n > 12 && strcmp(out + n - 12, ".safetensors") == 0;
+  char *dir = ol_calloc(n + 2, 1);
+  memcpy(dir, out, n);
+  if (file) {
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    else strcpy(dir, ".");
+  }
+  int rc = ol_io_make_dir(dir);
+  char *st_path = file ? join_path("", out) : join_path(dir, "model.safetensors");
   char *cfg_path = join_path(dir, "config.json");
+  ol_free(dir);
+  if (rc != OL_OK) {
+    ol_free(st_path), ol_free(cfg_path);
+    return rc;
+  }
   ol_st_tensor *ts = ol_calloc(m->n_tensors, sizeof *ts);  // (n_tensors) in model file order
   for (size_t i = 0; i < m->n_tensors; i++) {
     const ol_tensor *t = m->tensors[i];
@@ -60,7 +75,7 @@ int ol_model_save_hf(const ol_model *m, const char *dir, int dtype) {
     for (int d = 0; d < t->ndim; d++) ts[i].shape[d] = t->shape[d];
   }
   ol_safetensors *s = NULL;
-  int rc = ol_safetensors_create(st_path, ts, m->n_tensors, (ol_dtype)dtype, &s);
+  rc = ol_safetensors_create(st_path, ts, m->n_tensors, (ol_dtype)dtype, &s);
   for (size_t i = 0; rc == OL_OK && i < m->n_tensors; i++)
     rc = ol_safetensors_write(s, m->tensors[i]->name, m->tensors[i]->data);
   if (s) {

@@ -149,6 +149,9 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, u
       lin->W = b->w[p].data;
       lin->dW = lin->w_param >= 0 ? ol_params_grad(&m->params, (size_t)lin->w_param) : NULL;
       lin->bias = b->bias[p].ndim ? b->bias[p].data : NULL;
+      lin->dbias = lin->bias && b->bias[p].param >= 0
+                       ? ol_params_grad(&m->params, (size_t)b->bias[p].param)
+                       : NULL;
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_adapter *a = &lin->adapters[i];
         ol_adapter_bind(a, &m->params);

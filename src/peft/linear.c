@@ -69,6 +69,7 @@ void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, fl
     scale->ops->rescale_backward(scale, lin, dy, dz, N, slot);
     dy = dz;
   }
+  if (lin->dbias) ol_bk->col_sums(lin->dbias, dy, N, lin->out);  // d(bias) (out) += sum of dy rows
   float *slot = saved;
   if (lin->w_param >= 0) {
     // dW (out, in) += dy^T x

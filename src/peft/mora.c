@@ -1,4 +1,231 @@
-/* placeholder: being written */
+/* MoRA (Jiang et al. 2024): one square trainable matrix M (r^, r^), r^ = floor(sqrt((k + d) r)
+ * + 1/2) (the parameter count of LoRA r), between a parameter-free compression of x (k) and a
+ * parameter-free decompression to y (d). M = 0 at init, so training starts from the frozen
+ * model. Both types pad x cyclically to k_pad, the next multiple of r^: x_pad[p] = x[p mod k].
+ *
+ * Type 1 ("mora"), the sum compression:
+ *   c_j = sum_{p = j mod r^} x_pad[p] (r^);  y_i += (M c)_{i mod r^} for i < d (tile, truncate)
+ *   It keeps c, r^ floats per token. Backward: f_a = sum_{i = a mod r^} dy_i folds dy onto r^
+ *   values; dM += f c^T; g = M^T f; dx_{p mod k} += g_{p mod r^} for p < k_pad.
+ *
+ * Type 6 ("mora6"), the RoPE compression (r^ even): x_pad is G = k_pad / r^ groups of r^ and
+ * group g is rotated by RoPE at position g (Hugging Face's rotate_half, base 10000):
+ *   o_g = M rot_g(x_g);  y_i += o_{i mod k_pad} for i < d, where o is o_0 .. o_{G-1}
+ *   concatenated (truncated when d < k_pad, tiled when d > k_pad), as MoRA's reference code.
+ *   It keeps x, k floats per token, and recomputes the rotations in backward: f = dy folded
+ *   onto k_pad outputs (tiles summed); dM += sum_g f_g rot_g(x_g)^T; dx gets rot_g^T(M^T f_g)
+ *   folded back through the padding.
+ *
+ * Every compression, decompression and fold is one index map, cyclic_add below. The (tokens, r^)
+ * products run as GEMMs over chunks of tokens in the layer's scratch, so no call allocates and
+ * the scratch does not grow with the number of tokens. Both types are linear in x, and merge
+ * writes delta W directly: row i of delta W is row (i mod r^) of M spread cyclically over the
+ * k_pad inputs (type 1), or, for type 6, row a of M rotated back, rot_g^T(M_a), on group g's
+ * inputs, with (g, a) the group and row that output i reads. */
+#include <stdio.h>
+#include <string.h>
+
+#include "onelora/backend.h"
 #include "onelora/peft.h"
-const ol_adapter_ops ol_mora_ops = {.name = "mora"};
-const ol_adapter_ops ol_mora6_ops = {.name = "mora6"};
+
+enum {
+  MORA_CHUNK = 64,   /* tokens per chunk of type 1's (tokens, r^) scratch */
+  MORA6_CHUNK = 16,  /* tokens per chunk of type 6's (tokens, k_pad) scratch */
+};
+#define MORA_OMP_MIN ((size_t)1 << 15) /* element work below which the row loops stay serial */
+
+static size_t padded(size_t k, size_t rhat) { return (k + rhat - 1) / rhat * rhat; }
+
+/* dst[p mod nd] += src[p mod ns] for every p in [0, len), in contiguous runs: compression,
+ * padding, tiling and folding are all this one map */
+static void cyclic_add(float *dst, size_t nd, const float *src, size_t ns, size_t len) {
+  size_t i = 0, j = 0;  // p mod nd, p mod ns
+  for (size_t p = 0; p < len;) {
+    size_t run = len - p;
+    if (nd - i < run) run = nd - i;
+    if (ns - j < run) run = ns - j;
+    for (size_t q = 0; q < run; q++) dst[i + q] += src[j + q];
+    p += run, i += run, j += run;
+    if (i == nd) i = 0;
+    if (j == ns) j = 0;
+  }
+}
+
+/* Row by row for n rows: dst(n, nd) = beta dst + the cyclic map of src(n, ns) over len
+ * positions; beta 0 writes without reading dst */
+static void cyclic_rows(float *dst, size_t nd, const float *src, size_t ns, size_t len, size_t n,
+                        float beta) {
+#pragma omp parallel for schedule(static) if (n * (nd + len) >= MORA_OMP_MIN)
+  for (size_t t = 0; t < n; t++) {
+    float *row = dst + t * nd;
+    if (beta == 0.0f)
+      memset(row, 0, nd * sizeof(float));
+    else if (beta != 1.0f)
+      for (size_t i = 0; i < nd; i++) row[i] *= beta;
+    cyclic_add(row, nd, src + t * ns, ns, len);
+  }
+}
+
+static void declare_M(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, size_t rhat) {
+  OL_CHECK(rhat >= 1);
+  char name[160];
+  snprintf(name, sizeof name, "%s.mora_M", lin->name);
+  size_t shape[2] = {rhat, rhat};
+  a->param[0] = ol_params_declare(ctx->params, name, 2, shape);
+  a->n_param = 1;
+  a->rank = rhat;
+}
+
+static void mora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
+  (void)rng;
+  memset(a->value[0], 0, a->rank * a->rank * sizeof(float));  // M (r^, r^) = 0: the identity
+}
+
+/* ---- type 1 ------------------------------------------------------------------------------ */
+static void mora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
+  const size_t rhat = ol_mora_rhat(lin->in, lin->out, ctx->method->rank);
+  declare_M(a, lin, ctx, rhat);
+  a->state_floats = MORA_CHUNK * rhat;  // (MORA_CHUNK, r^): M c in forward, folded dy in backward
+}
+
+static size_t mora_saved(const ol_adapter *a, const ol_linear *lin) { return a->rank; }
+
+static void mora_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y, size_t N,
+                         float beta, float *saved) {
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const float *M = a->value[0];  // (r^, r^)
+  float *c = saved;              // (N, r^) the compressed input, kept for backward
+  float *mc = a->state;          // (MORA_CHUNK, r^)
+  cyclic_rows(c, rhat, x, k, kp, N, 0.0f);  // c_j = sum over p = j mod r^ of x_pad[p]
+  for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
+    const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
+    ol_bk->gemm(0, 1, n, rhat, rhat, 1.0f, c + t0 * rhat, rhat, M, rhat, 0.0f, mc, rhat);
+    cyclic_rows(y + t0 * d, d, mc, rhat, d, n, beta);  // y (n, d) = beta y + tile(M c)
+  }
+}
+
+static void mora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                          size_t N, float beta, float *saved) {
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const float *M = a->value[0];  // (r^, r^)
+  float *dM = a->grad[0];        // (r^, r^)
+  float *f = a->state;           // (MORA_CHUNK, r^) dy folded onto r^ values
+  for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
+    const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
+    float *c = saved + t0 * rhat;  // (n, r^) c from forward, then g = M^T f
+    cyclic_rows(f, rhat, dy + t0 * d, d, d, n, 0.0f);
+    ol_bk->gemm(1, 0, rhat, rhat, n, 1.0f, f, rhat, c, rhat, 1.0f, dM, rhat);  // dM += f^T c
+    ol_bk->gemm(0, 0, n, rhat, rhat, 1.0f, f, rhat, M, rhat, 0.0f, c, rhat);   // g = f M
+    cyclic_rows(dx + t0 * k, k, c, rhat, kp, n, beta);  // dx_{p mod k} += g_{p mod r^}
+  }
+}
+
+static void mora_merge(const ol_adapter *a, ol_linear *lin) {
+  // W (d, k): W[i, p mod k] += M[i mod r^, p mod r^] for p < k_pad
+  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
+  for (size_t i = 0; i < lin->out; i++)
+    cyclic_add(lin->W + i * k, k, a->value[0] + (i % rhat) * rhat, rhat, kp);
+}
+
+const ol_adapter_ops ol_mora_ops = {
+    .name = "mora",
+    .param_suffix = "mora_M",
+    .declare = mora_declare,
+    .init = mora_init,
+    .saved_per_token = mora_saved,
+    .forward = mora_forward,
+    .backward = mora_backward,
+    .merge = mora_merge,
+};
+
+/* ---- type 6 ------------------------------------------------------------------------------ */
+/* scratch: cos, sin (G, r^/2) each, then Z and O (F in backward), (MORA6_CHUNK, k_pad) each */
+static void mora6_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
+  const size_t rhat = ol_mora_rhat(lin->in, lin->out, ctx->method->rank) / 2 * 2;  // even
+  OL_CHECK(rhat >= 2);
+  declare_M(a, lin, ctx, rhat);
+  a->state_floats = (1 + 2 * (size_t)MORA6_CHUNK) * padded(lin->in, rhat);
+}
+
+static size_t mora6_saved(const ol_adapter *a, const ol_linear *lin) { return lin->in; }
+
+/* The RoPE tables cos, sin (G, r^/2) at the front of the scratch, filled on first use (the
+ * scratch starts zeroed and cos at group 0 is exactly 1): the angle of group g, pair i is
+ * g * 10000^(-2i/r^), computed in double by the backend's rope_table. */
+static void rope_tables(const ol_adapter *a, size_t kp, const float **cos_t, const float **sin_t) {
+  const size_t rhat = a->rank;
+  float *c = a->state, *s = a->state + kp / 2;  // (G, r^/2) each
+  if (c[0] != 1.0f) ol_bk->rope_table(c, s, kp / rhat, rhat, 10000.0);
+  *cos_t = c, *sin_t = s;
+}
+
+/* Z (n, k_pad) = the n padded inputs x (n, k), group g of each rotated at position g */
+static void rotated_groups(const ol_adapter *a, const ol_linear *lin, const float *x, size_t n,
+                           float *Z) {
+  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
+  const float *cos_t, *sin_t;
+  rope_tables(a, kp, &cos_t, &sin_t);
+  cyclic_rows(Z, kp, x, k, kp, n, 0.0f);
+  ol_bk->rope_apply(Z, cos_t, sin_t, n, kp / rhat, 1, rhat, 0);  // Z as (n, G, 1 head, r^)
+}
+
+static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
+                          size_t N, float beta, float *saved) {
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const float *M = a->value[0];  // (r^, r^)
+  float *Z = a->state + kp;      // (MORA6_CHUNK, k_pad) = (MORA6_CHUNK * G, r^) rotated groups
+  float *O = Z + MORA6_CHUNK * kp;  // (MORA6_CHUNK, k_pad) o_0 .. o_{G-1} of each token
+  memcpy(saved, x, N * k * sizeof(float));  // (N, k) x, kept for backward
+  for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
+    const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
+    rotated_groups(a, lin, x + t0 * k, n, Z);
+    ol_bk->gemm(0, 1, n * (kp / rhat), rhat, rhat, 1.0f, Z, rhat, M, rhat, 0.0f, O, rhat);
+    cyclic_rows(y + t0 * d, d, O, kp, d, n, beta);  // y (n, d) = beta y + o truncated or tiled
+  }
+}
+
+static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
+                           size_t N, float beta, float *saved) {
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const size_t rows = kp / rhat;  // groups per token
+  const float *M = a->value[0];   // (r^, r^)
+  float *dM = a->grad[0];         // (r^, r^)
+  const float *cos_t, *sin_t;
+  rope_tables(a, kp, &cos_t, &sin_t);
+  float *Z = a->state + kp;         // (MORA6_CHUNK, k_pad) rotated groups, then their gradient
+  float *F = Z + MORA6_CHUNK * kp;  // (MORA6_CHUNK, k_pad) the gradient reaching o
+  for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
+    const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
+    rotated_groups(a, lin, saved + t0 * k, n, Z);
+    cyclic_rows(F, kp, dy + t0 * d, d, d, n, 0.0f);  // f_q = sum over i = q mod k_pad of dy_i
+    ol_bk->gemm(1, 0, rhat, rhat, n * rows, 1.0f, F, rhat, Z, rhat, 1.0f, dM, rhat);  // f z^T
+    ol_bk->gemm(0, 0, n * rows, rhat, rhat, 1.0f, F, rhat, M, rhat, 0.0f, Z, rhat);   // M^T f
+    ol_bk->rope_apply(Z, cos_t, sin_t, n, rows, 1, rhat, 1);  // rot_g^T
+    cyclic_rows(dx + t0 * k, k, Z, kp, kp, n, beta);  // fold back through the padding
+  }
+}
+
+static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
+  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat), half = rhat / 2;
+  const float *cos_t, *sin_t;
+  rope_tables(a, kp, &cos_t, &sin_t);
+  float *v = a->state + kp;  // (r^) a row of M rotated back
+  for (size_t i = 0; i < lin->out; i++) {
+    const size_t q = i % kp, g = q / rhat;  // output i is row q mod r^ of o_g
+    memcpy(v, a->value[0] + (q % rhat) * rhat, rhat * sizeof(float));
+    ol_bk->rope_apply(v, cos_t + g * half, sin_t + g * half, 1, 1, 1, rhat, 1);
+    float *Wi = lin->W + i * k;  // (k): group g reads x_pad[g r^ + s] = x[(g r^ + s) mod k]
+    for (size_t s = 0; s < rhat; s++) Wi[(g * rhat + s) % k] += v[s];
+  }
+}
+
+const ol_adapter_ops ol_mora6_ops = {
+    .name = "mora6",
+    .param_suffix = "mora_M",
+    .declare = mora6_declare,
+    .init = mora_init,
+    .saved_per_token = mora6_saved,
+    .forward = mora6_forward,
+    .backward = mora6_backward,
+    .merge = mora6_merge,
+};

@@ -296,11 +296,6 @@ def main():
     common = ["--data", w("d.h5"), "--micro-batch", "2", "--seq-len", "32", "--eval-batches", "2",
               "--seed", "1"]
 
-    # --out X.safetensors is refused: the Hugging Face output is a directory
-    rc, err = run([B, "merge", "--model", w("base.h5"), "--ckpt", w("none.h5"), "--out",
-                   w("m.safetensors")], expect_ok=False)
-    check("safetensors_path_refused", rc != 0 and "directory" in err, err.strip())
-
     only = set(filter(None, a.only.split(";")))
     done = []
     for name, method, extra in CASES:
@@ -329,6 +324,10 @@ def main():
         run([B, "merge", "--model", w("base.h5"), "--ckpt", ck, "--dtype", "f16", "--out",
              os.path.join(d, "hf16/nested/")])
         check_hf(os.path.join(d, "hf16/nested"), os.path.join(d, "m16.h5"), np.float16)
+        # --out X.safetensors (DESIGN §8): that file, with config.json beside it
+        run([B, "merge", "--model", w("base.h5"), "--ckpt", ck, "--dtype", "f16", "--out",
+             os.path.join(d, "file/model.safetensors")])
+        check_hf(os.path.join(d, "file"), os.path.join(d, "m16.h5"), np.float16)
     except CommandFailed as e:
         check("commands", False, str(e))
 

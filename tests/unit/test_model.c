@@ -29,11 +29,10 @@ typedef struct {
 
 /* Builds a model for `methods`, random weights (larger than the 0.02 default so the loss is
  * sensitive to every parameter), random tokens. */
-static void fixture_init(fixture *f, const char *methods, const char *targets, int64_t kv,
-                         uint64_t seed) {
+static void fixture_init_config(fixture *f, const char *methods, const char *targets,
+                                ol_config c, uint64_t seed) {
   ol_method method;
   assert_int_equal(ol_method_parse(methods, targets, 1, 1.0, &method), OL_OK);
-  ol_config c = tiny_config(kv);
   assert_int_equal(ol_model_build(&f->m, &c, &method, seed), OL_OK);
   ol_model_randomize(&f->m, seed);
   for (size_t i = 0; i < f->m.n_tensors; i++) {
@@ -49,6 +48,11 @@ static void fixture_init(fixture *f, const char *methods, const char *targets, i
     f->tokens[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
     f->targets[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
   }
+}
+
+static void fixture_init(fixture *f, const char *methods, const char *targets, int64_t kv,
+                         uint64_t seed) {
+  fixture_init_config(f, methods, targets, tiny_config(kv), seed);
 }
 
 static void fixture_free(fixture *f) {
@@ -202,6 +206,25 @@ static void test_full_gradient(void **state) {
   fixture_free(&f);
 }
 
+static void test_full_gradient_with_biases(void **state) {
+  // a merged BitFit model fine-tuned in full: the biases are trainable weights too
+  ol_config c = tiny_config(2);
+  c.attention_bias = c.mlp_bias = 1;
+  fixture f;
+  fixture_init_config(&f, "full", "all", c, 11);
+  for (size_t i = 0; i < f.m.n_tensors; i++)  // biases away from the norms' ones
+    if (strstr(f.m.tensors[i]->name, ".bias"))
+      for (size_t j = 0; j < f.m.tensors[i]->shape[0]; j++) f.m.tensors[i]->data[j] = 0.1f * (float)(j % 7) - 0.3f;
+  check_gradient(&f, 48);
+  size_t with_grad = 0;  // every bias gets a gradient
+  for (size_t i = 0; i < f.m.n_tensors; i++)
+    if (strstr(f.m.tensors[i]->name, ".bias"))
+      with_grad += ol_bk->sumsq(ol_params_grad(&f.m.params, (size_t)f.m.tensors[i]->param),
+                               f.m.tensors[i]->shape[0]) > 0;
+  assert_int_equal(with_grad, 2 * OL_PROJ_COUNT);
+  fixture_free(&f);
+}
+
 static void test_onelora_zero_is_identity(void **state) {
   fixture plain, adapted;
   fixture_init(&plain, "none", "all", 2, 4);
@@ -274,6 +297,7 @@ int main(void) {
       cmocka_unit_test(test_onelora_gradient_mha),
       cmocka_unit_test(test_onelora_norms_gradient_gqa),
       cmocka_unit_test(test_full_gradient),
+      cmocka_unit_test(test_full_gradient_with_biases),
       cmocka_unit_test(test_onelora_random_bitfit_gradient),
       cmocka_unit_test(test_bitfit_on_some_layers_gradient),
       cmocka_unit_test(test_merge_random_and_bitfit),
