@@ -39,6 +39,16 @@ def losses(log):
         return [json.loads(l)["loss"] for l in f if '"kind": "step"' in l]
 
 
+def dp_bytes(log):
+    with open(log) as f:
+        return [json.loads(l)["bytes_dp"] for l in f if '"kind": "step"' in l]
+
+
+def trainable(ckpt):
+    with h5py.File(ckpt, "r") as f:
+        return sum(ds.size for ds in f["params"].values())
+
+
 def compare_ckpt(a, b):
     """Largest relative difference over every tensor of params, adam_m and adam_v."""
     worst = 0.0
@@ -108,10 +118,14 @@ def main():
                   if len(lref) == len(lpar) == STEPS else float("inf"))
             ck = "step-%08d.h5" % STEPS
             dc = compare_ckpt(os.path.join(ref, ck), os.path.join(par, ck))
-            ok = dl < 1e-5 and dc < 1e-5
+            # communication accounting: the DP traffic of a step is the flat gradient buffer,
+            # 4 bytes per trainable value (DESIGN §5), and nothing when there is one replica
+            want = 4 * trainable(os.path.join(ref, ck)) if dp > 1 else 0
+            got = dp_bytes(par + ".jsonl")
+            ok = dl < 1e-5 and dc < 1e-5 and got == [want] * STEPS
             failures += 0 if ok else 1
-            print("%s %s: loss rel diff %.2e, checkpoint rel diff %.2e"
-                  % ("PASS" if ok else "FAIL", name, dl, dc))
+            print("%s %s: loss rel diff %.2e, checkpoint rel diff %.2e, DP bytes/step %s (want %d)"
+                  % ("PASS" if ok else "FAIL", name, dl, dc, got[:1], want))
     print("%d passed, %d failed" % (count - failures, failures))
     return 1 if failures else 0
 
