@@ -32,11 +32,21 @@ typedef struct {
   ol_tensor mlp_norm;      /* (D) post_attention_layernorm */
 } ol_block;
 
+/* The layers a pipeline stage holds: [first_layer, first_layer + n_layers), plus the embedding
+ * on the first stage and the final norm and LM head on the last. */
+typedef struct {
+  size_t first_layer, n_layers;
+  int has_embed, has_head;
+} ol_stage;
+/* Stage pp_rank of pp: contiguous layer ranges, the first L mod pp stages one layer longer. */
+ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank);
+
 typedef struct {
   ol_config cfg;
   ol_method method;
+  ol_stage stage;          /* what this rank holds (the whole model unless pipelined) */
   size_t hd;               /* head dim D/H */
-  ol_block *blocks;        /* (L) */
+  ol_block *blocks;        /* (stage.n_layers) this stage's layers */
   ol_tensor embed;         /* (V, D) */
   ol_tensor final_norm;    /* (D) */
   ol_tensor lm_head;       /* (V, D) */
@@ -54,6 +64,11 @@ int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, 
 /* Layout, then allocates frozen and trainable storage and binds adapters. Weights are
  * uninitialised until loaded or randomised. */
 int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed);
+/* The same for one pipeline stage (stage NULL = the whole model). */
+int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
+                          uint64_t seed, const ol_stage *stage);
+int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
+                         uint64_t seed, const ol_stage *stage);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
 /* Random weights: normal(0, 0.02) per matrix, ones for norms; tensor i uses hash(seed, i). */
@@ -103,10 +118,14 @@ void ol_acts_free(ol_acts *a);
 
 /* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
  * When grad_scale != 0 the LM head's backward runs fused with its forward (logits are never
- * kept) and leaves d(final residual) in a->dres; the caller then calls ol_model_backward. */
+ * kept) and leaves d(final residual) in a->dres; the caller then calls ol_model_backward.
+ * A pipeline stage without the embedding reads its input from xs[0] (the caller fills it);
+ * one without the head returns 0 and leaves its output in xs[stage.n_layers]. */
 double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
                         float grad_scale);
-/* Backward through the blocks and the embedding, accumulating trainable gradients. */
+/* Backward through the blocks and the embedding, accumulating trainable gradients. A stage
+ * without the head starts from d(output) in a->dres (the caller fills it); every stage leaves
+ * d(input) in a->dres. */
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
 /* Reads every tensor of the model (this rank's slices) from an open model file. */

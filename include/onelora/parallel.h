@@ -19,6 +19,7 @@ typedef struct {
   int tp_rank, pp_rank, dp_rank;
   void *tp_comm, *dp_comm, *pp_comm; /* MPI_Comm handles (opaque outside src/parallel) */
   double bytes[OL_COMM_COUNT];      /* this step's payload bytes per purpose */
+  void *pp_requests;                /* pipeline send requests, one per (slot, direction) */
 } ol_grid;
 
 /* Starts MPI (MPI_THREAD_FUNNELED) and records the world; layouts come with ol_grid_layout. */
@@ -42,5 +43,29 @@ int ol_grid_agree(ol_grid *g, int status);
 void ol_dp_allreduce_grads(ol_grid *g, ol_params *p);
 /* Sums n doubles over the DP replicas, in place (losses, token counts). */
 void ol_dp_sum(ol_grid *g, double *x, int n);
+
+/* ---- pipeline parallel ---- */
+#define OL_PP_MAX_SLOTS 1024
+typedef struct {
+  char kind;  /* 'F' forward or 'B' backward */
+  int mb;     /* micro-batch */
+} ol_pp_op;
+/* This stage's order of the 2M operations of a step: 1F1B, or GPipe (all F, then all B). */
+size_t ol_pp_schedule(int pp, int pp_rank, int M, int gpipe, ol_pp_op *ops);
+/* Micro-batches in flight on this stage at most: its activation slots. */
+int ol_pp_slots(int pp, int pp_rank, int M, int gpipe);
+/* Non-blocking send of n floats to the next (to_next = 1) or previous stage for micro-batch mb,
+ * from the buffer of activation slot `slot` (waits for that slot's previous send first). */
+void ol_pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot);
+/* Waits for the slot's pending sends, before its buffers are reused or freed. */
+void ol_pp_wait_send(ol_grid *g, int slot);
+/* Blocking receive from the previous (from_prev = 1) or next stage for micro-batch mb. */
+void ol_pp_recv(ol_grid *g, int from_prev, float *x, size_t n, int mb);
+/* Sums n doubles over the pipeline stages, in place. */
+void ol_pp_sum(ol_grid *g, double *x, int n);
+/* Collects every stage's trainable state (values, Adam moments) and generated frozen tensors
+ * on stage 0, in model order, for the checkpoint; other stages send and get empty tables. */
+int ol_pp_gather_state(ol_grid *g, const ol_params *p, const ol_frozen *gen, ol_params *all,
+                       ol_frozen *all_gen);
 
 #endif

@@ -17,9 +17,10 @@ typedef struct {
 ol_adamw ol_adamw_defaults(void);
 /* One AdamW step over the whole flat buffer (step counted from 1). */
 void ol_adamw_step(const ol_adamw *o, ol_params *p, float lr, int64_t step);
-/* Global L2 norm of the flat gradient; scales it to max_norm when above (PyTorch
- * clip_grad_norm_: coefficient max_norm / (norm + 1e-6)). max_norm <= 0 disables. Returns norm. */
-double ol_clip_grad_norm(ol_params *p, double max_norm);
+/* Global L2 norm of the flat gradient (over the pipeline stages of grid g, when given); scales
+ * it to max_norm when above (PyTorch clip_grad_norm_: coefficient max_norm / (norm + 1e-6)).
+ * max_norm <= 0 disables. Returns the norm. */
+double ol_clip_grad_norm(ol_params *p, double max_norm, ol_grid *g);
 
 typedef enum { OL_SCHED_COSINE = 0, OL_SCHED_CONSTANT = 1 } ol_sched_kind;
 typedef struct {
@@ -64,6 +65,7 @@ typedef struct {
   /* bench: before each step, time the same step with every adapter detached */
   int time_frozen;
   int tp, pp;              /* layout; DP = ranks / (tp * pp) */
+  int gpipe;               /* pipeline schedule: GPipe instead of 1F1B */
   ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 

@@ -14,7 +14,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
                    size_t n_extra, int synthetic, ol_train_opts *out, int *help) {
   const char *model = NULL, *data = NULL, *method = "1lora", *targets = "all";
   const char *schedule = "cosine", *ckpt_dir = NULL, *log = NULL, *device = "cpu";
-  const char *wdtype = "f32";
+  const char *wdtype = "f32", *pp_schedule = "1f1b";
   int64_t steps = 100, mb = 4, mbs = 1, seq = 256, warmup = 0, eval_every = 0, eval_batches = 4;
   int64_t ckpt_every = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
@@ -42,6 +42,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
       {"--no-shuffle", OL_ARG_FLAG, &no_shuffle, NULL, "read the data in its stored order"},
       {"--tp", OL_ARG_INT, &tp, "N", "tensor-parallel ranks (1)"},
       {"--pp", OL_ARG_INT, &pp, "N", "pipeline stages (1)"},
+      {"--pp-schedule", OL_ARG_STR, &pp_schedule, "S", "1f1b | gpipe (1f1b)"},
       {"--weights-dtype", OL_ARG_STR, &wdtype, "T", "frozen weights in memory: f32 (f32)"},
       {"--device", OL_ARG_STR, &device, "D", "cpu (cpu)"},
       {"--eval-every", OL_ARG_INT, &eval_every, "N", "validation loss every N steps, 0 = never (0)"},
@@ -78,9 +79,12 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   else if (eval_every < 0) rc = ol_error("--eval-every must be >= 0, got %lld", (long long)eval_every);
   else if (eval_batches <= 0) rc = ol_error("--eval-batches must be positive, got %lld", (long long)eval_batches);
   else if (ckpt_every < 0) rc = ol_error("--ckpt-every must be >= 0, got %lld", (long long)ckpt_every);
-  else if (tp != 1 || pp != 1)
-    rc = ol_error("--tp %lld --pp %lld: tensor and pipeline parallelism are not available yet; use 1 "
-                  "(data parallelism is: run on several ranks)", (long long)tp, (long long)pp);
+  else if (tp != 1)
+    rc = ol_error("--tp %lld: tensor parallelism is not available yet; use --tp 1 (pipeline and "
+                  "data parallelism are)", (long long)tp);
+  else if (pp <= 0) rc = ol_error("--pp must be positive, got %lld", (long long)pp);
+  else if (strcmp(pp_schedule, "1f1b") != 0 && strcmp(pp_schedule, "gpipe") != 0)
+    rc = ol_error("--pp-schedule: expected 1f1b or gpipe, got '%s'", pp_schedule);
   else if (strcmp(wdtype, "f32") != 0)
     rc = ol_error("--weights-dtype %s: the cpu backend keeps frozen weights in f32 only", wdtype);
   else if (strcmp(device, "cpu") != 0)
@@ -101,6 +105,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   o.seed = (uint64_t)seed;
   o.shuffle = !no_shuffle;
   o.tp = (int)tp, o.pp = (int)pp;
+  o.gpipe = strcmp(pp_schedule, "gpipe") == 0;
   *out = o;
   return OL_OK;
 }

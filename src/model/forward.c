@@ -17,7 +17,7 @@
 void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   memset(a, 0, sizeof *a);
   const ol_config *c = &m->cfg;
-  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, L = (size_t)c->n_layers;
+  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, L = m->stage.n_layers;
   const size_t H = (size_t)c->n_heads, kvD = (size_t)c->n_kv_heads * m->hd, V = (size_t)c->vocab_size;
   const size_t N = B * T;
   a->B = B, a->T = T, a->N = N, a->L = L;
@@ -157,11 +157,12 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
 double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
                         float grad_scale) {
   const ol_config *c = &m->cfg;
-  const size_t N = a->N, D = (size_t)c->dim, V = (size_t)c->vocab_size, L = (size_t)c->n_layers;
-  float *xs = a->xs;  // (L+1, N, D)
+  const size_t N = a->N, D = (size_t)c->dim, V = (size_t)c->vocab_size, L = m->stage.n_layers;
+  float *xs = a->xs;  // (L+1, N, D): xs[0] is the stage input, xs[L] its output
   set_linear_work(m, a);
-  ol_bk->embedding_forward(xs, tokens, m->embed.data, N, D);
+  if (m->stage.has_embed) ol_bk->embedding_forward(xs, tokens, m->embed.data, N, D);
   for (size_t l = 0; l < L; l++) block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D);
+  if (!m->stage.has_head) return 0.0;  // a pipeline stage hands xs[L] on
 
   // final norm, then the LM head and the loss in chunks of tokens, backward fused in
   const float *xl = xs + L * N * D;   // (N, D)
@@ -188,10 +189,10 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
 }
 
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
-  const size_t N = a->N, D = (size_t)m->cfg.dim, L = (size_t)m->cfg.n_layers;
+  const size_t N = a->N, D = (size_t)m->cfg.dim, L = m->stage.n_layers;
   set_linear_work(m, a);
   for (size_t l = L; l-- > 0;) block_backward(m, a, l, a->xs + l * N * D);
-  if (m->embed.param >= 0)
+  if (m->stage.has_embed && m->embed.param >= 0)
     ol_bk->embedding_backward(ol_params_grad(&m->params, (size_t)m->embed.param), tokens, a->dres,
                               N, D);
 }

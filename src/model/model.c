@@ -62,12 +62,16 @@ static void adapted_extent(const ol_model *m, size_t *k_max, size_t *d_max) {
     }
 }
 
-int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
+int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
+                          uint64_t seed, const ol_stage *stage) {
   memset(m, 0, sizeof *m);
   OL_TRY(ol_config_validate(cfg, "model config"));
   m->cfg = *cfg;
   m->method = *method;
-  const size_t D = (size_t)cfg->dim, L = (size_t)cfg->n_layers, F = (size_t)cfg->ffn_dim;
+  ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1};
+  m->stage = stage ? *stage : whole;
+  OL_CHECK(m->stage.first_layer + m->stage.n_layers <= (size_t)cfg->n_layers);
+  const size_t D = (size_t)cfg->dim, L = m->stage.n_layers, F = (size_t)cfg->ffn_dim;
   const size_t V = (size_t)cfg->vocab_size;
   m->hd = D / (size_t)cfg->n_heads;
   const size_t kvD = (size_t)cfg->n_kv_heads * m->hd;
@@ -80,7 +84,8 @@ int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, 
   for (size_t l = 0; l < L; l++)  // shapes first: adapters may need every layer's extent
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
-      snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", l, ol_proj_module(p));
+      snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", m->stage.first_layer + l,
+               ol_proj_module(p));
       lin->out = outs[p], lin->in = ins[p];
       lin->par = (p == OL_O || p == OL_DOWN) ? OL_PAR_ROW : OL_PAR_COLUMN;
     }
@@ -89,15 +94,16 @@ int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, 
 
   char name[128];
   tensor_set(&m->embed, "model.embed_tokens.weight", V, D);
-  tensor_place(m, &m->embed, full);
+  if (m->stage.has_embed) tensor_place(m, &m->embed, full);
   for (size_t l = 0; l < L; l++) {
     ol_block *b = &m->blocks[l];
-    snprintf(name, sizeof name, "model.layers.%zu.input_layernorm.weight", l);
+    const size_t layer = m->stage.first_layer + l;  // global index, in every name
+    snprintf(name, sizeof name, "model.layers.%zu.input_layernorm.weight", layer);
     tensor_set(&b->attn_norm, name, D, 0);
     tensor_place(m, &b->attn_norm, norms);
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       if (p == OL_GATE) {  // file order: attention, then the MLP's norm, then the MLP
-        snprintf(name, sizeof name, "model.layers.%zu.post_attention_layernorm.weight", l);
+        snprintf(name, sizeof name, "model.layers.%zu.post_attention_layernorm.weight", layer);
         tensor_set(&b->mlp_norm, name, D, 0);
         tensor_place(m, &b->mlp_norm, norms);
       }
@@ -121,14 +127,21 @@ int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, 
     }
   }
   tensor_set(&m->final_norm, "model.norm.weight", D, 0);
-  tensor_place(m, &m->final_norm, norms);
   tensor_set(&m->lm_head, "lm_head.weight", V, D);
-  tensor_place(m, &m->lm_head, full);
+  if (m->stage.has_head) {
+    tensor_place(m, &m->final_norm, norms);
+    tensor_place(m, &m->lm_head, full);
+  }
   return OL_OK;
 }
 
-int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
-  OL_TRY(ol_model_layout(m, cfg, method, seed));
+int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
+  return ol_model_layout_stage(m, cfg, method, seed, NULL);
+}
+
+int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
+                         uint64_t seed, const ol_stage *stage) {
+  OL_TRY(ol_model_layout_stage(m, cfg, method, seed, stage));
   // storage: trainables in the flat buffer, everything else in one frozen arena
   ol_params_alloc(&m->params);
   m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
@@ -142,7 +155,7 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, u
       off += tensor_numel(t);
     }
   }
-  for (size_t l = 0; l < (size_t)cfg->n_layers; l++)
+  for (size_t l = 0; l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_block *b = &m->blocks[l];
       ol_linear *lin = &b->lin[p];
@@ -161,13 +174,27 @@ int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, u
   return OL_OK;
 }
 
+int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
+  return ol_model_build_stage(m, cfg, method, seed, NULL);
+}
+
+ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank) {
+  // contiguous layer ranges; the first L mod pp stages take one layer more
+  size_t L = (size_t)cfg->n_layers, base = L / (size_t)pp, extra = L % (size_t)pp;
+  size_t r = (size_t)pp_rank;
+  ol_stage s = {r * base + (r < extra ? r : extra), base + (r < extra ? 1 : 0), pp_rank == 0,
+                pp_rank == pp - 1};
+  return s;
+}
+
 void ol_model_init_adapters(ol_model *m, uint64_t seed) {
-  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+  for (size_t l = 0; l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
+      const uint64_t layer = m->stage.first_layer + l;
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_rng rng;  // one stream per (layer, projection, adapter): independent of layout
-        ol_rng_seed(&rng, ol_hash64(seed ^ ((uint64_t)l << 32 | (uint64_t)p << 8 | (uint64_t)i)));
+        ol_rng_seed(&rng, ol_hash64(seed ^ (layer << 32 | (uint64_t)p << 8 | (uint64_t)i)));
         lin->adapters[i].ops->init(&lin->adapters[i], lin, &rng);
       }
     }
@@ -181,8 +208,10 @@ void ol_model_randomize(ol_model *m, uint64_t seed) {
       for (size_t j = 0; j < n; j++) t->data[j] = 1.0f;
       continue;
     }
-    ol_rng rng;
-    ol_rng_seed(&rng, ol_hash64(seed + i));
+    ol_rng rng;  // seeded by the tensor's name: the same weights whatever the layout
+    uint64_t h = 1469598103934665603ull;  // FNV-1a
+    for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+    ol_rng_seed(&rng, ol_hash64(seed ^ h));
     for (size_t j = 0; j < n; j++) t->data[j] = 0.02f * ol_rng_normal(&rng);
   }
 }
@@ -198,7 +227,7 @@ ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
   const double D = (double)m->cfg.dim, V = (double)m->cfg.vocab_size;
   double per_token = 0;
-  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++) {
+  for (size_t l = 0; l < m->stage.n_layers; l++) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       const ol_linear *lin = &m->blocks[l].lin[p];
       double mac = (double)lin->out * (double)lin->in;
@@ -206,12 +235,12 @@ double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
     }
     per_token += 7 * (double)T * D;  // attention: forward 2TD, backward 5TD
   }
-  per_token += 4 * D * V + (m->lm_head.param >= 0 ? 2 * D * V : 0);
+  if (m->stage.has_head) per_token += 4 * D * V + (m->lm_head.param >= 0 ? 2 * D * V : 0);
   return per_token * (double)tokens;
 }
 
 void ol_model_attach_adapters(ol_model *m, int on) {
-  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+  for (size_t l = 0; l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
       if (!on && lin->n_adapters) lin->n_detached = lin->n_adapters, lin->n_adapters = 0;
@@ -220,7 +249,7 @@ void ol_model_attach_adapters(ol_model *m, int on) {
 }
 
 void ol_model_merge(ol_model *m) {
-  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++)
+  for (size_t l = 0; l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
       for (int i = 0; i < lin->n_adapters; i++) lin->adapters[i].ops->merge(&lin->adapters[i], lin);
@@ -229,7 +258,7 @@ void ol_model_merge(ol_model *m) {
 }
 
 void ol_model_free(ol_model *m) {
-  for (size_t l = 0; m->blocks && l < (size_t)m->cfg.n_layers; l++)
+  for (size_t l = 0; m->blocks && l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++)
       for (int i = 0; i < OL_MAX_ADAPTERS; i++) ol_free(m->blocks[l].lin[p].adapters[i].state);
   ol_free(m->blocks);

@@ -15,29 +15,33 @@
 typedef struct {
   const ol_train_opts *o;
   ol_model model;
-  ol_acts acts;
+  ol_acts *acts;           /* (n_slots) activations of the micro-batches in flight */
+  int n_slots;
+  ol_pp_op *ops;           /* (2M) this stage's schedule of a step */
+  size_t n_ops;
   ol_dataset *data;
   ol_metrics *log;
   size_t B, T, M, G;       /* micro-batch, seq len, micro-batches, global batch (sequences) */
   int32_t *window;         /* (T+1) one sample's tokens */
-  int32_t *tokens;         /* (B, T) inputs of a micro-batch */
-  int32_t *targets;        /* (B, T) next-token targets */
+  int32_t *tokens;         /* (M, B, T) inputs of the step's micro-batches */
+  int32_t *targets;        /* (M, B, T) next-token targets */
   double *step_s;          /* (steps) wall time of each step */
   double *frozen_step_s;   /* (steps) wall time of the same step with adapters detached */
 } trainer;
 
-/* Fills t->tokens/targets with micro-batch mb of step `step` from split s. DP replica r takes
+/* Fills micro-batch mb of t->tokens/targets for step `step` from split s. DP replica r takes
  * the r-th contiguous block of G/DP samples of the global batch (DESIGN §6). */
 static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
   const size_t first = (size_t)t->o->grid->dp_rank * t->B * t->M + mb * t->B;  // global sample
+  int32_t *tokens = t->tokens + mb * t->B * t->T, *targets = t->targets + mb * t->B * t->T;
   if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, sample)
     uint64_t V = (uint64_t)t->model.cfg.vocab_size;
     for (size_t i = 0; i < t->B; i++) {
       uint64_t sample = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->G + first + i) * 2 + s));
       for (size_t x = 0; x < t->T; x++) {
         uint64_t h = ol_hash64(sample ^ x);
-        t->tokens[i * t->T + x] = (int32_t)(h % V);
-        t->targets[i * t->T + x] = (int32_t)((h >> 32) % V);
+        tokens[i * t->T + x] = (int32_t)(h % V);
+        targets[i * t->T + x] = (int32_t)((h >> 32) % V);
       }
     }
     return OL_OK;
@@ -48,29 +52,65 @@ static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
     size_t j = first + i;
     size_t p = ol_sample_position(t->o->seed, shuffle, step, t->G, j, n, t->T);
     OL_TRY(ol_dataset_read(t->data, s, p, t->T + 1, t->window));
-    memcpy(t->tokens + i * t->T, t->window, t->T * sizeof(int32_t));
-    memcpy(t->targets + i * t->T, t->window + 1, t->T * sizeof(int32_t));
+    memcpy(tokens + i * t->T, t->window, t->T * sizeof(int32_t));
+    memcpy(targets + i * t->T, t->window + 1, t->T * sizeof(int32_t));
   }
   return OL_OK;
+}
+
+/* Loads every micro-batch of a step (all ranks agree on the outcome before any message flows). */
+static int load_step(trainer *t, ol_split s, int64_t step) {
+  int rc = OL_OK;
+  for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) rc = load_micro_batch(t, s, step, mb);
+  return ol_grid_agree(t->o->grid, rc);
+}
+
+/* Runs the stage's schedule over the loaded micro-batches: forwards only when grad_scale is 0.
+ * Returns this stage's summed loss (nonzero on the last stage only). */
+static double run_schedule(trainer *t, float grad_scale) {
+  ol_grid *g = t->o->grid;
+  ol_model *m = &t->model;
+  const ol_stage *st = &m->stage;
+  const size_t N = t->B * t->T, nd = N * (size_t)m->cfg.dim, L = st->n_layers;
+  double loss = 0.0;
+  for (size_t i = 0; i < t->n_ops; i++) {
+    const ol_pp_op op = t->ops[i];
+    if (op.kind == 'B' && grad_scale == 0.0f) continue;
+    int slot = op.mb % t->n_slots;
+    ol_acts *a = &t->acts[slot];
+    const int32_t *tokens = t->tokens + (size_t)op.mb * N, *targets = t->targets + (size_t)op.mb * N;
+    ol_pp_wait_send(g, slot);  // the slot's buffers are about to be rewritten
+    if (op.kind == 'F') {
+      if (!st->has_embed) ol_pp_recv(g, 1, a->xs, nd, op.mb);            // input (N, D)
+      loss += ol_model_forward(m, a, tokens, targets, grad_scale);
+      if (!st->has_head) ol_pp_send(g, 1, a->xs + L * nd, nd, op.mb, slot);  // output (N, D)
+    } else {
+      if (!st->has_head) ol_pp_recv(g, 0, a->dres, nd, op.mb);           // d(output) (N, D)
+      ol_model_backward(m, a, tokens);
+      if (!st->has_embed) ol_pp_send(g, 0, a->dres, nd, op.mb, slot);    // d(input) (N, D)
+    }
+  }
+  for (int s = 0; s < t->n_slots; s++) ol_pp_wait_send(g, s);
+  return loss;
 }
 
 /* Mean validation loss over eval_batches global batches, in unshuffled order. */
 static int evaluate(trainer *t, double *out) {
   double sum = 0.0;
-  int rc = OL_OK;
-  for (int64_t e = 0; e < t->o->eval_batches && rc == OL_OK; e++)
-    for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) {
-      rc = load_micro_batch(t, OL_SPLIT_VAL, e, mb);
-      if (rc == OL_OK) sum += ol_model_forward(&t->model, &t->acts, t->tokens, t->targets, 0.0f);
-    }
-  OL_TRY(ol_grid_agree(t->o->grid, rc));
+  for (int64_t e = 0; e < t->o->eval_batches; e++) {
+    OL_TRY(load_step(t, OL_SPLIT_VAL, e));
+    sum += run_schedule(t, 0.0f);
+  }
+  ol_pp_sum(t->o->grid, &sum, 1);
   ol_dp_sum(t->o->grid, &sum, 1);
   *out = sum / ((double)t->o->eval_batches * (double)(t->G * t->T));
   return OL_OK;
 }
 
-/* Rank 0 writes (every DP replica holds the same full state); all ranks agree on the outcome. */
-static int write_checkpoint_rank0(trainer *t, int64_t step, double loss) {
+/* World rank 0 writes the state of every stage of replica 0 (the DP replicas are identical);
+ * all ranks agree on the outcome. */
+static int write_checkpoint_rank0(trainer *t, int64_t step, double loss, const ol_params *p,
+                                  const ol_frozen *gen) {
   const ol_train_opts *o = t->o;
   if (mkdir(o->ckpt_dir, 0755) != 0) {
     struct stat st;
@@ -92,14 +132,27 @@ static int write_checkpoint_rank0(trainer *t, int64_t step, double loss) {
   meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
   meta.data_cursor = (uint64_t)step * t->G;
   double t0 = ol_now();
-  OL_TRY(ol_checkpoint_save(&t->model.params, &t->model.generated, &meta, path));
+  OL_TRY(ol_checkpoint_save(p, gen, &meta, path));
   ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
   return OL_OK;
 }
 
 static int write_checkpoint(trainer *t, int64_t step, double loss) {
-  int rc = t->o->grid->world_rank == 0 ? write_checkpoint_rank0(t, step, loss) : OL_OK;
-  return ol_grid_agree(t->o->grid, rc);
+  ol_grid *g = t->o->grid;
+  int rc = OL_OK;
+  if (g->dp_rank == 0 && g->tp_rank == 0) {  // one replica's stages hold the whole state
+    if (g->pp == 1) {
+      if (g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &t->model.params, &t->model.generated);
+    } else {
+      ol_params all;
+      ol_frozen all_gen;
+      rc = ol_pp_gather_state(g, &t->model.params, &t->model.generated, &all, &all_gen);
+      if (rc == OL_OK && g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &all, &all_gen);
+      ol_params_free(&all);
+      ol_frozen_free(&all_gen);
+    }
+  }
+  return ol_grid_agree(g, rc);
 }
 
 static void format_eta(double seconds, char *buf, size_t size) {
@@ -131,16 +184,10 @@ static int check_inputs(trainer *t, const ol_config *cfg) {
 static int forward_backward(trainer *t, int64_t step, float grad_scale, double *loss_sum) {
   ol_model *m = &t->model;
   memset(m->params.grad, 0, m->params.total * sizeof(float));
-  *loss_sum = 0.0;
-  int rc = OL_OK;
-  for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) {
-    rc = load_micro_batch(t, OL_SPLIT_TRAIN, step, mb);
-    if (rc != OL_OK) break;
-    *loss_sum += ol_model_forward(m, &t->acts, t->tokens, t->targets, grad_scale);
-    ol_model_backward(m, &t->acts, t->tokens);
-  }
-  OL_TRY(ol_grid_agree(t->o->grid, rc));
+  OL_TRY(load_step(t, OL_SPLIT_TRAIN, step));
+  *loss_sum = run_schedule(t, grad_scale);
   ol_dp_allreduce_grads(t->o->grid, &m->params);
+  ol_pp_sum(t->o->grid, loss_sum, 1);  // the loss lives on the last stage
   ol_dp_sum(t->o->grid, loss_sum, 1);
   return OL_OK;
 }
@@ -190,7 +237,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
     if (!isfinite(loss))
       return ol_error("non-finite loss (%g) at step %lld: stopping without writing a checkpoint "
                       "(lower --lr or set --clip)", loss, (long long)step + 1);
-    double gnorm = ol_clip_grad_norm(&m->params, o->clip);
+    double gnorm = ol_clip_grad_norm(&m->params, o->clip, o->grid);
     double lr = ol_schedule_lr(&o->schedule, step);
     ol_adamw_step(&o->adamw, &m->params, (float)lr, step + 1);
     double dt = ol_now() - t0, elapsed = ol_now() - t_start;
@@ -238,7 +285,7 @@ static int train_loop(trainer *t, ol_train_result *res) {
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
     res->frozen_bytes = m->frozen_floats * sizeof(float);
-    res->kept_bytes = t->acts.bytes_kept;
+    res->kept_bytes = t->acts[0].bytes_kept * (size_t)t->n_slots;
     res->trainable = ol_model_trainable(m);
   }
   return OL_OK;
@@ -250,28 +297,41 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
   ol_h5model *mf = NULL;
   ol_config cfg;
-  int rc = ol_grid_layout(o->grid, o->tp, o->pp);
-  t.G = t.B * t.M * (size_t)o->grid->dp;  // sequences per global batch
+  ol_grid *g = o->grid;
+  int rc = ol_grid_layout(g, o->tp, o->pp);
+  t.G = t.B * t.M * (size_t)g->dp;  // sequences per global batch
+  ol_stage stage;
   if (rc != OL_OK) {
   } else if (o->synthetic) {
     cfg = *o->synthetic;
-    rc = ol_model_build(&t.model, &cfg, &o->method, o->seed);
-    if (rc == OL_OK) ol_model_randomize(&t.model, o->seed);
   } else {
     rc = ol_h5model_open(o->model_path, &mf, &cfg);
     if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
     if (rc == OL_OK) rc = check_inputs(&t, &cfg);
-    if (rc == OL_OK) rc = ol_model_build(&t.model, &cfg, &o->method, o->seed);
-    if (rc == OL_OK) rc = ol_model_load(&t.model, mf);
-    if (mf) ol_h5model_close(mf);
   }
+  if (rc == OL_OK && cfg.n_layers < g->pp)
+    rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
+                  (long long)cfg.n_layers);
+  if (rc == OL_OK && (size_t)o->micro_batches > OL_PP_MAX_SLOTS)
+    rc = ol_error("--micro-batches %lld: at most %d", (long long)o->micro_batches, OL_PP_MAX_SLOTS);
+  if (rc == OL_OK) {
+    stage = ol_pipeline_stage(&cfg, g->pp, g->pp_rank);
+    rc = ol_model_build_stage(&t.model, &cfg, &o->method, o->seed, &stage);
+  }
+  if (rc == OL_OK && o->synthetic) ol_model_randomize(&t.model, o->seed);
+  if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);
+  if (mf) ol_h5model_close(mf);
   rc = ol_grid_agree(o->grid, rc);  // every rank stops here when one could not set up
   if (rc == OL_OK) {
     ol_model_init_adapters(&t.model, o->seed);
-    ol_acts_alloc(&t.acts, &t.model, t.B, t.T);
+    t.n_slots = ol_pp_slots(g->pp, g->pp_rank, (int)t.M, o->gpipe);
+    t.acts = ol_calloc((size_t)t.n_slots, sizeof *t.acts);
+    for (int s = 0; s < t.n_slots; s++) ol_acts_alloc(&t.acts[s], &t.model, t.B, t.T);
+    t.ops = ol_calloc(2 * t.M, sizeof *t.ops);
+    t.n_ops = ol_pp_schedule(g->pp, g->pp_rank, (int)t.M, o->gpipe, t.ops);
     t.window = ol_calloc(t.T + 1, sizeof(int32_t));
-    t.tokens = ol_calloc(t.B * t.T, sizeof(int32_t));
-    t.targets = ol_calloc(t.B * t.T, sizeof(int32_t));
+    t.tokens = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
+    t.targets = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
     t.frozen_step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
@@ -280,7 +340,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
             (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
             o->method.text, o->method.targets_text, ol_model_trainable(&t.model), t.M, t.B, t.T,
-            o->grid->dp, o->grid->tp, o->grid->pp, o->grid->dp, (double)t.acts.bytes_kept / 1048576.0);
+            g->dp, g->tp, g->pp, g->dp, (double)t.acts[0].bytes_kept * t.n_slots / 1048576.0);
     rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, &t.log) : OL_OK;
     rc = ol_grid_agree(o->grid, rc);
   }
@@ -288,7 +348,8 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   ol_metrics_close(t.log);
   if (t.data) ol_dataset_close(t.data);
   ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
-  ol_acts_free(&t.acts);
+  for (int s = 0; s < t.n_slots; s++) ol_acts_free(&t.acts[s]);
+  ol_free(t.acts), ol_free(t.ops);
   ol_model_free(&t.model);
   return rc;
 }

@@ -59,6 +59,24 @@ def main():
     except subprocess.TimeoutExpired:
         check("rank 1 cannot open its data", False, "hung for %d s" % LIMIT)
 
+    # layouts that do not fit: agreed on every rank, one line from rank 0, a clean exit
+    subprocess.run([a.onelora, "init", "--preset", "tiny", "--layers", "1", "--out", w("m1.h5")],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    for name, np_, extra, model, mention in [
+            ("--pp 2 on 3 ranks", 3, ["--pp", "2"], w("m.h5"), "--pp"),
+            ("--pp 2 on a 1-layer model", 2, ["--pp", "2"], w("m1.h5"), "--pp"),
+            ("--tp 2 (not yet)", 2, ["--tp", "2"], w("m.h5"), "--tp")]:
+        try:
+            r = subprocess.run([a.mpirun, "-np", str(np_), a.onelora, "train", "--model", model,
+                                "--data", w("d.h5"), "--seq-len", "32", "--steps", "1"] + extra,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=LIMIT)
+            lines = [l for l in r.stderr.decode(errors="replace").splitlines()
+                     if l.startswith("onelora: error:")]
+            check(name, r.returncode != 0 and len(lines) == 1 and mention in lines[0],
+                  "exit %d, %r" % (r.returncode, lines))
+        except subprocess.TimeoutExpired:
+            check(name, False, "hung for %d s" % LIMIT)
+
     marker = w("killme")  # a unique argument to find the ranks' processes
     p = subprocess.Popen([a.mpirun, "-np", "2", a.onelora] + train +
                          ["--data", w("d.h5"), "--steps", "100000", "--ckpt-dir", marker],
@@ -82,7 +100,7 @@ def main():
     except subprocess.TimeoutExpired:
         p.kill()
         check("a rank is killed", False, "the job hung for %d s after the kill" % LIMIT)
-    print("%d passed, %d failed" % (2 - failures, failures))
+    print("%d passed, %d failed" % (5 - failures, failures))
     return 1 if failures else 0
 
 
