@@ -99,6 +99,22 @@ typedef struct {
    * B, P (d,r); with P = 2s W A^T + s^2 B A A^T this is 1 / |W_i + s (B A)_i| */
   void (*dora_inv_norms)(float *rn, const float *W, const float *B, const float *P, size_t d,
                          size_t k, size_t r);
+
+  /* Vocab-parallel cross-entropy (DESIGN §5): this rank holds logits(N,V) of the vocabulary
+   * rows [v0, v0 + V); the caller reduces mx (max), sum and zt (sums) over TP between the
+   * pieces. The loss of row n is log(sum_n) + mx_n - zt_n. */
+  /* mx(N) = per-row maximum of logits; zt(N) = the target's logit when it lies in this shard,
+   * else 0 */
+  void (*vp_ce_local)(const float *logits, const int32_t *targets, size_t N, size_t V,
+                      int64_t v0, float *mx, float *zt);
+  /* sum(N) = per-row sum of exp(logit - mx) in double, given the global maxima mx(N); with
+   * `store`, the exps overwrite logits (for vp_ce_grad) */
+  void (*vp_ce_sumexp)(float *logits, const float *mx, size_t N, size_t V, double *sum,
+                       int store);
+  /* logits(N,V), holding the exps, become dlogits = (exp / sum - onehot) * grad_scale, given
+   * the global sums sum(N) */
+  void (*vp_ce_grad)(float *logits, const int32_t *targets, size_t N, size_t V, int64_t v0,
+                     const double *sum, float grad_scale);
 } ol_backend;
 
 /* The active backend (set once at start-up) */

@@ -13,7 +13,7 @@
 /* Bytes this rank sent in collectives and messages, by purpose (communication accounting). */
 typedef enum { OL_COMM_TP_FWD = 0, OL_COMM_TP_BWD, OL_COMM_PP, OL_COMM_DP, OL_COMM_COUNT } ol_comm_kind;
 
-typedef struct {
+typedef struct ol_grid {
   int world_rank, world_size;
   int tp, pp, dp;                   /* sizes */
   int tp_rank, pp_rank, dp_rank;
@@ -43,6 +43,26 @@ int ol_grid_agree(ol_grid *g, int status);
 void ol_dp_allreduce_grads(ol_grid *g, ol_params *p);
 /* Sums n doubles over the DP replicas, in place (losses, token counts). */
 void ol_dp_sum(ol_grid *g, double *x, int n);
+
+/* ---- tensor parallel (Megatron-style, DESIGN §5): every call is a no-op when g is NULL or
+ * TP = 1. Bytes are counted in g->bytes[kind] (OL_COMM_TP_FWD or OL_COMM_TP_BWD). ---- */
+/* x (n) summed over the TP ranks, in place. */
+void ol_tp_allreduce(struct ol_grid *g, float *x, size_t n, ol_comm_kind kind);
+/* x (n) maximum over the TP ranks, in place (the parallel cross-entropy's row maxima). */
+void ol_tp_allreduce_max(struct ol_grid *g, float *x, size_t n, ol_comm_kind kind);
+/* x (n) doubles summed over the TP ranks, in place. */
+void ol_tp_allreduce_double(struct ol_grid *g, double *x, size_t n, ol_comm_kind kind);
+/* Sums the gradients of the entries whose gradient is a partial sum over TP (tp_partial: 1LoRA's
+ * b on row-parallel layers), in place. */
+void ol_tp_reduce_partial_grads(struct ol_grid *g, ol_params *p);
+/* Squared gradient norm with every value counted once over the TP ranks: sharded entries summed
+ * over TP, replicated ones counted once. */
+double ol_tp_grad_sumsq(struct ol_grid *g, const ol_params *p);
+/* Collects the TP shards of every trainable tensor (values, Adam moments) on tp_rank 0 as full
+ * logical tensors, in table order; the others send and get an empty table. Generated frozen
+ * tensors are copied from tp_rank 0's own. */
+int ol_tp_gather_state(struct ol_grid *g, const ol_params *p, const ol_frozen *gen, ol_params *all,
+                       ol_frozen *all_gen);
 
 /* ---- pipeline parallel ---- */
 #define OL_PP_MAX_SLOTS 1024

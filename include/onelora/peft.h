@@ -16,6 +16,8 @@ typedef struct {
   int ndim;
   size_t shape[2];       /* full logical shape */
   size_t start[2];       /* this rank's slice of it (all of it on one rank) */
+  size_t count[2];       /* the slice's extent per dimension (numel = their product) */
+  int tp_partial;        /* replicated value whose gradient is a partial sum over TP */
 } ol_param_entry;
 
 typedef struct {
@@ -29,6 +31,11 @@ typedef struct {
 
 /* Declares a tensor before allocation; returns its entry index. */
 size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape);
+/* Declares this rank's slice [start, start + count) of a tensor of full logical shape `shape`. */
+size_t ol_params_declare_slice(ol_params *p, const char *name, int ndim, const size_t *shape,
+                               const size_t *start, const size_t *count);
+/* 1 when the entry holds only a slice of its logical tensor (a TP shard) */
+int ol_param_sharded(const ol_param_entry *e);
 void ol_params_alloc(ol_params *p);   /* allocates the four flat buffers, zeroed */
 float *ol_params_value(const ol_params *p, size_t index);
 float *ol_params_grad(const ol_params *p, size_t index);
@@ -173,6 +180,8 @@ size_t ol_mora_rhat(size_t k, size_t d, int64_t rank);
 typedef struct ol_linear {
   char name[96];            /* HF module, e.g. "model.layers.3.self_attn.q_proj" */
   size_t out, in;           /* this rank's shard: d, k */
+  size_t out_full, out_start; /* the full logical d and where this rank's rows start */
+  int tp_rank;              /* this rank in the TP group (0 without TP) */
   ol_par_kind par;
   float *W;                 /* (out, in) frozen or trainable weight shard */
   long w_param;             /* entry index when W is trainable, else -1 */

@@ -557,6 +557,43 @@ static double cpu_cross_entropy(float *logits, const int32_t *targets, size_t N,
   return loss;
 }
 
+static void cpu_vp_ce_local(const float *logits, const int32_t *targets, size_t N, size_t V,
+                            int64_t v0, float *mx, float *zt) {
+  // logits (N, V) of vocabulary rows [v0, v0 + V); mx, zt (N)
+#pragma omp parallel for schedule(static) if (N * V >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    const float *z = logits + n * V;
+    float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (size_t j = 0; j < V; j++) m = z[j] > m ? z[j] : m;
+    mx[n] = m;
+    const int64_t t = (int64_t)targets[n] - v0;
+    zt[n] = t >= 0 && t < (int64_t)V ? z[t] : 0.0f;
+  }
+}
+
+static void cpu_vp_ce_sumexp(float *logits, const float *mx, size_t N, size_t V, double *sum,
+                             int store) {
+  // logits (N, V), mx (N), sum (N)
+#pragma omp parallel for schedule(static) if (N * V >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++)
+    sum[n] = exp_affine(store ? logits + n * V : NULL, logits + n * V, V, 1.0f, mx[n]);
+}
+
+static void cpu_vp_ce_grad(float *logits, const int32_t *targets, size_t N, size_t V, int64_t v0,
+                           const double *sum, float grad_scale) {
+  // logits (N, V) hold exp(z - max); sum (N) the global sums
+#pragma omp parallel for schedule(static) if (N * V >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    float *z = logits + n * V;
+    const float f = (float)((double)grad_scale / sum[n]);
+#pragma omp simd
+    for (size_t j = 0; j < V; j++) z[j] *= f;
+    const int64_t t = (int64_t)targets[n] - v0;
+    if (t >= 0 && t < (int64_t)V) z[t] -= grad_scale;
+  }
+}
+
 /* ---------------------------------------------------------------------------------------------
  * vector helpers */
 
@@ -761,6 +798,10 @@ static const ol_backend cpu_backend = {
     .scale_cols = cpu_scale_cols,
     .col_dots_accum = cpu_col_dots_accum,
     .dora_inv_norms = cpu_dora_inv_norms,
+    /* vocab-parallel cross-entropy */
+    .vp_ce_local = cpu_vp_ce_local,
+    .vp_ce_sumexp = cpu_vp_ce_sumexp,
+    .vp_ce_grad = cpu_vp_ce_grad,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }

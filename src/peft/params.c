@@ -5,6 +5,18 @@
 #include "onelora/peft.h"
 
 size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape) {
+  const size_t start[2] = {0, 0};
+  return ol_params_declare_slice(p, name, ndim, shape, start, shape);
+}
+
+int ol_param_sharded(const ol_param_entry *e) {
+  for (int i = 0; i < e->ndim; i++)
+    if (e->count[i] != e->shape[i]) return 1;
+  return 0;
+}
+
+size_t ol_params_declare_slice(ol_params *p, const char *name, int ndim, const size_t *shape,
+                               const size_t *start, const size_t *count) {
   OL_CHECK(ndim >= 1 && ndim <= 2 && !p->data);
   if (p->count == p->cap) {
     size_t cap = p->cap ? 2 * p->cap : 64;
@@ -21,7 +33,10 @@ size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t 
   e->numel = 1;
   for (int i = 0; i < ndim; i++) {
     e->shape[i] = shape[i];
-    e->numel *= shape[i];
+    e->start[i] = start[i];
+    e->count[i] = count[i];
+    OL_CHECK(start[i] + count[i] <= shape[i]);
+    e->numel *= count[i];
   }
   e->offset = p->total;
   p->total += e->numel;
