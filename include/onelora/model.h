@@ -18,6 +18,8 @@ typedef struct {
   char name[128];          /* HF name, e.g. "model.layers.0.mlp.up_proj.weight" */
   int ndim;
   size_t shape[2];         /* full shape on disk */
+  size_t start[2];         /* this rank's slice of it (TP shard; 0 without TP) */
+  size_t count[2];         /* the slice's extent (= shape without TP) */
   float *data;             /* this rank's storage (frozen arena or flat trainable buffer) */
   long param;              /* entry in the trainable table, or -1 when frozen */
   int not_in_file;         /* the file loaded from has no such tensor (a bias that merging
@@ -37,6 +39,7 @@ typedef struct {
 typedef struct {
   size_t first_layer, n_layers;
   int has_embed, has_head;
+  int tp, tp_rank;         /* tensor-parallel shards of every layer and this rank's (0 = 1, 0) */
 } ol_stage;
 /* Stage pp_rank of pp: contiguous layer ranges, the first L mod pp stages one layer longer. */
 ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank);
@@ -45,6 +48,9 @@ typedef struct {
   ol_config cfg;
   ol_method method;
   ol_stage stage;          /* what this rank holds (the whole model unless pipelined) */
+  int tp, tp_rank;         /* tensor-parallel size and rank (1, 0 without TP) */
+  struct ol_grid *grid;    /* the TP collectives' grid (NULL on one rank: no collectives) */
+  size_t v0, Vl;           /* this rank's vocabulary rows [v0, v0 + Vl) of embed and lm_head */
   size_t hd;               /* head dim D/H */
   ol_block *blocks;        /* (stage.n_layers) this stage's layers */
   ol_tensor embed;         /* (V, D) */
@@ -82,12 +88,12 @@ ol_tensor *ol_model_tensor(ol_model *m, const char *name);
 /* ---- activations: what forward keeps for backward (DESIGN §4) ------------------------------ */
 typedef struct {
   float *rstd1;            /* (N) input_layernorm 1/rms */
-  float *q;                /* (N, H*hd) after RoPE */
-  float *k, *v;            /* (N, Hkv*hd), k after RoPE */
-  float *lse;              /* (B, H, T) attention log-sum-exp */
+  float *q;                /* (N, H/TP*hd) this rank's query heads, after RoPE */
+  float *k, *v;            /* (N, Hkv/TP*hd), k after RoPE */
+  float *lse;              /* (B, H/TP, T) attention log-sum-exp */
   float *x2;               /* (N, D) residual stream after attention */
   float *rstd2;            /* (N) post_attention_layernorm 1/rms */
-  float *g, *u;            /* (N, F) gate and up outputs */
+  float *g, *u;            /* (N, F/TP) gate and up outputs (this rank's rows) */
   float *saved[OL_PROJ_COUNT]; /* (N, saved_per_token) what each linear keeps */
 } ol_block_acts;
 
@@ -99,12 +105,15 @@ typedef struct {
   float *rstd_final;       /* (N) */
   /* transient workspace, reused by every block */
   float *xn;               /* (N, D) normed input / its gradient */
-  float *att;              /* (N, D) attention output / its gradient */
-  float *h;                /* (N, F) SwiGLU output / its gradient */
-  float *dq;               /* (N, H*hd) */
-  float *dk, *dv;          /* (N, Hkv*hd) */
+  float *att;              /* (N, D) attention output (N, H/TP*hd) / its gradient; the LM
+                            * head's d(normed input) (N, D) */
+  float *h;                /* (N, F/TP) SwiGLU output / its gradient */
+  float *dq;               /* (N, H/TP*hd) */
+  float *dk, *dv;          /* (N, Hkv/TP*hd) */
   float *dres;             /* (N, D) gradient of the residual stream */
-  float *logits;           /* (head_chunk, V) LM head logits / dlogits of one token chunk */
+  float *logits;           /* (head_chunk, V/TP) LM head logits / dlogits of one token chunk */
+  float *ce_mx, *ce_zt;    /* (head_chunk) row maxima and target logits of the chunk */
+  double *ce_sum;          /* (head_chunk) row sums of exp(logit - max) */
   float *lin_work;         /* (N, max out) scratch of rescaling adapters, NULL when none */
   float *rope_cos, *rope_sin; /* (T, hd/2) */
   float *attn_scratch;     /* attention_scratch_floats(T) */

@@ -79,9 +79,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   else if (eval_every < 0) rc = ol_error("--eval-every must be >= 0, got %lld", (long long)eval_every);
   else if (eval_batches <= 0) rc = ol_error("--eval-batches must be positive, got %lld", (long long)eval_batches);
   else if (ckpt_every < 0) rc = ol_error("--ckpt-every must be >= 0, got %lld", (long long)ckpt_every);
-  else if (tp != 1)
-    rc = ol_error("--tp %lld: tensor parallelism is not available yet; use --tp 1 (pipeline and "
-                  "data parallelism are)", (long long)tp);
+  else if (tp <= 0) rc = ol_error("--tp must be positive, got %lld", (long long)tp);
   else if (pp <= 0) rc = ol_error("--pp must be positive, got %lld", (long long)pp);
   else if (strcmp(pp_schedule, "1f1b") != 0 && strcmp(pp_schedule, "gpipe") != 0)
     rc = ol_error("--pp-schedule: expected 1f1b or gpipe, got '%s'", pp_schedule);

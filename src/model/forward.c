@@ -11,15 +11,18 @@
 
 #include "onelora/backend.h"
 #include "onelora/model.h"
+#include "onelora/parallel.h"
 
 #define HEAD_CHUNK 256
 
 void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   memset(a, 0, sizeof *a);
   const ol_config *c = &m->cfg;
-  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, L = m->stage.n_layers;
-  const size_t H = (size_t)c->n_heads, kvD = (size_t)c->n_kv_heads * m->hd, V = (size_t)c->vocab_size;
-  const size_t N = B * T;
+  // this rank's heads, ffn rows and vocabulary rows (all of them without TP)
+  const size_t tp = (size_t)m->tp;
+  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, L = m->stage.n_layers;
+  const size_t H = (size_t)c->n_heads / tp, kvD = (size_t)c->n_kv_heads / tp * m->hd, V = m->Vl;
+  const size_t qD = H * m->hd, N = B * T;
   a->B = B, a->T = T, a->N = N, a->L = L;
   size_t kept = 0;
   a->xs = ol_calloc((L + 1) * N * D, sizeof(float));
@@ -28,7 +31,7 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   for (size_t l = 0; l < L; l++) {
     ol_block_acts *ba = &a->blocks[l];
     ba->rstd1 = ol_calloc(N, sizeof(float));
-    ba->q = ol_calloc(N * D, sizeof(float));
+    ba->q = ol_calloc(N * qD, sizeof(float));
     ba->k = ol_calloc(N * kvD, sizeof(float));
     ba->v = ol_calloc(N * kvD, sizeof(float));
     ba->lse = ol_calloc(B * H * T, sizeof(float));
@@ -36,7 +39,7 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
     ba->rstd2 = ol_calloc(N, sizeof(float));
     ba->g = ol_calloc(N * F, sizeof(float));
     ba->u = ol_calloc(N * F, sizeof(float));
-    kept += 2 * N + N * D + 2 * N * kvD + B * H * T + N * D + 2 * N * F;
+    kept += 2 * N + N * qD + 2 * N * kvD + B * H * T + N * D + 2 * N * F;
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       size_t s = ol_linear_saved_per_token(&m->blocks[l].lin[p]);
       ba->saved[p] = s ? ol_calloc(N * s, sizeof(float)) : NULL;
@@ -49,17 +52,21 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   a->xn = ol_calloc(N * D, sizeof(float));
   a->att = ol_calloc(N * D, sizeof(float));
   a->h = ol_calloc(N * F, sizeof(float));
-  a->dq = ol_calloc(N * D, sizeof(float));
+  a->dq = ol_calloc(N * qD, sizeof(float));
   a->dk = ol_calloc(N * kvD, sizeof(float));
   a->dv = ol_calloc(N * kvD, sizeof(float));
   a->dres = ol_calloc(N * D, sizeof(float));
   a->logits = ol_calloc(a->head_chunk * V, sizeof(float));
+  a->ce_mx = ol_calloc(a->head_chunk, sizeof(float));
+  a->ce_zt = ol_calloc(a->head_chunk, sizeof(float));
+  a->ce_sum = ol_calloc(a->head_chunk, sizeof(double));
   a->rope_cos = ol_calloc(T * m->hd / 2, sizeof(float));
   a->rope_sin = ol_calloc(T * m->hd / 2, sizeof(float));
   size_t scratch = ol_bk->attention_scratch_floats(T);
   a->attn_scratch = ol_calloc(scratch, sizeof(float));
   ol_bk->rope_table(a->rope_cos, a->rope_sin, T, m->hd, c->rope_theta);
-  size_t work = 5 * N * D + N * F + 2 * N * kvD + a->head_chunk * V + T * m->hd + scratch;
+  size_t work = 4 * N * D + N * qD + N * F + 2 * N * kvD + a->head_chunk * (V + 4) + T * m->hd +
+                scratch;
   for (size_t l = 0; l < L && !a->lin_work; l++)  // one scratch for every rescaling adapter
     for (int p = 0; p < OL_PROJ_COUNT; p++)
       for (int i = 0; i < m->blocks[l].lin[p].n_adapters; i++)
@@ -85,6 +92,7 @@ void ol_acts_free(ol_acts *a) {
   ol_free(a->dq), ol_free(a->dk), ol_free(a->dv), ol_free(a->dres);
   ol_free(a->logits), ol_free(a->rope_cos), ol_free(a->rope_sin), ol_free(a->attn_scratch);
   ol_free(a->lin_work);
+  ol_free(a->ce_mx), ol_free(a->ce_zt), ol_free(a->ce_sum);
   memset(a, 0, sizeof *a);
 }
 
@@ -95,12 +103,17 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
 }
 
 /* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. */
+/* Under TP the attention runs on this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP
+ * rows; the row-parallel o and down produce partial sums: tp_rank 0 adds its partial to the
+ * residual, the others write theirs alone, and one all-reduce over TP sums them. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = &a->blocks[l];
-  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim, hd = m->hd;
-  const size_t H = (size_t)c->n_heads, Hkv = (size_t)c->n_kv_heads;
+  const size_t tp = (size_t)m->tp;
+  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
+  const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
+  const float res = m->tp_rank == 0 ? 1.0f : 0.0f;  // who adds the residual
   const float eps = (float)c->norm_eps;
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd1, x, b->attn_norm.data, N, D, eps);
@@ -111,24 +124,29 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   ol_bk->rope_apply(ba->k, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 0);
   ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
                            a->attn_scratch);
-  memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
-  ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, 1.0f, ba->saved[OL_O]);
+  if (res != 0.0f) memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
+  ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, res, ba->saved[OL_O]);
+  ol_tp_allreduce(m->grid, ba->x2, N * D, OL_COMM_TP_FWD);
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd2, ba->x2, b->mlp_norm.data, N, D, eps);
   ol_linear_forward(&b->lin[OL_GATE], a->xn, ba->g, N, 0.0f, ba->saved[OL_GATE]);
   ol_linear_forward(&b->lin[OL_UP], a->xn, ba->u, N, 0.0f, ba->saved[OL_UP]);
   ol_bk->swiglu_forward(a->h, ba->g, ba->u, N * F);
-  memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
-  ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, 1.0f, ba->saved[OL_DOWN]);
+  if (res != 0.0f) memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
+  ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, res, ba->saved[OL_DOWN]);
+  ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
 }
 
-/* a->dres (N, D) holds d(out) on entry and d(x) on exit; x (N, D) is the block input. */
+/* a->dres (N, D) holds d(out) on entry and d(x) on exit; x (N, D) is the block input. Under TP
+ * the column-parallel layers' dx is a partial sum (adapter terms included): one all-reduce after
+ * q, k, v and one after gate, up. */
 static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = &a->blocks[l];
-  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim, hd = m->hd;
-  const size_t H = (size_t)c->n_heads, Hkv = (size_t)c->n_kv_heads;
+  const size_t tp = (size_t)m->tp;
+  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
+  const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
   float *dnorm1 = b->attn_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)b->attn_norm.param) : NULL;
   float *dnorm2 = b->mlp_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)b->mlp_norm.param) : NULL;
 
@@ -139,10 +157,11 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   float *dxn = a->xn;                                 // (N, D)
   ol_linear_backward(&b->lin[OL_GATE], ba->g, dxn, N, 0.0f, ba->saved[OL_GATE]);
   ol_linear_backward(&b->lin[OL_UP], ba->u, dxn, N, 1.0f, ba->saved[OL_UP]);
+  ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
   ol_bk->rmsnorm_backward(a->dres, dnorm2, dxn, ba->x2, b->mlp_norm.data, ba->rstd2, N, D);
 
   // attention: x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
-  float *datt = a->att;                               // (N, D)
+  float *datt = a->att;                               // (N, H/TP*hd)
   ol_linear_backward(&b->lin[OL_O], a->dres, datt, N, 0.0f, ba->saved[OL_O]);
   ol_bk->attention_backward(a->dq, a->dk, a->dv, datt, ba->q, ba->k, ba->v, ba->lse, a->B, a->T,
                             H, Hkv, hd, a->attn_scratch);
@@ -151,20 +170,72 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   ol_linear_backward(&b->lin[OL_Q], a->dq, dxn, N, 0.0f, ba->saved[OL_Q]);
   ol_linear_backward(&b->lin[OL_K], a->dk, dxn, N, 1.0f, ba->saved[OL_K]);
   ol_linear_backward(&b->lin[OL_V], a->dv, dxn, N, 1.0f, ba->saved[OL_V]);
+  ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
   ol_bk->rmsnorm_backward(a->dres, dnorm1, dxn, x, b->attn_norm.data, ba->rstd1, N, D);
+}
+
+/* Vocab-parallel embedding: this rank holds rows [v0, v0 + Vl) of the table (Vl, D); tokens
+ * outside them give zero rows, and the all-reduce over TP sums the shards' rows. */
+static void embed_forward(ol_model *m, float *out, const int32_t *tokens, size_t N) {
+  const size_t D = (size_t)m->cfg.dim;
+  if (m->tp == 1) {
+    ol_bk->embedding_forward(out, tokens, m->embed.data, N, D);
+    return;
+  }
+  for (size_t n = 0; n < N; n++) {  // out (N, D)
+    const int64_t t = (int64_t)tokens[n] - (int64_t)m->v0;
+    if (t >= 0 && t < (int64_t)m->Vl) memcpy(out + n * D, m->embed.data + (size_t)t * D, D * sizeof(float));
+    else memset(out + n * D, 0, D * sizeof(float));
+  }
+  ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
+}
+
+/* d(table) (Vl, D) += the rows of dout (N, D) whose tokens lie in this rank's shard. */
+static void embed_backward(ol_model *m, float *dtable, const int32_t *tokens, const float *dout,
+                           size_t N) {
+  const size_t D = (size_t)m->cfg.dim;
+  if (m->tp == 1) {
+    ol_bk->embedding_backward(dtable, tokens, dout, N, D);
+    return;
+  }
+  for (size_t n = 0; n < N; n++) {
+    const int64_t t = (int64_t)tokens[n] - (int64_t)m->v0;
+    if (t >= 0 && t < (int64_t)m->Vl) ol_bk->axpy(dtable + (size_t)t * D, dout + n * D, 1.0f, D);
+  }
+}
+
+/* Cross-entropy of one chunk's logits (n, Vl), vocab-parallel: the row maxima, the sums of exp
+ * and the target logits are reduced over TP; with grad_scale != 0 the logits become this rank's
+ * dlogits. Returns the chunk's summed loss (the same on every TP rank). */
+static double head_loss(ol_model *m, ol_acts *a, float *logits, const int32_t *targets, size_t n,
+                        float grad_scale) {
+  if (m->tp == 1) return ol_bk->cross_entropy(logits, targets, n, m->Vl, grad_scale);
+  const size_t Vl = m->Vl;
+  float *mx = a->ce_mx, *zt = a->ce_zt;  // (n)
+  double *sum = a->ce_sum;               // (n)
+  ol_bk->vp_ce_local(logits, targets, n, Vl, (int64_t)m->v0, mx, zt);
+  ol_tp_allreduce_max(m->grid, mx, n, OL_COMM_TP_FWD);
+  ol_tp_allreduce(m->grid, zt, n, OL_COMM_TP_FWD);
+  ol_bk->vp_ce_sumexp(logits, mx, n, Vl, sum, grad_scale != 0.0f);
+  ol_tp_allreduce_double(m->grid, sum, n, OL_COMM_TP_FWD);
+  double loss = 0.0;
+  for (size_t i = 0; i < n; i++) loss += log(sum[i]) + (double)mx[i] - (double)zt[i];
+  if (grad_scale != 0.0f) ol_bk->vp_ce_grad(logits, targets, n, Vl, (int64_t)m->v0, sum, grad_scale);
+  return loss;
 }
 
 double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
                         float grad_scale) {
   const ol_config *c = &m->cfg;
-  const size_t N = a->N, D = (size_t)c->dim, V = (size_t)c->vocab_size, L = m->stage.n_layers;
+  const size_t N = a->N, D = (size_t)c->dim, V = m->Vl, L = m->stage.n_layers;
   float *xs = a->xs;  // (L+1, N, D): xs[0] is the stage input, xs[L] its output
   set_linear_work(m, a);
-  if (m->stage.has_embed) ol_bk->embedding_forward(xs, tokens, m->embed.data, N, D);
+  if (m->stage.has_embed) embed_forward(m, xs, tokens, N);
   for (size_t l = 0; l < L; l++) block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D);
   if (!m->stage.has_head) return 0.0;  // a pipeline stage hands xs[L] on
 
-  // final norm, then the LM head and the loss in chunks of tokens, backward fused in
+  // final norm, then the LM head and the loss in chunks of tokens, backward fused in; under TP
+  // each rank holds V/TP rows of the head and d(xn) is a partial sum, all-reduced once
   const float *xl = xs + L * N * D;   // (N, D)
   float *xn = a->xn;                  // (N, D) normed
   float *dxn = a->att;                // (N, D) its gradient
@@ -173,14 +244,15 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   double loss = 0.0;
   for (size_t t0 = 0; t0 < N; t0 += a->head_chunk) {
     size_t n = N - t0 < a->head_chunk ? N - t0 : a->head_chunk;
-    float *logits = a->logits;  // (n, V)
+    float *logits = a->logits;  // (n, V/TP)
     ol_bk->gemm(0, 1, n, V, D, 1.0f, xn + t0 * D, D, m->lm_head.data, D, 0.0f, logits, V);
-    loss += ol_bk->cross_entropy(logits, targets + t0, n, V, grad_scale);
+    loss += head_loss(m, a, logits, targets + t0, n, grad_scale);
     if (grad_scale == 0.0f) continue;
     ol_bk->gemm(0, 0, n, D, V, 1.0f, logits, V, m->lm_head.data, D, 0.0f, dxn + t0 * D, D);
     if (dhead) ol_bk->gemm(1, 0, V, D, n, 1.0f, logits, V, xn + t0 * D, D, 1.0f, dhead, D);
   }
   if (grad_scale != 0.0f) {
+    ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
     float *dnorm = m->final_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)m->final_norm.param) : NULL;
     memset(a->dres, 0, N * D * sizeof(float));
     ol_bk->rmsnorm_backward(a->dres, dnorm, dxn, xl, m->final_norm.data, a->rstd_final, N, D);
@@ -193,6 +265,5 @@ void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
   set_linear_work(m, a);
   for (size_t l = L; l-- > 0;) block_backward(m, a, l, a->xs + l * N * D);
   if (m->stage.has_embed && m->embed.param >= 0)
-    ol_bk->embedding_backward(ol_params_grad(&m->params, (size_t)m->embed.param), tokens, a->dres,
-                              N, D);
+    embed_backward(m, ol_params_grad(&m->params, (size_t)m->embed.param), tokens, a->dres, N);
 }

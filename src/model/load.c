@@ -6,7 +6,7 @@
 #include "onelora/model.h"
 
 static size_t tensor_numel(const ol_tensor *t) {
-  return t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+  return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
 int ol_model_load(ol_model *m, ol_h5model *f) {
@@ -16,8 +16,8 @@ int ol_model_load(ol_model *m, ol_h5model *f) {
       memset(t->data, 0, tensor_numel(t) * sizeof(float));
       continue;
     }
-    size_t start[2] = {0, 0};
-    OL_TRY(ol_h5model_read(f, t->name, t->ndim, t->shape, start, t->shape, t->data));
+    // this rank's slice only: rows of column-parallel and vocab tensors, columns of row-parallel
+    OL_TRY(ol_h5model_read(f, t->name, t->ndim, t->shape, t->start, t->count, t->data));
   }
   return OL_OK;
 }

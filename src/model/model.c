@@ -34,17 +34,27 @@ static void tensor_set(ol_tensor *t, const char *name, size_t rows, size_t cols)
   t->ndim = cols ? 2 : 1;
   t->shape[0] = rows;
   t->shape[1] = cols;
+  t->start[0] = t->start[1] = 0;
+  t->count[0] = rows;
+  t->count[1] = cols;
   t->param = -1;
 }
 
+/* This rank holds rows [part*rows/tp, ...) (dim 0) or columns (dim 1) of t: its TP shard. */
+static void tensor_shard(ol_tensor *t, int dim, int tp, int part) {
+  t->count[dim] = t->shape[dim] / (size_t)tp;
+  t->start[dim] = t->count[dim] * (size_t)part;
+}
+
 static size_t tensor_numel(const ol_tensor *t) {
-  return t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+  return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
 /* Declares t as trainable when `trainable`, else counts it into the frozen arena. */
 static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
   if (trainable)
-    t->param = (long)ol_params_declare(&m->params, t->name, t->ndim, t->shape);
+    t->param = (long)ol_params_declare_slice(&m->params, t->name, t->ndim, t->shape, t->start,
+                                             t->count);
   else
     m->frozen_floats += tensor_numel(t);
   m->tensors[m->n_tensors++] = t;
@@ -68,11 +78,19 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
   OL_TRY(ol_config_validate(cfg, "model config"));
   m->cfg = *cfg;
   m->method = *method;
-  ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1};
+  ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1, 1, 0};
   m->stage = stage ? *stage : whole;
   OL_CHECK(m->stage.first_layer + m->stage.n_layers <= (size_t)cfg->n_layers);
+  const int tp = m->stage.tp > 1 ? m->stage.tp : 1, tpr = tp > 1 ? m->stage.tp_rank : 0;
+  m->tp = tp, m->tp_rank = tpr;
+  if (cfg->n_heads % tp || cfg->n_kv_heads % tp || cfg->ffn_dim % tp || cfg->vocab_size % tp)
+    return ol_error("--tp %d must divide n_heads %lld, n_kv_heads %lld, ffn_dim %lld and "
+                    "vocab_size %lld of the model", tp, (long long)cfg->n_heads,
+                    (long long)cfg->n_kv_heads, (long long)cfg->ffn_dim,
+                    (long long)cfg->vocab_size);
   const size_t D = (size_t)cfg->dim, L = m->stage.n_layers, F = (size_t)cfg->ffn_dim;
   const size_t V = (size_t)cfg->vocab_size;
+  m->Vl = V / (size_t)tp, m->v0 = m->Vl * (size_t)tpr;
   m->hd = D / (size_t)cfg->n_heads;
   const size_t kvD = (size_t)cfg->n_kv_heads * m->hd;
   const int full = method->full, norms = method->full || method->norms;
@@ -86,14 +104,21 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
       ol_linear *lin = &m->blocks[l].lin[p];
       snprintf(lin->name, sizeof lin->name, "model.layers.%zu.%s", m->stage.first_layer + l,
                ol_proj_module(p));
-      lin->out = outs[p], lin->in = ins[p];
       lin->par = (p == OL_O || p == OL_DOWN) ? OL_PAR_ROW : OL_PAR_COLUMN;
+      // column-parallel: rows (heads, ffn rows) split; row-parallel: input columns split
+      const size_t split_out = lin->par == OL_PAR_COLUMN ? (size_t)tp : 1;
+      const size_t split_in = lin->par == OL_PAR_ROW ? (size_t)tp : 1;
+      lin->out = outs[p] / split_out, lin->in = ins[p] / split_in;
+      lin->out_full = outs[p];
+      lin->out_start = lin->par == OL_PAR_COLUMN ? lin->out * (size_t)tpr : 0;
+      lin->tp_rank = tpr;
     }
   ol_peft_ctx ctx = {&m->params, &m->generated, &m->method, seed, 0, 0};
   adapted_extent(m, &ctx.k_max, &ctx.d_max);
 
   char name[128];
   tensor_set(&m->embed, "model.embed_tokens.weight", V, D);
+  tensor_shard(&m->embed, 0, tp, tpr);
   if (m->stage.has_embed) tensor_place(m, &m->embed, full);
   for (size_t l = 0; l < L; l++) {
     ol_block *b = &m->blocks[l];
@@ -109,12 +134,14 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
       }
       ol_linear *lin = &b->lin[p];
       snprintf(name, sizeof name, "%s.weight", lin->name);
-      tensor_set(&b->w[p], name, lin->out, lin->in);
+      tensor_set(&b->w[p], name, outs[p], ins[p]);
+      tensor_shard(&b->w[p], lin->par == OL_PAR_COLUMN ? 0 : 1, tp, tpr);
       tensor_place(m, &b->w[p], full);
       lin->w_param = b->w[p].param;
       if (p <= OL_O ? cfg->attention_bias : cfg->mlp_bias) {
         snprintf(name, sizeof name, "%s.bias", lin->name);
-        tensor_set(&b->bias[p], name, lin->out, 0);
+        tensor_set(&b->bias[p], name, outs[p], 0);
+        if (lin->par == OL_PAR_COLUMN) tensor_shard(&b->bias[p], 0, tp, tpr);
         tensor_place(m, &b->bias[p], full);
       }
       if (method->targets & (1u << p))
@@ -128,6 +155,7 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
   }
   tensor_set(&m->final_norm, "model.norm.weight", D, 0);
   tensor_set(&m->lm_head, "lm_head.weight", V, D);
+  tensor_shard(&m->lm_head, 0, tp, tpr);
   if (m->stage.has_head) {
     tensor_place(m, &m->final_norm, norms);
     tensor_place(m, &m->lm_head, full);
@@ -183,7 +211,7 @@ ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank) {
   size_t L = (size_t)cfg->n_layers, base = L / (size_t)pp, extra = L % (size_t)pp;
   size_t r = (size_t)pp_rank;
   ol_stage s = {r * base + (r < extra ? r : extra), base + (r < extra ? 1 : 0), pp_rank == 0,
-                pp_rank == pp - 1};
+                pp_rank == pp - 1, 1, 0};
   return s;
 }
 
@@ -212,7 +240,15 @@ void ol_model_randomize(ol_model *m, uint64_t seed) {
     uint64_t h = 1469598103934665603ull;  // FNV-1a
     for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
     ol_rng_seed(&rng, ol_hash64(seed ^ h));
-    for (size_t j = 0; j < n; j++) t->data[j] = 0.02f * ol_rng_normal(&rng);
+    // the full tensor's stream, keeping this rank's slice (the same values under any TP)
+    const size_t cols = t->shape[1];
+    for (size_t j = 0, k = 0; j < t->shape[0] * cols && k < n; j++) {
+      float x = 0.02f * ol_rng_normal(&rng);
+      size_t r = j / cols, c = j % cols;
+      if (r >= t->start[0] && r < t->start[0] + t->count[0] && c >= t->start[1] &&
+          c < t->start[1] + t->count[1])
+        t->data[k++] = x;
+    }
   }
 }
 

@@ -8,8 +8,10 @@
 static void bitfit_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   char name[160];
   snprintf(name, sizeof name, "%s.bias", lin->name);
-  size_t shape[1] = {lin->out};
-  a->param[0] = ol_params_declare(ctx->params, name, 1, shape);
+  // sharded like W's rows on column-parallel layers, replicated on row-parallel ones
+  size_t shape[1] = {lin->out_full ? lin->out_full : lin->out}, start[1] = {lin->out_start};
+  size_t count[1] = {lin->out};
+  a->param[0] = ol_params_declare_slice(ctx->params, name, 1, shape, start, count);
   a->n_param = 1;
 }
 
@@ -22,6 +24,11 @@ static size_t bitfit_saved(const ol_adapter *a, const ol_linear *lin) { return 0
 
 static void bitfit_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
                            size_t N, float beta, float *saved) {
+  // a row-parallel layer's output is summed over TP: only tp_rank 0 adds beta
+  if (lin->par == OL_PAR_ROW && lin->tp_rank != 0) {
+    if (beta == 0.0f) ol_bk->scale(y, 0.0f, N * lin->out);
+    return;
+  }
   ol_bk->add_bias(y, a->value[0], N, lin->out, beta);  // y (N, d) = beta y + 1 beta^T
 }
 

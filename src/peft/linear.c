@@ -45,8 +45,10 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
                        float *saved) {
   // x (N, in), y (N, out), W (out, in)
   ol_adapter *scale = rescaler(lin);
+  // a row-parallel layer's output is summed over TP: only tp_rank 0 adds the bias
+  const int bias = lin->bias && !(lin->par == OL_PAR_ROW && lin->tp_rank != 0);
   if (!scale) {
-    if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
+    if (bias) ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
     additive_forward(lin, x, y, N, beta, saved, NULL, NULL);
     return;
   }
@@ -55,7 +57,7 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
   additive_forward(lin, x, z, N, 0.0f, saved, scale, &slot);
   scale->ops->rescale_forward(scale, lin, z, N, slot);
   if (z != y) ol_bk->axpy(y, z, 1.0f, N * lin->out);
-  if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
+  if (bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
 }
 
 void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, float beta,

@@ -13,7 +13,7 @@ void ol_adamw_step(const ol_adamw *o, ol_params *p, float lr, int64_t step) {
 }
 
 double ol_clip_grad_norm(ol_params *p, double max_norm, ol_grid *g) {
-  double sq = ol_bk->sumsq(p->grad, p->total);
+  double sq = ol_tp_grad_sumsq(g, p);  // every value once: TP shards summed, replicas once
   if (g) ol_pp_sum(g, &sq, 1);  // each stage holds its own layers' gradients
   double norm = sqrt(sq);
   if (max_norm > 0 && norm > max_norm) ol_bk->scale(p->grad, (float)(max_norm / (norm + 1e-6)), p->total);

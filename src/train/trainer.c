@@ -140,19 +140,43 @@ static int write_checkpoint_rank0(trainer *t, int64_t step, double loss, const o
 static int write_checkpoint(trainer *t, int64_t step, double loss) {
   ol_grid *g = t->o->grid;
   int rc = OL_OK;
-  if (g->dp_rank == 0 && g->tp_rank == 0) {  // one replica's stages hold the whole state
-    if (g->pp == 1) {
-      if (g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &t->model.params, &t->model.generated);
-    } else {
-      ol_params all;
-      ol_frozen all_gen;
-      rc = ol_pp_gather_state(g, &t->model.params, &t->model.generated, &all, &all_gen);
-      if (rc == OL_OK && g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &all, &all_gen);
-      ol_params_free(&all);
-      ol_frozen_free(&all_gen);
+  if (g->dp_rank == 0) {  // one replica's stages and shards hold the whole state
+    // TP: each stage's shards gathered on its tp_rank 0 as full logical tensors
+    ol_params tp_all;
+    ol_frozen tp_gen;
+    const ol_params *p = &t->model.params;
+    const ol_frozen *gen = &t->model.generated;
+    if (g->tp > 1) {
+      rc = ol_tp_gather_state(g, p, gen, &tp_all, &tp_gen);
+      p = &tp_all, gen = &tp_gen;
+    }
+    if (g->tp_rank == 0) {
+      if (g->pp == 1) {
+        if (g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, p, gen);
+      } else {
+        ol_params all;
+        ol_frozen all_gen;
+        rc = ol_pp_gather_state(g, p, gen, &all, &all_gen);
+        if (rc == OL_OK && g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &all, &all_gen);
+        ol_params_free(&all);
+        ol_frozen_free(&all_gen);
+      }
+    }
+    if (g->tp > 1) {
+      ol_params_free(&tp_all);
+      ol_frozen_free(&tp_gen);
     }
   }
   return ol_grid_agree(g, rc);
+}
+
+/* The methods whose tensor-parallel derivation this build implements (DESIGN §5). */
+static int check_tp_method(const ol_train_opts *o) {
+  const unsigned ok = 1u << OL_AD_ONELORA | 1u << OL_AD_BITFIT;
+  if (o->tp > 1 && (o->method.adapters & ~ok))
+    return ol_error("--tp %d: method %s does not support tensor parallelism yet", o->tp,
+                    o->method.text);
+  return OL_OK;
 }
 
 static void format_eta(double seconds, char *buf, size_t size) {
@@ -186,6 +210,7 @@ static int forward_backward(trainer *t, int64_t step, float grad_scale, double *
   memset(m->params.grad, 0, m->params.total * sizeof(float));
   OL_TRY(load_step(t, OL_SPLIT_TRAIN, step));
   *loss_sum = run_schedule(t, grad_scale);
+  ol_tp_reduce_partial_grads(t->o->grid, &m->params);  // row-parallel 1LoRA's db
   ol_dp_allreduce_grads(t->o->grid, &m->params);
   ol_pp_sum(t->o->grid, loss_sum, 1);  // the loss lives on the last stage
   ol_dp_sum(t->o->grid, loss_sum, 1);
@@ -312,11 +337,14 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK && cfg.n_layers < g->pp)
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
                   (long long)cfg.n_layers);
+  if (rc == OL_OK) rc = check_tp_method(o);
   if (rc == OL_OK && (size_t)o->micro_batches > OL_PP_MAX_SLOTS)
     rc = ol_error("--micro-batches %lld: at most %d", (long long)o->micro_batches, OL_PP_MAX_SLOTS);
   if (rc == OL_OK) {
     stage = ol_pipeline_stage(&cfg, g->pp, g->pp_rank);
+    stage.tp = g->tp, stage.tp_rank = g->tp_rank;
     rc = ol_model_build_stage(&t.model, &cfg, &o->method, o->seed, &stage);
+    t.model.grid = g;
   }
   if (rc == OL_OK && o->synthetic) ol_model_randomize(&t.model, o->seed);
   if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);

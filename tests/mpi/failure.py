@@ -62,10 +62,14 @@ def main():
     # layouts that do not fit: agreed on every rank, one line from rank 0, a clean exit
     subprocess.run([a.onelora, "init", "--preset", "tiny", "--layers", "1", "--out", w("m1.h5")],
                    env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([a.onelora, "init", "--preset", "tiny", "--layers", "1", "--kv-heads", "1",
+                    "--out", w("mkv1.h5")], env=env, check=True, stdout=subprocess.DEVNULL)
     for name, np_, extra, model, mention in [
             ("--pp 2 on 3 ranks", 3, ["--pp", "2"], w("m.h5"), "--pp"),
             ("--pp 2 on a 1-layer model", 2, ["--pp", "2"], w("m1.h5"), "--pp"),
-            ("--tp 2 (not yet)", 2, ["--tp", "2"], w("m.h5"), "--tp")]:
+            ("--tp 2 with 1 kv head", 2, ["--tp", "2"], w("mkv1.h5"), "n_kv_heads 1"),
+            ("--tp 2 with lora (no TP derivation yet)", 2, ["--tp", "2", "--method", "lora"],
+             w("m.h5"), "does not support tensor parallelism yet")]:
         try:
             r = subprocess.run([a.mpirun, "-np", str(np_), a.onelora, "train", "--model", model,
                                 "--data", w("d.h5"), "--seq-len", "32", "--steps", "1"] + extra,
