@@ -83,11 +83,13 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
   OL_CHECK(m->stage.first_layer + m->stage.n_layers <= (size_t)cfg->n_layers);
   const int tp = m->stage.tp > 1 ? m->stage.tp : 1, tpr = tp > 1 ? m->stage.tp_rank : 0;
   m->tp = tp, m->tp_rank = tpr;
-  if (cfg->n_heads % tp || cfg->n_kv_heads % tp || cfg->ffn_dim % tp || cfg->vocab_size % tp)
-    return ol_error("--tp %d must divide n_heads %lld, n_kv_heads %lld, ffn_dim %lld and "
-                    "vocab_size %lld of the model", tp, (long long)cfg->n_heads,
-                    (long long)cfg->n_kv_heads, (long long)cfg->ffn_dim,
-                    (long long)cfg->vocab_size);
+  const struct { const char *name; int64_t n; } split[4] = {
+      {"n_heads", cfg->n_heads}, {"n_kv_heads", cfg->n_kv_heads}, {"ffn_dim", cfg->ffn_dim},
+      {"vocab_size", cfg->vocab_size}};
+  for (int i = 0; i < 4; i++)  // heads, ffn rows and vocabulary rows are split across TP
+    if (split[i].n % tp)
+      return ol_error("--tp %d: the model's %s %lld is not divisible by %d", tp, split[i].name,
+                      (long long)split[i].n, tp);
   const size_t D = (size_t)cfg->dim, L = m->stage.n_layers, F = (size_t)cfg->ffn_dim;
   const size_t V = (size_t)cfg->vocab_size;
   m->Vl = V / (size_t)tp, m->v0 = m->Vl * (size_t)tpr;
