@@ -77,8 +77,12 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
                          uint64_t seed, const ol_stage *stage);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
-/* Random weights: normal(0, 0.02) per matrix, ones for norms; tensor i uses hash(seed, i). */
+/* Random weights: normal(0, 0.02) per matrix, ones for norms and biases; each tensor's stream
+ * is seeded by hash(seed, its name), so any layout draws the same values. */
 void ol_model_randomize(ol_model *m, uint64_t seed);
+/* The same for one tensor, into data (numel floats): init streams big models through it. */
+void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
+size_t ol_tensor_numel(const ol_tensor *t);
 void ol_model_free(ol_model *m);
 /* Number of trainable values */
 size_t ol_model_trainable(const ol_model *m);

@@ -39,6 +39,9 @@ int ol_grid_world_size(void);
 int ol_grid_agree(ol_grid *g, int status);
 
 /* ---- data parallel ---- */
+/* Payload bytes one replica sends per step to reduce its gradients: the flat buffer, 4 bytes
+ * per trainable value of its shard (DESIGN §5). */
+double ol_dp_step_bytes(const ol_params *p);
 /* Sums the flat gradient buffer over the DP replicas (one MPI_Allreduce, in place). */
 void ol_dp_allreduce_grads(ol_grid *g, ol_params *p);
 /* Sums n doubles over the DP replicas, in place (losses, token counts). */

@@ -110,7 +110,6 @@ typedef struct {
 /* An adapter method: a small vtable. Every function works on this rank's shard. */
 typedef struct {
   const char *name;         /* the --method name */
-  const char *param_suffix; /* e.g. "onelora_b" */
   /* declares its trainable tensors for this linear (ctx->params) and creates or looks up the
    * frozen tensors it generates (ctx->frozen, filled right away from ctx->seed); sets
    * a->state_floats when it needs per-layer scratch that persists across calls */
@@ -164,11 +163,6 @@ void ol_adapter_bind(ol_adapter *a, const ol_params *p);
 const ol_adapter_ops *ol_adapter_lookup(ol_adapter_kind k);
 extern const ol_adapter_ops ol_onelora_ops, ol_onelora_random_ops, ol_lora_ops, ol_dora_ops,
     ol_vera_ops, ol_mora_ops, ol_mora6_ops, ol_bitfit_ops;
-
-/* Merge for any additive adapter whose contribution is linear in x (lora, vera, mora, ...):
- * runs its forward on the k identity rows and adds the resulting columns to W. Uses O(k (k + d))
- * scratch. */
-void ol_adapter_merge_by_forward(const ol_adapter *a, struct ol_linear *lin);
 
 /* LoRA scaling s = alpha / rank, shared by lora and dora */
 float ol_lora_scale(const ol_method *m);

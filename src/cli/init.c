@@ -38,12 +38,27 @@ int ol_cmd_init(int argc, char **argv) {
     return ol_cli_fail();
   }
   ol_method frozen;
-  ol_model m;
+  ol_model m;  // laid out only: tensors are generated and written one at a time, so a 13B
+               // model needs one tensor's memory, not the model's
   if (ol_method_parse("none", "all", 1, 1.0, &frozen) != OL_OK ||
-      ol_model_build(&m, &cfg, &frozen, (uint64_t)seed) != OL_OK)
+      ol_model_layout(&m, &cfg, &frozen, (uint64_t)seed) != OL_OK)
     return ol_cli_fail();
-  ol_model_randomize(&m, (uint64_t)seed);
-  int rc = ol_model_save(&m, out, dtype);
+  ol_h5model *f = NULL;
+  int rc = ol_h5model_create(out, &cfg, &f);
+  double t0 = ol_now(), last = t0;
+  for (size_t i = 0; rc == OL_OK && i < m.n_tensors; i++) {
+    const ol_tensor *t = m.tensors[i];
+    float *data = ol_calloc(ol_tensor_numel(t), sizeof(float));  // (numel) one tensor
+    ol_tensor_randomize(t, data, (uint64_t)seed);
+    rc = ol_h5model_write(f, t->name, t->ndim, t->shape, data, dtype);
+    ol_free(data);
+    if (ol_now() - last > 5.0) {  // progress on long writes
+      last = ol_now();
+      ol_info("init: %zu/%zu tensors written (%.0f s)", i + 1, m.n_tensors, last - t0);
+    }
+  }
+  if (f && rc != OL_OK) ol_h5model_close(f);  // discards the temporary file: nothing committed
+  else if (f) rc = ol_h5model_finish(f);
   ol_model_free(&m);
   if (rc != OL_OK) return ol_cli_fail();
   ol_info("wrote %s: D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld max_seq_len=%lld (%s)", out,

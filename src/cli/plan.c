@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "onelora/io.h"
 #include "onelora/model.h"
+#include "onelora/parallel.h"
 
 /* "1234567" -> "1,234,567" */
 static const char *grouped(size_t v, char *buf, size_t size) {
@@ -40,12 +41,12 @@ static int plan(const ol_config *cfg, const char *what, const ol_method *method,
   size_t trainable = ol_model_trainable(&m);
   if (csv) {
     printf("model,dim,n_layers,n_heads,n_kv_heads,ffn_dim,vocab_size,method,targets,rank,"
-           "trainable,adapter_values,generated_frozen,model_weights\n");
-    printf("%s,%lld,%lld,%lld,%lld,%lld,%lld,\"%s\",\"%s\",%lld,%zu,%zu,%zu,%zu\n", what,
+           "trainable,adapter_values,generated_frozen,model_weights,dp_bytes_per_step\n");
+    printf("%s,%lld,%lld,%lld,%lld,%lld,%lld,\"%s\",\"%s\",%lld,%zu,%zu,%zu,%zu,%.0f\n", what,
            (long long)cfg->dim, (long long)cfg->n_layers, (long long)cfg->n_heads,
            (long long)cfg->n_kv_heads, (long long)cfg->ffn_dim, (long long)cfg->vocab_size,
            method->text, method->targets_text, (long long)method->rank, trainable, adapters,
-           generated, weights);
+           generated, weights, ol_dp_step_bytes(&m.params));
   } else {
     char a[32], b[32], c[32], e[32];
     printf("plan | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | targets %s "
@@ -57,6 +58,8 @@ static int plan(const ol_config *cfg, const char *what, const ol_method *method,
            grouped(trainable, a, sizeof a), 100.0 * (double)trainable / (double)weights,
            grouped(weights, b, sizeof b), grouped(adapters, c, sizeof c),
            grouped(generated, e, sizeof e));
+    printf("data-parallel traffic: %.2f MiB per step per replica (one all-reduce of the gradients)\n",
+           ol_dp_step_bytes(&m.params) / 1048576.0);
   }
   ol_model_free(&m);
   return OL_OK;

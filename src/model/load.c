@@ -28,10 +28,8 @@ int ol_model_save(const ol_model *m, const char *path, int dtype) {
   for (size_t i = 0; i < m->n_tensors; i++) {
     const ol_tensor *t = m->tensors[i];
     if (ol_h5model_write(f, t->name, t->ndim, t->shape, t->data, (ol_dtype)dtype) != OL_OK) {
-      char msg[1024];
-      ol_strlcpy(msg, ol_last_error(), sizeof msg);
-      ol_h5model_finish(f);
-      return ol_error("%s", msg);
+      ol_h5model_close(f);  // discards the temporary file: no partial model is committed
+      return OL_ERR;
     }
   }
   return ol_h5model_finish(f);

@@ -230,28 +230,31 @@ void ol_model_init_adapters(ol_model *m, uint64_t seed) {
     }
 }
 
-void ol_model_randomize(ol_model *m, uint64_t seed) {
-  for (size_t i = 0; i < m->n_tensors; i++) {
-    ol_tensor *t = m->tensors[i];
-    size_t n = tensor_numel(t);
-    if (t->ndim == 1) {
-      for (size_t j = 0; j < n; j++) t->data[j] = 1.0f;
-      continue;
-    }
-    ol_rng rng;  // seeded by the tensor's name: the same weights whatever the layout
-    uint64_t h = 1469598103934665603ull;  // FNV-1a
-    for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
-    ol_rng_seed(&rng, ol_hash64(seed ^ h));
-    // the full tensor's stream, keeping this rank's slice (the same values under any TP)
-    const size_t cols = t->shape[1];
-    for (size_t j = 0, k = 0; j < t->shape[0] * cols && k < n; j++) {
-      float x = 0.02f * ol_rng_normal(&rng);
-      size_t r = j / cols, c = j % cols;
-      if (r >= t->start[0] && r < t->start[0] + t->count[0] && c >= t->start[1] &&
-          c < t->start[1] + t->count[1])
-        t->data[k++] = x;
-    }
+size_t ol_tensor_numel(const ol_tensor *t) { return tensor_numel(t); }
+
+void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
+  size_t n = tensor_numel(t);  // this rank's slice
+  if (t->ndim == 1) {
+    for (size_t j = 0; j < n; j++) data[j] = 1.0f;
+    return;
   }
+  ol_rng rng;  // seeded by the tensor's name: the same weights whatever the layout
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+  ol_rng_seed(&rng, ol_hash64(seed ^ h));
+  // the full tensor's stream, keeping this rank's slice (the same values under any TP)
+  const size_t cols = t->shape[1];
+  for (size_t j = 0, k = 0; j < t->shape[0] * cols && k < n; j++) {
+    float x = 0.02f * ol_rng_normal(&rng);
+    size_t r = j / cols, c = j % cols;
+    if (r >= t->start[0] && r < t->start[0] + t->count[0] && c >= t->start[1] &&
+        c < t->start[1] + t->count[1])
+      data[k++] = x;
+  }
+}
+
+void ol_model_randomize(ol_model *m, uint64_t seed) {
+  for (size_t i = 0; i < m->n_tensors; i++) ol_tensor_randomize(m->tensors[i], m->tensors[i]->data, seed);
 }
 
 size_t ol_model_trainable(const ol_model *m) { return m->params.total; }

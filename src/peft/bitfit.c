@@ -47,7 +47,6 @@ static void bitfit_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_bitfit_ops = {
     .name = "bitfit",
-    .param_suffix = "bias",
     .declare = bitfit_declare,
     .init = bitfit_init,
     .saved_per_token = bitfit_saved,

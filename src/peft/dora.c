@@ -124,7 +124,6 @@ static void dora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_dora_ops = {
     .name = "dora",
-    .param_suffix = "dora_m",
     .declare = dora_declare,
     .init = dora_init,
     .saved_per_token = dora_saved,

@@ -86,17 +86,3 @@ void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, fl
   }
   ol_bk->gemm(0, 0, N, lin->in, lin->out, 1.0f, dy, lin->out, lin->W, lin->in, beta, dx, lin->in);
 }
-
-void ol_adapter_merge_by_forward(const ol_adapter *a, ol_linear *lin) {
-  // an additive adapter is linear in x: its forward on the identity rows e_j (k, k) gives
-  // delta(e_j) = the j-th column of its delta W; scratch holds k inputs and k outputs
-  const size_t k = lin->in, d = lin->out;
-  float *eye = ol_calloc(k * k, sizeof(float));   // (k, k)
-  float *cols = ol_calloc(k * d, sizeof(float));  // (k, d): row j = delta W e_j
-  float *saved = ol_calloc(k * (a->ops->saved_per_token(a, lin) + 1), sizeof(float));
-  for (size_t j = 0; j < k; j++) eye[j * k + j] = 1.0f;
-  a->ops->forward((ol_adapter *)a, lin, eye, cols, k, 0.0f, saved);
-  for (size_t i = 0; i < d; i++)
-    for (size_t j = 0; j < k; j++) lin->W[i * k + j] += cols[j * d + i];
-  ol_free(eye), ol_free(cols), ol_free(saved);
-}

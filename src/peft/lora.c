@@ -76,7 +76,6 @@ static void lora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_lora_ops = {
     .name = "lora",
-    .param_suffix = "lora_A",
     .declare = lora_declare,
     .init = lora_init,
     .saved_per_token = lora_saved,

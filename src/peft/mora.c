@@ -129,7 +129,6 @@ static void mora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_mora_ops = {
     .name = "mora",
-    .param_suffix = "mora_M",
     .declare = mora_declare,
     .init = mora_init,
     .saved_per_token = mora_saved,
@@ -221,7 +220,6 @@ static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_mora6_ops = {
     .name = "mora6",
-    .param_suffix = "mora_M",
     .declare = mora6_declare,
     .init = mora_init,
     .saved_per_token = mora6_saved,

@@ -50,7 +50,6 @@ static void onelora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_onelora_ops = {
     .name = "1lora",
-    .param_suffix = "onelora_b",
     .declare = onelora_declare,
     .init = onelora_init,
     .saved_per_token = onelora_saved,
@@ -104,7 +103,6 @@ static void random_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_onelora_random_ops = {
     .name = "1lora-random",
-    .param_suffix = "onelora_b",
     .declare = random_declare,
     .init = onelora_init,
     .saved_per_token = onelora_saved,

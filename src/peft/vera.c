@@ -150,7 +150,6 @@ static void vera_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_vera_ops = {
     .name = "vera",
-    .param_suffix = "vera_lambda_b",
     .declare = vera_declare,
     .init = vera_init,
     .saved_per_token = vera_saved,

@@ -8,7 +8,7 @@
  * at the reference point's value (test_dora_norm_is_detached shows that without the wrapper the
  * two differ, i.e. the norm's own gradient is really left out).
  *
- * The harness (fixture, loss, finite differences) follows tests/unit/test_model.c, with
+ * The harness (fixture, loss, finite differences) is tests/unit/harness.h, here with
  * N = B*T = 80 tokens so DoRA's backward recomputes z in a full and a partial chunk of 64. */
 #include <math.h>
 #include <setjmp.h>
@@ -20,77 +20,17 @@
 
 #include <cmocka.h>
 
-#include "onelora/backend.h"
-#include "onelora/model.h"
+#include "harness.h"
 
 enum { B = 2, T = 40, RANK = 2 };
 static const double ALPHA = 3.0;  /* s = alpha / r = 1.5, so a missing s is caught */
 
-static ol_config tiny_config(int64_t kv_heads, int64_t bias) {
-  ol_config c = {32, 2, 4, kv_heads, 48, 40, 64, 1e-5, 10000.0, bias, bias};
-  return c;
-}
-
-typedef struct {
-  ol_model m;
-  ol_acts a;
-  int32_t tokens[B * T], targets[B * T];
-} fixture;
-
-/* A model for `methods` with random weights (5x the 0.02 default so the loss is sensitive to
- * every parameter), the adapters at their init, random tokens. */
-static void fixture_init(fixture *f, const char *methods, int64_t kv, int64_t bias,
-                         uint64_t seed) {
-  ol_method method;
-  assert_int_equal(ol_method_parse(methods, "all", RANK, ALPHA, &method), OL_OK);
-  ol_config c = tiny_config(kv, bias);
-  assert_int_equal(ol_model_build(&f->m, &c, &method, seed), OL_OK);
-  ol_model_randomize(&f->m, seed);
-  for (size_t i = 0; i < f->m.n_tensors; i++) {
-    ol_tensor *t = f->m.tensors[i];
-    if (t->ndim != 2) continue;
-    for (size_t j = 0; j < t->shape[0] * t->shape[1]; j++) t->data[j] *= 5.0f;
-  }
-  ol_model_init_adapters(&f->m, seed);  // after the weights: DoRA's m = |W|_row reads them
-  ol_acts_alloc(&f->a, &f->m, B, T);
-  ol_rng r;
-  ol_rng_seed(&r, seed + 7);
-  for (int i = 0; i < B * T; i++) {
-    f->tokens[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
-    f->targets[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
-  }
-}
-
-static void fixture_free(fixture *f) {
-  ol_acts_free(&f->a);
-  ol_model_free(&f->m);
-}
-
-static double mean_loss(fixture *f) {
-  return ol_model_forward(&f->m, &f->a, f->tokens, f->targets, 0.0f) / (B * T);
-}
-
-static void gradient(fixture *f) {
-  memset(f->m.params.grad, 0, f->m.params.total * sizeof(float));
-  ol_model_forward(&f->m, &f->a, f->tokens, f->targets, 1.0f / (B * T));
-  ol_model_backward(&f->m, &f->a, f->tokens);
-}
-
-/* (N, D) copy of the final residual stream of the last forward */
-static float *final_hidden(const fixture *f) {
-  const size_t n = (size_t)B * T * (size_t)f->m.cfg.dim;
-  float *out = ol_calloc(n, sizeof(float));
-  memcpy(out, f->a.xs + (size_t)f->m.cfg.n_layers * n, n * sizeof(float));
-  return out;
-}
-
-static double relative_diff(const float *a, const float *b, size_t n) {
-  double diff = 0, ref = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = (double)a[i] - b[i];
-    diff += d * d, ref += (double)b[i] * b[i];
-  }
-  return sqrt(diff / ref);
+/* A model for `methods` on all targets at RANK and ALPHA, random weights 5x the 0.02 default,
+ * the adapters at their init, random tokens: see harness.h. */
+static void init(fixture *f, const char *methods, int64_t kv, int64_t bias, uint64_t seed) {
+  const fixture_spec s = {B, T, fixture_tiny_config(kv, 64, bias), methods, "all", RANK, ALPHA,
+                          5.0f, seed};
+  fixture_init(f, &s);
 }
 
 /* ---- DoRA with its norm held fixed, for the finite differences ---------------------------
@@ -126,66 +66,11 @@ static void hold_dora_norms(fixture *f, int on) {
     }
 }
 
-/* Central difference of the mean loss along u (n = total) */
-static double directional_fd(fixture *f, const float *x0, const float *u, double eps) {
-  ol_params *p = &f->m.params;
-  for (size_t i = 0; i < p->total; i++) p->data[i] = x0[i] + (float)eps * u[i];
-  double lp = mean_loss(f);
-  for (size_t i = 0; i < p->total; i++) p->data[i] = x0[i] - (float)eps * u[i];
-  double lm = mean_loss(f);
-  memcpy(p->data, x0, p->total * sizeof(float));
-  return (lp - lm) / (2 * eps);
-}
-
-static float *random_unit(size_t n, ol_rng *r) {
-  float *u = ol_calloc(n, sizeof(float));  // (n)
-  double norm = 0;
-  for (size_t i = 0; i < n; i++) u[i] = ol_rng_normal(r), norm += (double)u[i] * u[i];
-  for (size_t i = 0; i < n; i++) u[i] /= (float)sqrt(norm);
-  return u;
-}
-
-/* Compares the analytic gradient with central differences along random directions over the
- * whole flat buffer and along single coordinates (the tolerance is argued in test_model.c:
- * f32 loss noise ~1e-4 absolute at eps = 1e-2 plus O(eps^2) curvature, against any wrong term
- * being O(1) relative). With hold_norms, the differences see DoRA's norm held fixed. */
+/* The finite differences (eps 1e-2, 2e-2 relative: see harness.h); with hold_norms they see
+ * DoRA's norm held fixed. */
 static void check_gradient(fixture *f, size_t n_coords, int hold_norms) {
-  ol_params *p = &f->m.params;
-  gradient(f);  // the reference forward leaves each DoRA layer's 1/n in its state
-  float *g = ol_calloc(p->total, sizeof(float));
-  memcpy(g, p->grad, p->total * sizeof(float));
-  float *x0 = ol_calloc(p->total, sizeof(float));
-  memcpy(x0, p->data, p->total * sizeof(float));
-  if (hold_norms) hold_dora_norms(f, 1);
-  const double eps = 1e-2;
-  ol_rng r;
-  ol_rng_seed(&r, 99);
-  for (int dir = 0; dir < 3; dir++) {
-    float *u = random_unit(p->total, &r);
-    double gu = 0;
-    for (size_t i = 0; i < p->total; i++) gu += (double)g[i] * u[i];
-    double fd = directional_fd(f, x0, u, eps);
-    printf("  direction %d: analytic %.6e  finite-difference %.6e\n", dir, gu, fd);
-    assert_true(fabs(fd - gu) <= 2e-2 * fmax(fabs(fd), 1e-3));
-    ol_free(u);
-  }
-  double err = 0, ref = 0;
-  for (size_t c = 0; c < n_coords; c++) {
-    size_t i = (size_t)(ol_rng_u64(&r) % p->total);
-    p->data[i] = x0[i] + (float)eps;
-    double lp = mean_loss(f);
-    p->data[i] = x0[i] - (float)eps;
-    double lm = mean_loss(f);
-    p->data[i] = x0[i];
-    double fd = (lp - lm) / (2 * eps);
-    err += (fd - g[i]) * (fd - g[i]);
-    ref += fd * fd;
-  }
-  printf("  %zu coordinates: relative error %.3e\n", n_coords, sqrt(err / ref));
-  assert_true(ref > 0 && sqrt(err / ref) < 2e-2);
-  if (hold_norms) hold_dora_norms(f, 0);
-  ol_free(g);
-  ol_free(x0);
+  const fd_check c = {n_coords, 1e-2, 2e-2, hold_norms ? hold_dora_norms : NULL};
+  fixture_check_gradient(f, &c);
 }
 
 /* Moves every trainable away from its init so that each term of the backward matters:
@@ -213,7 +98,7 @@ static void randomize_trainables(fixture *f, uint64_t seed) {
 
 static void test_lora_gradient_mha(void **state) {
   fixture f;
-  fixture_init(&f, "lora", 4, 0, 1);
+  init(&f, "lora", 4, 0, 1);
   randomize_trainables(&f, 11);
   check_gradient(&f, 32, 0);
   fixture_free(&f);
@@ -221,7 +106,7 @@ static void test_lora_gradient_mha(void **state) {
 
 static void test_lora_norms_gradient_gqa(void **state) {
   fixture f;
-  fixture_init(&f, "lora,norms", 2, 0, 2);
+  init(&f, "lora,norms", 2, 0, 2);
   randomize_trainables(&f, 12);
   check_gradient(&f, 32, 0);
   fixture_free(&f);
@@ -229,7 +114,7 @@ static void test_lora_norms_gradient_gqa(void **state) {
 
 static void test_dora_gradient_gqa(void **state) {
   fixture f;
-  fixture_init(&f, "dora", 2, 0, 3);
+  init(&f, "dora", 2, 0, 3);
   randomize_trainables(&f, 13);
   check_gradient(&f, 32, 1);
   fixture_free(&f);
@@ -237,7 +122,7 @@ static void test_dora_gradient_gqa(void **state) {
 
 static void test_dora_norms_gradient_with_bias(void **state) {
   fixture f;  // frozen biases: added after the rescaling, so they must not enter z or dm
-  fixture_init(&f, "dora,norms", 4, 1, 4);
+  init(&f, "dora,norms", 4, 1, 4);
   randomize_trainables(&f, 14);
   check_gradient(&f, 32, 1);
   fixture_free(&f);
@@ -247,10 +132,10 @@ static void test_dora_norms_gradient_with_bias(void **state) {
  * has a different derivative along B than the detached analytic gradient. */
 static void test_dora_norm_is_detached(void **state) {
   fixture f;
-  fixture_init(&f, "dora", 2, 0, 5);
+  init(&f, "dora", 2, 0, 5);
   randomize_trainables(&f, 15);
   ol_params *p = &f.m.params;
-  gradient(&f);
+  fixture_gradient(&f);
   float *x0 = ol_calloc(p->total, sizeof(float));
   memcpy(x0, p->data, p->total * sizeof(float));
   float *u = ol_calloc(p->total, sizeof(float));  // along the gradient's B part only
@@ -262,9 +147,9 @@ static void test_dora_norm_is_detached(void **state) {
         u[i] = p->grad[i], norm += (double)u[i] * u[i];
       }
   for (size_t i = 0; i < p->total; i++) u[i] /= (float)sqrt(norm), gu += (double)p->grad[i] * u[i];
-  double full = directional_fd(&f, x0, u, 1e-2);
+  double full = fixture_directional_fd(&f, x0, u, 1e-2);
   hold_dora_norms(&f, 1);
-  double held = directional_fd(&f, x0, u, 1e-2);
+  double held = fixture_directional_fd(&f, x0, u, 1e-2);
   hold_dora_norms(&f, 0);
   printf("  along dB: analytic %.6e  held-norm fd %.6e  full fd %.6e\n", gu, held, full);
   assert_true(fabs(held - gu) <= 2e-2 * fabs(held));
@@ -280,20 +165,20 @@ static void test_dora_norm_is_detached(void **state) {
  * the output, so the comparison can fail */
 static void check_identity_at_init(const char *methods, int64_t kv, double rel_tol) {
   fixture plain, adapted;
-  fixture_init(&plain, "none", kv, 0, 6);
-  fixture_init(&adapted, methods, kv, 0, 6);
-  double a = mean_loss(&plain);
-  float *h_plain = final_hidden(&plain);
-  double b = mean_loss(&adapted);
-  float *h_adapted = final_hidden(&adapted);
+  init(&plain, "none", kv, 0, 6);
+  init(&adapted, methods, kv, 0, 6);
+  double a = fixture_mean_loss(&plain);
+  float *h_plain = fixture_final_hidden(&plain);
+  double b = fixture_mean_loss(&adapted);
+  float *h_adapted = fixture_final_hidden(&adapted);
   const size_t n = (size_t)B * T * (size_t)plain.m.cfg.dim;
-  double rel = relative_diff(h_adapted, h_plain, n);
+  double rel = harness_relative_diff(h_adapted, h_plain, n);
   printf("  %s at init: loss %.9f vs frozen %.9f, final hidden relative diff %.2e\n", methods, b,
          a, rel);
   assert_true(fabs(a - b) <= rel_tol * fabs(a));
   assert_true(rel <= rel_tol);
   randomize_trainables(&adapted, 16);
-  double c = mean_loss(&adapted);
+  double c = fixture_mean_loss(&adapted);
   assert_true(fabs(c - a) > 1e-3 * fabs(a));
   ol_free(h_plain);
   ol_free(h_adapted);
@@ -305,7 +190,7 @@ static void test_lora_zero_b_is_identity(void **state) {
   // B = 0 exactly: the adapter's term is an exact 0 that the frozen GEMM accumulates onto
   check_identity_at_init("lora", 4, 0.0);
   fixture f;  // and init really drew A (B = 0 alone would hide an A left at zero)
-  fixture_init(&f, "lora", 4, 0, 6);
+  init(&f, "lora", 4, 0, 6);
   const ol_adapter *a = &f.m.blocks[0].lin[OL_Q].adapters[0];
   const size_t k = f.m.blocks[0].lin[OL_Q].in;
   const size_t n = RANK * k;  // 64 draws of U(-b, b): mean 0 (std b / 14), mean square b^2 / 3
@@ -335,16 +220,16 @@ static void test_dora_init_is_identity(void **state) {
  * may not rely on anything a forward leaves behind (DoRA's norms). */
 static void check_merge(const char *methods, int64_t kv, int64_t bias, uint64_t seed) {
   fixture f, g;
-  fixture_init(&f, methods, kv, bias, seed);
+  init(&f, methods, kv, bias, seed);
   randomize_trainables(&f, seed + 100);
-  double adapted = mean_loss(&f);
-  float *h_adapted = final_hidden(&f);
-  fixture_init(&g, methods, kv, bias, seed);
+  double adapted = fixture_mean_loss(&f);
+  float *h_adapted = fixture_final_hidden(&f);
+  init(&g, methods, kv, bias, seed);
   randomize_trainables(&g, seed + 100);
   ol_model_merge(&g.m);  // adapters folded into W and detached: a plain forward follows
-  double merged = mean_loss(&g);
-  float *h_merged = final_hidden(&g);
-  double rel = relative_diff(h_merged, h_adapted, (size_t)B * T * (size_t)f.m.cfg.dim);
+  double merged = fixture_mean_loss(&g);
+  float *h_merged = fixture_final_hidden(&g);
+  double rel = harness_relative_diff(h_merged, h_adapted, (size_t)B * T * (size_t)f.m.cfg.dim);
   printf("  %s: adapted loss %.7f merged loss %.7f, final hidden relative diff %.2e\n", methods,
          adapted, merged, rel);
   assert_true(fabs(adapted - merged) < 1e-5 * fabs(adapted));
@@ -365,20 +250,11 @@ static void test_dora_merge_with_bias(void **state) { check_merge("dora,norms", 
  * anything from one micro-batch into the next. */
 static void check_micro_batches(const char *methods, uint64_t seed) {
   fixture whole, half;
-  fixture_init(&whole, methods, 2, 0, seed);
+  init(&whole, methods, 2, 0, seed);
   randomize_trainables(&whole, seed + 100);
-  gradient(&whole);
-  fixture_init(&half, methods, 2, 0, seed);
+  init(&half, methods, 2, 0, seed);
   randomize_trainables(&half, seed + 100);
-  ol_acts_free(&half.a);
-  ol_acts_alloc(&half.a, &half.m, 1, T);
-  memset(half.m.params.grad, 0, half.m.params.total * sizeof(float));
-  for (int mb = 0; mb < B; mb++) {
-    ol_model_forward(&half.m, &half.a, whole.tokens + mb * T, whole.targets + mb * T,
-                     1.0f / (B * T));
-    ol_model_backward(&half.m, &half.a, whole.tokens + mb * T);
-  }
-  double rel = relative_diff(half.m.params.grad, whole.m.params.grad, whole.m.params.total);
+  double rel = fixture_micro_batch_diff(&whole, &half);
   printf("  %s: two micro-batches vs one batch, gradient relative diff %.2e\n", methods, rel);
   assert_true(rel < 1e-5);
   fixture_free(&whole);
@@ -396,9 +272,9 @@ static void test_micro_batches_accumulate(void **state) {
  * computed directly, and that DoRA's state holds 1/n. */
 static void check_linear(const char *methods, double beta) {
   fixture f;
-  fixture_init(&f, methods, 2, 0, 12);
+  init(&f, methods, 2, 0, 12);
   randomize_trainables(&f, 112);
-  mean_loss(&f);  // binds lin->work
+  fixture_mean_loss(&f);  // binds lin->work
   ol_linear *lin = &f.m.blocks[1].lin[OL_DOWN];  // (d, k) = (32, 48)
   const ol_adapter *a = &lin->adapters[0];
   const int dora = a->ops == &ol_dora_ops;
@@ -457,7 +333,7 @@ static void test_saved_floats(void **state) {
   const char *methods[2] = {"lora", "dora"};
   for (int mi = 0; mi < 2; mi++) {
     fixture f;
-    fixture_init(&f, methods[mi], 2, 0, 10);
+    init(&f, methods[mi], 2, 0, 10);
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       const ol_linear *lin = &f.m.blocks[1].lin[p];
       assert_int_equal(lin->n_adapters, 1);

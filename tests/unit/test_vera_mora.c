@@ -17,120 +17,19 @@
 
 #include <cmocka.h>
 
-#include "onelora/backend.h"
-#include "onelora/model.h"
+#include "harness.h"
 
 enum { B = 2, T = 8 };
 
-/* ============================== whole-model fixture (as test_model.c) ====================== */
-static ol_config tiny_config(int64_t kv_heads) {
-  // D 32, 2 layers, 4 heads (hd 8), F 48, V 40: q, o (32, 32); k, v (Hkv*8, 32); gate, up
-  // (48, 32); down (32, 48)
-  ol_config c = {32, 2, 4, kv_heads, 48, 40, 16, 1e-5, 10000.0, 0, 0};
-  return c;
-}
+/* ============================== whole-model fixture (harness.h) =========================== */
+static ol_config tiny_config(int64_t kv_heads) { return fixture_tiny_config(kv_heads, 16, 0); }
 
-typedef struct {
-  ol_model m;
-  ol_acts a;
-  int32_t tokens[B * T], targets[B * T];
-} fixture;
-
-/* Builds a model for `methods` at `rank`, random weights (5x the 0.02 default so the loss is
- * sensitive to every parameter), adapters at their init, random tokens. */
-static void fixture_init(fixture *f, const char *methods, const char *targets, int64_t rank,
-                         int64_t kv, uint64_t seed) {
-  ol_method method;
-  assert_int_equal(ol_method_parse(methods, targets, rank, 1.0, &method), OL_OK);
-  ol_config c = tiny_config(kv);
-  assert_int_equal(ol_model_build(&f->m, &c, &method, seed), OL_OK);
-  ol_model_randomize(&f->m, seed);
-  for (size_t i = 0; i < f->m.n_tensors; i++) {
-    ol_tensor *t = f->m.tensors[i];
-    size_t n = t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
-    for (size_t j = 0; j < n; j++) t->data[j] = t->ndim == 2 ? 5.0f * t->data[j] : t->data[j];
-  }
-  ol_model_init_adapters(&f->m, seed);
-  ol_acts_alloc(&f->a, &f->m, B, T);
-  ol_rng r;
-  ol_rng_seed(&r, seed + 7);
-  for (int i = 0; i < B * T; i++) {
-    f->tokens[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
-    f->targets[i] = (int32_t)(ol_rng_u64(&r) % (uint64_t)c.vocab_size);
-  }
-}
-
-static void fixture_free(fixture *f) {
-  ol_acts_free(&f->a);
-  ol_model_free(&f->m);
-}
-
-static double mean_loss(fixture *f) {
-  return ol_model_forward(&f->m, &f->a, f->tokens, f->targets, 0.0f) / (B * T);
-}
-
-static void gradient(fixture *f) {
-  memset(f->m.params.grad, 0, f->m.params.total * sizeof(float));
-  ol_model_forward(&f->m, &f->a, f->tokens, f->targets, 1.0f / (B * T));
-  ol_model_backward(&f->m, &f->a, f->tokens);
-}
-
-/* The analytic gradient against central differences along three random directions over the
- * whole flat buffer and along single coordinates (eps 1e-2, 2e-2 relative: see test_model.c). */
-static void check_gradient(fixture *f, size_t n_coords) {
-  ol_params *p = &f->m.params;
-  gradient(f);
-  float *g = ol_calloc(p->total, sizeof(float));  // (total)
-  memcpy(g, p->grad, p->total * sizeof(float));
-  float *saved = ol_calloc(p->total, sizeof(float));  // (total)
-  memcpy(saved, p->data, p->total * sizeof(float));
-  const double eps = 1e-2;
-  ol_rng r;
-  ol_rng_seed(&r, 99);
-  for (int dir = 0; dir < 3; dir++) {
-    float *u = ol_calloc(p->total, sizeof(float));  // (total)
-    double gu = 0, unorm = 0;
-    for (size_t i = 0; i < p->total; i++) u[i] = ol_rng_normal(&r), unorm += (double)u[i] * u[i];
-    for (size_t i = 0; i < p->total; i++) u[i] /= (float)sqrt(unorm), gu += (double)g[i] * u[i];
-    for (size_t i = 0; i < p->total; i++) p->data[i] = saved[i] + (float)eps * u[i];
-    double lp = mean_loss(f);
-    for (size_t i = 0; i < p->total; i++) p->data[i] = saved[i] - (float)eps * u[i];
-    double lm = mean_loss(f);
-    memcpy(p->data, saved, p->total * sizeof(float));
-    double fd = (lp - lm) / (2 * eps);
-    printf("  direction %d: analytic %.6e  finite-difference %.6e\n", dir, gu, fd);
-    assert_true(fabs(fd - gu) <= 2e-2 * fmax(fabs(fd), 1e-3));
-    ol_free(u);
-  }
-  double err = 0, ref = 0;
-  for (size_t c = 0; c < n_coords; c++) {
-    size_t i = (size_t)(ol_rng_u64(&r) % p->total);
-    p->data[i] = saved[i] + (float)eps;
-    double lp = mean_loss(f);
-    p->data[i] = saved[i] - (float)eps;
-    double lm = mean_loss(f);
-    p->data[i] = saved[i];
-    double fd = (lp - lm) / (2 * eps);
-    err += (fd - g[i]) * (fd - g[i]);
-    ref += fd * fd;
-  }
-  printf("  %zu coordinates: relative error %.3e\n", n_coords, sqrt(err / ref));
-  assert_true(ref > 0 && sqrt(err / ref) < 2e-2);
-  ol_free(g);
-  ol_free(saved);
-}
-
-/* Moves every trainable away from its init: norm weights to 1 + noise, the rest to
- * scale * N(0, 1), so that lambda_b != 0, M != 0 and every term of each backward matters. */
-static void randomize_trainables(fixture *f, float scale, uint64_t seed) {
-  ol_rng r;
-  ol_rng_seed(&r, seed);
-  for (size_t i = 0; i < f->m.params.count; i++) {
-    const ol_param_entry *e = &f->m.params.entries[i];
-    const int is_norm = strstr(e->name, "norm.weight") != NULL;
-    for (size_t j = 0; j < e->numel; j++)
-      f->m.params.data[e->offset + j] = (is_norm ? 1.0f : 0.0f) + scale * ol_rng_normal(&r);
-  }
+/* A model for `methods` at `rank` (alpha 1), random weights 5x the 0.02 default, adapters at
+ * their init, random tokens. */
+static void init(fixture *f, const char *methods, const char *targets, int64_t rank, int64_t kv,
+                 uint64_t seed) {
+  const fixture_spec s = {B, T, tiny_config(kv), methods, targets, rank, 1.0, 5.0f, seed};
+  fixture_init(f, &s);
 }
 
 /* MoRA's square size, written from the definition: floor(sqrt((k + d) r) + 1/2), made even for
@@ -165,9 +64,9 @@ static unsigned mora_coverage(const fixture *f, int type) {
 static void gradient_case(const char *methods, int64_t rank, int64_t kv, uint64_t seed,
                           float scale) {
   fixture f;
-  fixture_init(&f, methods, "all", rank, kv, seed);
-  randomize_trainables(&f, scale, seed + 11);
-  check_gradient(&f, 32);
+  init(&f, methods, "all", rank, kv, seed);
+  fixture_randomize_trainables(&f, scale, seed + 11);
+  fixture_check_gradient_default(&f, 32);
   fixture_free(&f);
 }
 
@@ -179,47 +78,47 @@ static void test_vera_norms_gradient_gqa(void **state) {
 
 static void test_mora_gradient_mha(void **state) {
   fixture f;
-  fixture_init(&f, "mora", "all", 1, 4, 4);
+  init(&f, "mora", "all", 1, 4, 4);
   assert_true(mora_coverage(&f, 1) & 1u);  // gate, up: k 32, r^ 9; down: k 48, r^ 9
-  randomize_trainables(&f, 0.05f, 15);
-  check_gradient(&f, 32);
+  fixture_randomize_trainables(&f, 0.05f, 15);
+  fixture_check_gradient_default(&f, 32);
   fixture_free(&f);
 }
 
 static void test_mora_gradient_gqa(void **state) {
   fixture f;
-  fixture_init(&f, "mora", "all", 2, 2, 5);
+  init(&f, "mora", "all", 2, 2, 5);
   assert_true(mora_coverage(&f, 1) & 1u);
-  randomize_trainables(&f, 0.05f, 16);
-  check_gradient(&f, 32);
+  fixture_randomize_trainables(&f, 0.05f, 16);
+  fixture_check_gradient_default(&f, 32);
   fixture_free(&f);
 }
 
 static void test_mora6_gradient_mha(void **state) {
   fixture f;
-  fixture_init(&f, "mora6", "all", 1, 4, 6);
+  init(&f, "mora6", "all", 1, 4, 6);
   // gate, up: r^ 8, k_pad 32 < d 48 (tiled); down: r^ 8, k_pad 48 > d 32 (truncated)
   assert_true((mora_coverage(&f, 6) & 6u) == 6u);
-  randomize_trainables(&f, 0.05f, 17);
-  check_gradient(&f, 32);
+  fixture_randomize_trainables(&f, 0.05f, 17);
+  fixture_check_gradient_default(&f, 32);
   fixture_free(&f);
 }
 
 static void test_mora6_gradient_gqa(void **state) {
   fixture f;
-  fixture_init(&f, "mora6", "all", 1, 2, 7);
+  init(&f, "mora6", "all", 1, 2, 7);
   // k, v: k 32, d 16, r^ 6: padded to 36 and truncated to 16
   assert_true((mora_coverage(&f, 6) & 3u) == 3u);
-  randomize_trainables(&f, 0.05f, 18);
-  check_gradient(&f, 32);
+  fixture_randomize_trainables(&f, 0.05f, 18);
+  fixture_check_gradient_default(&f, 32);
   fixture_free(&f);
 }
 
 /* ============================== (2) identity at init ======================================= */
 static void identity_case(const char *method, int64_t rank) {
   fixture plain, adapted;
-  fixture_init(&plain, "none", "all", rank, 2, 8);
-  fixture_init(&adapted, method, "all", rank, 2, 8);
+  init(&plain, "none", "all", rank, 2, 8);
+  init(&adapted, method, "all", rank, 2, 8);
   ol_params *p = &adapted.m.params;
   size_t first_b = SIZE_MAX;  // a vera_lambda_b (or mora_M) value, to perturb below
   for (size_t i = 0; i < p->count; i++) {
@@ -228,12 +127,12 @@ static void identity_case(const char *method, int64_t rank) {
     for (size_t j = 0; j < e->numel; j++) assert_true(p->data[e->offset + j] == want);
     if (want == 0.0f && first_b == SIZE_MAX) first_b = e->offset;
   }
-  const double a = mean_loss(&plain), b = mean_loss(&adapted);
+  const double a = fixture_mean_loss(&plain), b = fixture_mean_loss(&adapted);
   printf("  %s: frozen loss %.9f, adapted at init %.9f\n", method, a, b);
   assert_true(a == b);
   // and moving the zero-initialised tensor changes the loss, so the comparison above can fail
   p->data[first_b] = 0.5f;
-  assert_true(mean_loss(&adapted) != a);
+  assert_true(fixture_mean_loss(&adapted) != a);
   fixture_free(&plain);
   fixture_free(&adapted);
 }
@@ -245,28 +144,24 @@ static void test_mora6_identity_at_init(void **state) { identity_case("mora6", 1
 /* ============================== (3) merge equivalence ====================================== */
 static void merge_case(const char *method, int64_t rank, int64_t kv, float scale) {
   fixture f;
-  fixture_init(&f, method, "all", rank, kv, 9);
-  randomize_trainables(&f, scale, 19);
+  init(&f, method, "all", rank, kv, 9);
+  fixture_randomize_trainables(&f, scale, 19);
   const size_t n = (size_t)B * T * f.m.cfg.dim;
-  const float *final = f.a.xs + (size_t)f.m.cfg.n_layers * B * T * f.m.cfg.dim;  // (N, D)
-  double adapted = mean_loss(&f);
-  float *before = ol_calloc(n, sizeof(float));  // (N, D) final residual of the adapted model
-  memcpy(before, final, n * sizeof(float));
+  double adapted = fixture_mean_loss(&f);
+  float *before = fixture_final_hidden(&f);  // (N, D) final residual of the adapted model
   ol_model_attach_adapters(&f.m, 0);  // the frozen model differs, so the check can fail
-  double frozen = mean_loss(&f);
+  double frozen = fixture_mean_loss(&f);
   ol_model_attach_adapters(&f.m, 1);
   ol_model_merge(&f.m);
-  double merged = mean_loss(&f);
-  double diff = 0, ref = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = (double)before[i] - final[i];
-    diff += d * d, ref += (double)before[i] * before[i];
-  }
+  double merged = fixture_mean_loss(&f);
+  float *after = fixture_final_hidden(&f);  // (N, D) and of the merged one
+  double rel = harness_relative_diff(after, before, n);
   printf("  %s: frozen loss %.7f adapted %.7f merged %.7f, final hidden relative diff %.2e\n",
-         method, frozen, adapted, merged, sqrt(diff / ref));
+         method, frozen, adapted, merged, rel);
   assert_true(fabs(frozen - adapted) > 1e-3 * fabs(adapted));
   assert_true(fabs(adapted - merged) < 1e-5 * fabs(adapted));
-  assert_true(sqrt(diff / ref) < 1e-5);
+  assert_true(rel < 1e-5);
+  ol_free(after);
   ol_free(before);
   fixture_free(&f);
 }
