@@ -28,10 +28,6 @@ void ol_grid_init(int *argc, char ***argv, ol_grid *g);
  * tp * pp does not divide the world size. */
 int ol_grid_layout(ol_grid *g, int tp, int pp);
 void ol_grid_finalize(ol_grid *g);
-/* Ends every rank of the job after a fatal error on this one (MPI_Abort). */
-void ol_grid_abort(int code) __attribute__((noreturn));
-/* Ranks in MPI_COMM_WORLD (1 when MPI was not started) */
-int ol_grid_world_size(void);
 
 /* Every rank's status, agreed: returns OL_OK only when all ranks passed OL_OK. A rank that
  * failed keeps its own message; the others record "rank R failed: <its message>" so that every

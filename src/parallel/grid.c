@@ -49,20 +49,6 @@ void ol_grid_finalize(ol_grid *g) {
   MPI_Finalize();
 }
 
-void ol_grid_abort(int code) {
-  fflush(stdout);
-  fflush(stderr);
-  MPI_Abort(MPI_COMM_WORLD, code);
-  for (;;) {}  // MPI_Abort does not return
-}
-
-int ol_grid_world_size(void) {
-  int started = 0, size = 1;
-  MPI_Initialized(&started);
-  if (started) MPI_Comm_size(MPI_COMM_WORLD, &size);
-  return size;
-}
-
 int ol_grid_agree(ol_grid *g, int status) {
   if (g->world_size == 1) return status;
   // the lowest failing rank tells everyone its message
