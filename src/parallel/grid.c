@@ -1,4 +1,4 @@
-/* The process grid: DP x PP x TP communicators, agreement on errors, aborts. */
+/* The process grid: DP x PP x TP communicators and agreement on errors. */
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
