@@ -102,8 +102,7 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) m->blocks[l].lin[p].work = a->lin_work;
 }
 
-/* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. */
-/* Under TP the attention runs on this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP
+/* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. Under TP the attention runs on this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP
  * rows; the row-parallel o and down produce partial sums: tp_rank 0 adds its partial to the
  * residual, the others write theirs alone, and one all-reduce over TP sums them. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
