@@ -175,6 +175,7 @@ typedef struct ol_linear {
   char name[96];            /* HF module, e.g. "model.layers.3.self_attn.q_proj" */
   size_t out, in;           /* this rank's shard: d, k */
   size_t out_full, out_start; /* the full logical d and where this rank's rows start */
+  size_t in_full, in_start;   /* the full logical k and where this rank's columns start */
   int tp_rank;              /* this rank in the TP group (0 without TP) */
   ol_par_kind par;
   float *W;                 /* (out, in) frozen or trainable weight shard */

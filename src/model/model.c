@@ -113,6 +113,8 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
       lin->out = outs[p] / split_out, lin->in = ins[p] / split_in;
       lin->out_full = outs[p];
       lin->out_start = lin->par == OL_PAR_COLUMN ? lin->out * (size_t)tpr : 0;
+      lin->in_full = ins[p];
+      lin->in_start = lin->par == OL_PAR_ROW ? lin->in * (size_t)tpr : 0;
       lin->tp_rank = tpr;
     }
   ol_peft_ctx ctx = {&m->params, &m->generated, &m->method, seed, 0, 0};

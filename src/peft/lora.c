@@ -14,15 +14,25 @@
 #include "onelora/backend.h"
 #include "onelora/peft.h"
 
+/* Under TP (docs/PARALLEL.md): on a column-parallel layer A is replicated (x is) and B sharded
+ * like W's rows; t = x A^T is the same on every rank, dt = s dy B is a partial sum, so dA is
+ * partial (summed over TP) and dt A joins dx's all-reduce. On a row-parallel layer A is sharded
+ * like W's columns and B replicated; each rank adds s t_partial B^T to its partial output, which
+ * the layer's all-reduce sums; dB = s dy^T t_partial is partial (summed over TP); dt = s dy B
+ * is the same everywhere, so dA and dx stay local. No new collective. */
 static void lora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   const size_t r = (size_t)ctx->method->rank;
+  const size_t k_full = lin->in_full ? lin->in_full : lin->in;
+  const size_t d_full = lin->out_full ? lin->out_full : lin->out;
   char name[160];
   snprintf(name, sizeof name, "%s.lora_A", lin->name);
-  size_t shape_a[2] = {r, lin->in};
-  a->param[0] = ol_params_declare(ctx->params, name, 2, shape_a);
+  size_t shape_a[2] = {r, k_full}, start_a[2] = {0, lin->in_start}, count_a[2] = {r, lin->in};
+  a->param[0] = ol_params_declare_slice(ctx->params, name, 2, shape_a, start_a, count_a);
+  ctx->params->entries[a->param[0]].tp_partial = lin->par == OL_PAR_COLUMN;
   snprintf(name, sizeof name, "%s.lora_B", lin->name);
-  size_t shape_b[2] = {lin->out, r};
-  a->param[1] = ol_params_declare(ctx->params, name, 2, shape_b);
+  size_t shape_b[2] = {d_full, r}, start_b[2] = {lin->out_start, 0}, count_b[2] = {lin->out, r};
+  a->param[1] = ol_params_declare_slice(ctx->params, name, 2, shape_b, start_b, count_b);
+  ctx->params->entries[a->param[1]].tp_partial = lin->par == OL_PAR_ROW;
   a->n_param = 2;
   a->rank = r;
   a->scale = ol_lora_scale(ctx->method);
@@ -30,10 +40,15 @@ static void lora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
 
 static void lora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   const size_t r = a->rank, k = lin->in, d = lin->out;
-  const float bound = 1.0f / sqrtf((float)k);
-  float *A = a->value[0];  // (r, k)
+  const size_t k_full = lin->in_full ? lin->in_full : k;
+  const float bound = 1.0f / sqrtf((float)k_full);  // fan-in of the whole layer
+  float *A = a->value[0];  // (r, k) this rank's columns [in_start, in_start + k) of (r, k_full)
   float *B = a->value[1];  // (d, r)
-  for (size_t i = 0; i < r * k; i++) A[i] = bound * (2.0f * ol_rng_uniform(rng) - 1.0f);
+  for (size_t i = 0; i < r; i++)  // the full tensor's stream: the same values under any TP
+    for (size_t j = 0; j < k_full; j++) {
+      float u = bound * (2.0f * ol_rng_uniform(rng) - 1.0f);
+      if (j >= lin->in_start && j < lin->in_start + k) A[i * k + j - lin->in_start] = u;
+    }
   for (size_t i = 0; i < d * r; i++) B[i] = 0.0f;
 }
 

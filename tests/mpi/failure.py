@@ -68,7 +68,7 @@ def main():
             ("--pp 2 on 3 ranks", 3, ["--pp", "2"], w("m.h5"), "--pp"),
             ("--pp 2 on a 1-layer model", 2, ["--pp", "2"], w("m1.h5"), "--pp"),
             ("--tp 2 with 1 kv head", 2, ["--tp", "2"], w("mkv1.h5"), "n_kv_heads 1 is not divisible"),
-            ("--tp 2 with lora (no TP derivation yet)", 2, ["--tp", "2", "--method", "lora"],
+            ("--tp 2 with dora (no TP derivation yet)", 2, ["--tp", "2", "--method", "dora"],
              w("m.h5"), "does not support tensor parallelism yet")]:
         try:
             r = subprocess.run([a.mpirun, "-np", str(np_), a.onelora, "train", "--model", model,
