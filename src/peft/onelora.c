@@ -68,17 +68,20 @@ static uint64_t name_hash(const char *s) {
   return h;
 }
 
+/* Under TP every rank holds the whole v (k_full floats, replicated like the generated tensors);
+ * a row-parallel layer uses the slice of its input columns, so v_t . x_t is a partial sum that
+ * the layer's forward all-reduce completes, exactly as 1LoRA's sum (DESIGN §5). */
 static void random_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   onelora_declare(a, lin, ctx);
   char name[160];
   snprintf(name, sizeof name, "%s.onelora_v", lin->name);
-  size_t shape[1] = {lin->in};
-  float *v = ol_frozen_add(ctx->frozen, name, 1, shape);  // (k)
+  size_t shape[1] = {lin->in_full ? lin->in_full : lin->in};
+  float *v = ol_frozen_add(ctx->frozen, name, 1, shape);  // (k_full)
   OL_CHECK(v != NULL);
   ol_rng rng;
   ol_rng_seed(&rng, ctx->seed ^ name_hash(name));
-  for (size_t i = 0; i < lin->in; i++) v[i] = ol_rng_normal(&rng);
-  a->frozen[0] = v;
+  for (size_t i = 0; i < shape[0]; i++) v[i] = ol_rng_normal(&rng);
+  a->frozen[0] = v + lin->in_start;  // (k) this rank's columns
 }
 
 static void random_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
