@@ -60,15 +60,16 @@ static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
   m->tensors[m->n_tensors++] = t;
 }
 
-/* Largest in/out of the linears the method adapts (VeRA slices its shared matrices from these). */
+/* Largest full (unsharded) in/out of the linears the method adapts: VeRA's shared matrices have
+ * these shapes whatever the layout. */
 static void adapted_extent(const ol_model *m, size_t *k_max, size_t *d_max) {
   *k_max = *d_max = 0;
   if (!m->method.adapters) return;
   for (int p = 0; p < OL_PROJ_COUNT; p++)
     if (m->method.targets & (1u << p)) {
       const ol_linear *lin = &m->blocks[0].lin[p];
-      if (lin->in > *k_max) *k_max = lin->in;
-      if (lin->out > *d_max) *d_max = lin->out;
+      if (lin->in_full > *k_max) *k_max = lin->in_full;
+      if (lin->out_full > *d_max) *d_max = lin->out_full;
     }
 }
 

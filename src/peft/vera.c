@@ -48,19 +48,30 @@ static const float *shared_uniform(ol_peft_ctx *ctx, const char *name, size_t ro
   return w;
 }
 
+/* Under TP (docs/PARALLEL.md) every rank holds the whole shared A and B and uses the slices of
+ * its shard: on a column-parallel layer lambda_b and B's rows follow W's rows, u = A x is the
+ * same everywhere and dx's partial sum joins the layer's all-reduce; on a row-parallel layer
+ * lambda_b is replicated, A's columns follow the input slice, so u is partial and each rank's
+ * u B~^T is summed by the forward all-reduce. lambda_d is replicated, and its gradient (a sum
+ * over this rank's rows, or over a partial u) is summed over TP, as is lambda_b's on
+ * row-parallel layers. No new collective. */
 static void vera_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
-  const size_t d = lin->out, k = lin->in, r = (size_t)ctx->method->rank;
-  OL_CHECK(k <= ctx->k_max && d <= ctx->d_max);
+  const size_t d = lin->out, r = (size_t)ctx->method->rank;
+  const size_t d_full = lin->out_full ? lin->out_full : d;
+  OL_CHECK(lin->in_start + lin->in <= ctx->k_max && lin->out_start + d <= ctx->d_max);
   char name[160];
   snprintf(name, sizeof name, "%s.vera_lambda_b", lin->name);
-  size_t shape_b[1] = {d};
-  a->param[0] = ol_params_declare(ctx->params, name, 1, shape_b);
+  size_t shape_b[1] = {d_full}, start_b[1] = {lin->out_start}, count_b[1] = {d};
+  a->param[0] = ol_params_declare_slice(ctx->params, name, 1, shape_b, start_b, count_b);
+  ctx->params->entries[a->param[0]].tp_partial = lin->par == OL_PAR_ROW;
   snprintf(name, sizeof name, "%s.vera_lambda_d", lin->name);
   size_t shape_d[1] = {r};
   a->param[1] = ol_params_declare(ctx->params, name, 1, shape_d);
+  ctx->params->entries[a->param[1]].tp_partial = 1;
   a->n_param = 2;
-  a->frozen[0] = shared_uniform(ctx, "vera_A", r, ctx->k_max);  // (r, k_max)
-  a->frozen[1] = shared_uniform(ctx, "vera_B", ctx->d_max, r);  // (d_max, r)
+  // (r, k_max) from this rank's first input column; (d_max, r) from its first output row
+  a->frozen[0] = shared_uniform(ctx, "vera_A", r, ctx->k_max) + lin->in_start;
+  a->frozen[1] = shared_uniform(ctx, "vera_B", ctx->d_max, r) + lin->out_start * r;
   a->rank = r;
   a->k_max = ctx->k_max;
   a->state_floats = (d < VERA_ROWS ? d : VERA_ROWS) * r;        // one block of B~ or of P
