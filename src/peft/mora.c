@@ -36,10 +36,12 @@ enum {
 
 static size_t padded(size_t k, size_t rhat) { return (k + rhat - 1) / rhat * rhat; }
 
-/* dst[p mod nd] += src[p mod ns] for every p in [0, len), in contiguous runs: compression,
- * padding, tiling and folding are all this one map */
-static void cyclic_add(float *dst, size_t nd, const float *src, size_t ns, size_t len) {
-  size_t i = 0, j = 0;  // p mod nd, p mod ns
+/* dst[(p + a) mod nd] += src[(p + b) mod ns] for every p in [0, len), in contiguous runs:
+ * compression, padding, tiling and folding are all this one map (the phases a, b place a
+ * tensor-parallel shard within the full layer) */
+static void cyclic_add(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
+                       size_t len) {
+  size_t i = a % nd, j = b % ns;  // (p + a) mod nd, (p + b) mod ns
   for (size_t p = 0; p < len;) {
     size_t run = len - p;
     if (nd - i < run) run = nd - i;
@@ -53,8 +55,8 @@ static void cyclic_add(float *dst, size_t nd, const float *src, size_t ns, size_
 
 /* Row by row for n rows: dst(n, nd) = beta dst + the cyclic map of src(n, ns) over len
  * positions; beta 0 writes without reading dst */
-static void cyclic_rows(float *dst, size_t nd, const float *src, size_t ns, size_t len, size_t n,
-                        float beta) {
+static void cyclic_rows(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
+                        size_t len, size_t n, float beta) {
 #pragma omp parallel for schedule(static) if (n * (nd + len) >= MORA_OMP_MIN)
   for (size_t t = 0; t < n; t++) {
     float *row = dst + t * nd;
@@ -62,7 +64,7 @@ static void cyclic_rows(float *dst, size_t nd, const float *src, size_t ns, size
       memset(row, 0, nd * sizeof(float));
     else if (beta != 1.0f)
       for (size_t i = 0; i < nd; i++) row[i] *= beta;
-    cyclic_add(row, nd, src + t * ns, ns, len);
+    cyclic_add(row, nd, a, src + t * ns, ns, b, len);
   }
 }
 
@@ -83,40 +85,68 @@ static void mora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
 
 /* ---- type 1 ------------------------------------------------------------------------------ */
 static void mora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
-  const size_t rhat = ol_mora_rhat(lin->in, lin->out, ctx->method->rank);
+  const size_t k_full = lin->in_full ? lin->in_full : lin->in;
+  const size_t d_full = lin->out_full ? lin->out_full : lin->out;
+  const size_t rhat = ol_mora_rhat(k_full, d_full, ctx->method->rank);
   declare_M(a, lin, ctx, rhat);
+  // under TP dM is a partial sum: of this rank's output rows (column-parallel) or of its
+  // input columns' share of c (row-parallel); M itself is replicated
+  ctx->params->entries[a->param[0]].tp_partial = 1;
   a->state_floats = MORA_CHUNK * rhat;  // (MORA_CHUNK, r^): M c in forward, folded dy in backward
 }
 
 static size_t mora_saved(const ol_adapter *a, const ol_linear *lin) { return a->rank; }
 
+/* The compression of type 1 over this rank's input columns [s, s + k) of the layer's k_full
+ * (all of them without TP). The padded position p < k_pad reads column p mod k_full, so copy w
+ * of the input (positions w k_full + g) sends global column g to c[(w k_full + g) mod r^]; the
+ * last copy is cut at k_pad. back = 0: c(n, r^) = beta c + that map of x(n, k); back = 1: the
+ * transpose, x(n, k) = beta x + the map read backwards from c. */
+static void mora1_compress(const ol_linear *lin, size_t rhat, float *c, float *x, size_t n,
+                           float beta, int back) {
+  const size_t k = lin->in, s = lin->in_start, k_full = lin->in_full ? lin->in_full : k;
+  const size_t kp = padded(k_full, rhat);
+  for (size_t w = 0; w * k_full < kp; w++) {
+    const size_t cut = kp - w * k_full < k_full ? kp - w * k_full : k_full;  // columns of copy w
+    const size_t lo = s, hi = s + k < cut ? s + k : cut;  // this rank's columns in it
+    if (lo >= hi) break;
+    const size_t at = w * k_full + lo;                    // their first padded position
+    if (!back)
+      cyclic_rows(c, rhat, at, x + (lo - s), k, 0, hi - lo, n, beta);
+    else
+      cyclic_rows(x + (lo - s), k, 0, c, rhat, at, hi - lo, n, beta);
+    beta = 1.0f;
+  }
+}
+
 static void mora_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y, size_t N,
                          float beta, float *saved) {
-  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const size_t rhat = a->rank, d = lin->out;
   const float *M = a->value[0];  // (r^, r^)
   float *c = saved;              // (N, r^) the compressed input, kept for backward
   float *mc = a->state;          // (MORA_CHUNK, r^)
-  cyclic_rows(c, rhat, x, k, kp, N, 0.0f);  // c_j = sum over p = j mod r^ of x_pad[p]
+  mora1_compress(lin, rhat, c, (float *)x, N, 0.0f, 0);  // c_j = sum over p = j mod r^ of x_pad[p]
   for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
     const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
     ol_bk->gemm(0, 1, n, rhat, rhat, 1.0f, c + t0 * rhat, rhat, M, rhat, 0.0f, mc, rhat);
-    cyclic_rows(y + t0 * d, d, mc, rhat, d, n, beta);  // y (n, d) = beta y + tile(M c)
+    // y (n, d) = beta y + tile(M c), this rank's rows [out_start, out_start + d) of the tiling
+    cyclic_rows(y + t0 * d, d, 0, mc, rhat, lin->out_start, d, n, beta);
   }
 }
 
 static void mora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
                           size_t N, float beta, float *saved) {
-  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const size_t rhat = a->rank, k = lin->in, d = lin->out;
   const float *M = a->value[0];  // (r^, r^)
   float *dM = a->grad[0];        // (r^, r^)
   float *f = a->state;           // (MORA_CHUNK, r^) dy folded onto r^ values
   for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
     const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
     float *c = saved + t0 * rhat;  // (n, r^) c from forward, then g = M^T f
-    cyclic_rows(f, rhat, dy + t0 * d, d, d, n, 0.0f);
+    cyclic_rows(f, rhat, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
     ol_bk->gemm(1, 0, rhat, rhat, n, 1.0f, f, rhat, c, rhat, 1.0f, dM, rhat);  // dM += f^T c
     ol_bk->gemm(0, 0, n, rhat, rhat, 1.0f, f, rhat, M, rhat, 0.0f, c, rhat);   // g = f M
-    cyclic_rows(dx + t0 * k, k, c, rhat, kp, n, beta);  // dx_{p mod k} += g_{p mod r^}
+    mora1_compress(lin, rhat, c, dx + t0 * k, n, beta, 1);  // dx_{p mod k} += g_{p mod r^}
   }
 }
 
@@ -124,7 +154,7 @@ static void mora_merge(const ol_adapter *a, ol_linear *lin) {
   // W (d, k): W[i, p mod k] += M[i mod r^, p mod r^] for p < k_pad
   const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
   for (size_t i = 0; i < lin->out; i++)
-    cyclic_add(lin->W + i * k, k, a->value[0] + (i % rhat) * rhat, rhat, kp);
+    cyclic_add(lin->W + i * k, k, 0, a->value[0] + (i % rhat) * rhat, rhat, 0, kp);
 }
 
 const ol_adapter_ops ol_mora_ops = {
@@ -164,7 +194,7 @@ static void rotated_groups(const ol_adapter *a, const ol_linear *lin, const floa
   const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
   const float *cos_t, *sin_t;
   rope_tables(a, kp, &cos_t, &sin_t);
-  cyclic_rows(Z, kp, x, k, kp, n, 0.0f);
+  cyclic_rows(Z, kp, 0, x, k, 0, kp, n, 0.0f);
   ol_bk->rope_apply(Z, cos_t, sin_t, n, kp / rhat, 1, rhat, 0);  // Z as (n, G, 1 head, r^)
 }
 
@@ -179,7 +209,7 @@ static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, f
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, x + t0 * k, n, Z);
     ol_bk->gemm(0, 1, n * (kp / rhat), rhat, rhat, 1.0f, Z, rhat, M, rhat, 0.0f, O, rhat);
-    cyclic_rows(y + t0 * d, d, O, kp, d, n, beta);  // y (n, d) = beta y + o truncated or tiled
+    cyclic_rows(y + t0 * d, d, 0, O, kp, 0, d, n, beta);  // y (n, d) = beta y + o truncated or tiled
   }
 }
 
@@ -196,11 +226,11 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
   for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, saved + t0 * k, n, Z);
-    cyclic_rows(F, kp, dy + t0 * d, d, d, n, 0.0f);  // f_q = sum over i = q mod k_pad of dy_i
+    cyclic_rows(F, kp, 0, dy + t0 * d, d, 0, d, n, 0.0f);  // f_q = sum over i = q mod k_pad of dy_i
     ol_bk->gemm(1, 0, rhat, rhat, n * rows, 1.0f, F, rhat, Z, rhat, 1.0f, dM, rhat);  // f z^T
     ol_bk->gemm(0, 0, n * rows, rhat, rhat, 1.0f, F, rhat, M, rhat, 0.0f, Z, rhat);   // M^T f
     ol_bk->rope_apply(Z, cos_t, sin_t, n, rows, 1, rhat, 1);  // rot_g^T
-    cyclic_rows(dx + t0 * k, k, Z, kp, kp, n, beta);  // fold back through the padding
+    cyclic_rows(dx + t0 * k, k, 0, Z, kp, 0, kp, n, beta);  // fold back through the padding
   }
 }
 
