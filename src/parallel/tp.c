@@ -34,10 +34,24 @@ void ol_tp_allreduce_double(ol_grid *g, double *x, size_t n, ol_comm_kind kind) 
 
 void ol_tp_reduce_partial_grads(ol_grid *g, ol_params *p) {
   if (!tp_active(g)) return;
-  for (size_t i = 0; i < p->count; i++)
-    if (p->entries[i].tp_partial)
-      allreduce(g, p->grad + p->entries[i].offset, p->entries[i].numel, MPI_FLOAT, sizeof(float),
-                MPI_SUM, OL_COMM_TP_BWD);
+  // the partial gradients are scattered over the flat buffer (two small vectors per layer for
+  // 1LoRA): pack them, reduce once, unpack
+  size_t n = 0;
+  for (size_t i = 0; i < p->count; i++) n += p->entries[i].tp_partial ? p->entries[i].numel : 0;
+  if (n == 0) return;
+  float *packed = ol_calloc(n, sizeof(float));  // (n) every partial gradient, in table order
+  for (size_t i = 0, at = 0; i < p->count; i++)
+    if (p->entries[i].tp_partial) {
+      memcpy(packed + at, p->grad + p->entries[i].offset, p->entries[i].numel * sizeof(float));
+      at += p->entries[i].numel;
+    }
+  allreduce(g, packed, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_BWD);
+  for (size_t i = 0, at = 0; i < p->count; i++)
+    if (p->entries[i].tp_partial) {
+      memcpy(p->grad + p->entries[i].offset, packed + at, p->entries[i].numel * sizeof(float));
+      at += p->entries[i].numel;
+    }
+  ol_free(packed);
 }
 
 double ol_tp_grad_sumsq(ol_grid *g, const ol_params *p) {
