@@ -86,6 +86,8 @@ size_t ol_tensor_numel(const ol_tensor *t);
 void ol_model_free(ol_model *m);
 /* Number of trainable values */
 size_t ol_model_trainable(const ol_model *m);
+/* The gradient of a model tensor in the flat buffer, or NULL when it is frozen */
+float *ol_model_grad(const ol_model *m, const ol_tensor *t);
 /* Looks up a weight by HF name, NULL if absent */
 ol_tensor *ol_model_tensor(ol_model *m, const char *name);
 

@@ -102,9 +102,10 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) m->blocks[l].lin[p].work = a->lin_work;
 }
 
-/* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. Under TP the attention runs on this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP
- * rows; the row-parallel o and down produce partial sums: tp_rank 0 adds its partial to the
- * residual, the others write theirs alone, and one all-reduce over TP sums them. */
+/* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. Under TP the attention runs on
+ * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
+ * down produce partial sums: tp_rank 0 adds its partial to the residual, the others write
+ * theirs alone, and one all-reduce over TP sums them. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
@@ -146,8 +147,7 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   const size_t tp = (size_t)m->tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
-  float *dnorm1 = b->attn_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)b->attn_norm.param) : NULL;
-  float *dnorm2 = b->mlp_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)b->mlp_norm.param) : NULL;
+  float *dnorm1 = ol_model_grad(m, &b->attn_norm), *dnorm2 = ol_model_grad(m, &b->mlp_norm);
 
   // MLP: out = x2 + down(silu(gate(xn2)) * up(xn2))
   float *dh = a->h;                                   // (N, F)
@@ -239,7 +239,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   float *xn = a->xn;                  // (N, D) normed
   float *dxn = a->att;                // (N, D) its gradient
   ol_bk->rmsnorm_forward(xn, a->rstd_final, xl, m->final_norm.data, N, D, (float)c->norm_eps);
-  float *dhead = m->lm_head.param >= 0 ? ol_params_grad(&m->params, (size_t)m->lm_head.param) : NULL;
+  float *dhead = ol_model_grad(m, &m->lm_head);
   double loss = 0.0;
   for (size_t t0 = 0; t0 < N; t0 += a->head_chunk) {
     size_t n = N - t0 < a->head_chunk ? N - t0 : a->head_chunk;
@@ -252,7 +252,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   }
   if (grad_scale != 0.0f) {
     ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
-    float *dnorm = m->final_norm.param >= 0 ? ol_params_grad(&m->params, (size_t)m->final_norm.param) : NULL;
+    float *dnorm = ol_model_grad(m, &m->final_norm);
     memset(a->dres, 0, N * D * sizeof(float));
     ol_bk->rmsnorm_backward(a->dres, dnorm, dxn, xl, m->final_norm.data, a->rstd_final, N, D);
   }
@@ -263,6 +263,6 @@ void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
   const size_t N = a->N, D = (size_t)m->cfg.dim, L = m->stage.n_layers;
   set_linear_work(m, a);
   for (size_t l = L; l-- > 0;) block_backward(m, a, l, a->xs + l * N * D);
-  if (m->stage.has_embed && m->embed.param >= 0)
-    embed_backward(m, ol_params_grad(&m->params, (size_t)m->embed.param), tokens, a->dres, N);
+  float *dembed = ol_model_grad(m, &m->embed);
+  if (m->stage.has_embed && dembed) embed_backward(m, dembed, tokens, a->dres, N);
 }

@@ -193,11 +193,9 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
       ol_block *b = &m->blocks[l];
       ol_linear *lin = &b->lin[p];
       lin->W = b->w[p].data;
-      lin->dW = lin->w_param >= 0 ? ol_params_grad(&m->params, (size_t)lin->w_param) : NULL;
+      lin->dW = ol_model_grad(m, &b->w[p]);
       lin->bias = b->bias[p].ndim ? b->bias[p].data : NULL;
-      lin->dbias = lin->bias && b->bias[p].param >= 0
-                       ? ol_params_grad(&m->params, (size_t)b->bias[p].param)
-                       : NULL;
+      lin->dbias = lin->bias ? ol_model_grad(m, &b->bias[p]) : NULL;
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_adapter *a = &lin->adapters[i];
         ol_adapter_bind(a, &m->params);
@@ -261,6 +259,10 @@ void ol_model_randomize(ol_model *m, uint64_t seed) {
 }
 
 size_t ol_model_trainable(const ol_model *m) { return m->params.total; }
+
+float *ol_model_grad(const ol_model *m, const ol_tensor *t) {
+  return t->param >= 0 ? ol_params_grad(&m->params, (size_t)t->param) : NULL;
+}
 
 ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
   for (size_t i = 0; i < m->n_tensors; i++)
