@@ -87,21 +87,54 @@ int ol_h5_open_read(const char *path, hid_t *file) {
 }
 
 int ol_h5_create(const char *path, hid_t *file) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  int rc = ol_h5_create_with(path, fapl, file);
+  ol_h5_free(fapl);
+  if (rc != OL_OK) unlink(path);
+  return rc;
+}
+
+int ol_h5_create_with(const char *path, hid_t fapl, hid_t *file) {
   h5_quiet();
   *file = H5I_INVALID_HID;
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0666);  /* for a plain errno message */
+  /* a probe for a plain errno message; no O_TRUNC, so that the probe of a late rank of a
+   * parallel create cannot cut what the others already wrote */
+  int fd = open(path, O_WRONLY | O_CREAT, 0666);
   if (fd < 0) return ol_error("%s: cannot create: %s", path, strerror(errno));
   close(fd);
-  hid_t fapl = file_access(H5F_CLOSE_SEMI);
+  H5Pset_fclose_degree(fapl, H5F_CLOSE_SEMI);
+#if H5_VERSION_GE(1, 10, 7)
+  H5Pset_file_locking(fapl, 1, 1);
+#endif
   *file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   char why[300] = "";
   if (*file < 0) ol_h5_reason(why, sizeof why);
-  ol_h5_free(fapl);
-  if (*file < 0) {
-    unlink(path);
-    return ol_error("%s: cannot create HDF5 file%s", path, why);
-  }
+  if (*file < 0) return ol_error("%s: cannot create HDF5 file%s", path, why);
   return OL_OK;
+}
+
+/* Reads the hyperslab [start, start + count) of an open dataset into dst (prod(count) floats). */
+int ol_h5_read_slice(hid_t dset, const char *file, const char *what, int ndim,
+                     const size_t *start, const size_t *count, float *dst) {
+  hsize_t hstart[OL_MAX_DIMS], hcount[OL_MAX_DIMS];  /* (ndim,) */
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    hstart[i] = start[i];
+    hcount[i] = count[i];
+    n *= count[i];
+  }
+  if (n == 0) return OL_OK;
+  hid_t fspace = H5Dget_space(dset);
+  hid_t mspace = H5Screate_simple(ndim, hcount, NULL);
+  int rc;
+  if (fspace < 0 || mspace < 0 ||
+      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, hstart, NULL, hcount, NULL) < 0)
+    rc = ol_error("%s: cannot select a slice of dataset '%s'", file, what);
+  else
+    rc = ol_h5_read_floats(dset, fspace, mspace, n, file, what, dst);
+  ol_h5_free(mspace);
+  ol_h5_free(fspace);
+  return rc;
 }
 
 char *ol_io_tmp_path(const char *path) {
