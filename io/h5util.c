@@ -449,7 +449,8 @@ int ol_h5_read_floats(hid_t dset, hid_t fspace, hid_t mspace, size_t n, const ch
   ol_h5_free(mtype);
   if (bad_checksum)
     return ol_error("%s: dataset '%s' failed its checksum (the file is corrupt)", file, what);
-  if (err < 0) return ol_error("%s: cannot read dataset '%s': the data is corrupt%s", file, what, why);
+  if (err < 0)
+    return ol_error("%s: cannot read dataset '%s': the data is corrupt%s", file, what, why);
   if (kind == FLOAT_NATIVE) return OL_OK;
   /* The n halves sit in the first 2n bytes of dst. Widen back to front: dst[i] (bytes 4i..4i+3)
    * only overwrites halves i' >= 2i, which were already read. */

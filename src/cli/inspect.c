@@ -259,6 +259,8 @@ static int layer_module(const char *name, size_t n_layers, size_t *layer, int *m
   return 0;
 }
 
+static size_t cell(size_t layer, int module) { return layer * N_MODULES + (size_t)module; }
+
 static void layer_table_build(layer_table *t, const row_list *rows, size_t n_layers) {
   memset(t, 0, sizeof *t);
   t->n_layers = n_layers;
@@ -271,8 +273,8 @@ static void layer_table_build(layer_table *t, const row_list *rows, size_t n_lay
     if (r->group != OL_GROUP_PARAMS || r->in == OTHER_ONLY ||
         !layer_module(r->e.name, n_layers, &l, &m))
       continue;
-    t->sq[l * N_MODULES + (size_t)m] += r->l2 * r->l2;
-    t->has[l * N_MODULES + (size_t)m] = 1;
+    t->sq[cell(l, m)] += r->l2 * r->l2;
+    t->has[cell(l, m)] = 1;
     t->col_used[m] = 1;
   }
 }
@@ -292,13 +294,19 @@ static int outside_layers(const row *r, size_t n_layers) {
 
 static double row_total(const layer_table *t, size_t l) {
   double sq = 0;
-  for (int m = 0; m < N_MODULES; m++) sq += t->sq[l * N_MODULES + (size_t)m];
+  for (int m = 0; m < N_MODULES; m++) sq += t->sq[cell(l, m)];
   return sqrt(sq);
 }
 
 static double col_total(const layer_table *t, int m) {
   double sq = 0;
-  for (size_t l = 0; l < t->n_layers; l++) sq += t->sq[l * N_MODULES + (size_t)m];
+  for (size_t l = 0; l < t->n_layers; l++) sq += t->sq[cell(l, m)];
+  return sqrt(sq);
+}
+
+static double grand_total(const layer_table *t) {
+  double sq = 0;
+  for (size_t i = 0; i < t->n_layers * N_MODULES; i++) sq += t->sq[i];
   return sqrt(sq);
 }
 
@@ -322,20 +330,15 @@ static void print_layers(const layer_table *t, const row_list *rows) {
       printf("%7zu", l);
       for (int m = 0; m < N_MODULES; m++) {
         if (!t->col_used[m]) continue;
-        if (t->has[l * N_MODULES + (size_t)m]) printf(" %11.4e", sqrt(t->sq[l * N_MODULES + (size_t)m]));
+        if (t->has[cell(l, m)]) printf(" %11.4e", sqrt(t->sq[cell(l, m)]));
         else printf(" %11s", "-");
       }
       printf(" %11.4e\n", row_total(t, l));
     }
-    double all = 0;
     printf("%7s", "total");
-    for (int m = 0; m < N_MODULES; m++) {
-      if (!t->col_used[m]) continue;
-      double c = col_total(t, m);
-      all += c * c;
-      printf(" %11.4e", c);
-    }
-    printf(" %11.4e\n", sqrt(all));
+    for (int m = 0; m < N_MODULES; m++)
+      if (t->col_used[m]) printf(" %11.4e", col_total(t, m));
+    printf(" %11.4e\n", grand_total(t));
   }
   int first = 1;
   for (size_t i = 0; i < rows->n; i++) {
@@ -353,20 +356,15 @@ static void print_layers_csv(const layer_table *t, const row_list *rows) {
   for (size_t l = 0; l < t->n_layers; l++) {
     int any = 0;
     for (int m = 0; m < N_MODULES; m++)
-      if (t->has[l * N_MODULES + (size_t)m]) {
-        printf("%zu,%s,%.17g\n", l, module_short(m), sqrt(t->sq[l * N_MODULES + (size_t)m]));
+      if (t->has[cell(l, m)]) {
+        printf("%zu,%s,%.17g\n", l, module_short(m), sqrt(t->sq[cell(l, m)]));
         any = 1;
       }
     if (any) printf("%zu,total,%.17g\n", l, row_total(t, l));
   }
-  double all = 0;
-  for (int m = 0; m < N_MODULES; m++) {
-    if (!t->col_used[m]) continue;
-    double c = col_total(t, m);
-    all += c * c;
-    printf("all,%s,%.17g\n", module_short(m), c);
-  }
-  if (any_col(t)) printf("all,total,%.17g\n", sqrt(all));
+  for (int m = 0; m < N_MODULES; m++)
+    if (t->col_used[m]) printf("all,%s,%.17g\n", module_short(m), col_total(t, m));
+  if (any_col(t)) printf("all,total,%.17g\n", grand_total(t));
   for (size_t i = 0; i < rows->n; i++)
     if (outside_layers(&rows->r[i], t->n_layers))
       printf("outside,%s,%.17g\n", rows->r[i].e.name, rows->r[i].l2);
@@ -427,7 +425,8 @@ static void print_table(const row_list *rows, ol_ckpt_group g, const ckpt_file *
   for (size_t i = 0; i < rows->n; i++) {
     const row *r = &rows->r[i];
     if (r->group != g) continue;
-    printf("  %-*s %*s", (int)wn, r->e.name, (int)ws, shape_str(&r->e, "[", ", ", "]", sh, sizeof sh));
+    printf("  %-*s %*s", (int)wn, r->e.name, (int)ws,
+           shape_str(&r->e, "[", ", ", "]", sh, sizeof sh));
     if (r->in == OTHER_ONLY) {
       printf("   (only in %s)\n", b->path);
       continue;
@@ -440,7 +439,8 @@ static void print_table(const row_list *rows, ol_ckpt_group g, const ckpt_file *
 }
 
 static void print_csv(const row_list *rows, const options *o, int diff) {
-  printf("group,name,shape,numel,l2,min,max,mean_abs%s\n", diff ? ",diff_abs,diff_rel,present" : "");
+  printf("group,name,shape,numel,l2,min,max,mean_abs%s\n",
+         diff ? ",diff_abs,diff_rel,present" : "");
   static const char *const present[] = {"both", "ckpt_only", "other_only"};
   char sh[96];
   for (size_t i = 0; i < rows->n; i++) {
@@ -569,10 +569,11 @@ int ol_cmd_inspect(int argc, char **argv) {
     return ol_cli_fail();
   if (help) return 0;
   int rc = OL_OK;
-  if (npos == 0) rc = ol_error("onelora inspect: missing the checkpoint file (see onelora inspect --help)");
+  if (npos == 0)
+    rc = ol_error("onelora inspect: missing the checkpoint file (see onelora inspect --help)");
   else if (npos > 1)
-    rc = ol_error("onelora inspect: one checkpoint expected, got '%s' and '%s' (use --diff OTHER.h5)",
-                  pos[0], pos[1]);
+    rc = ol_error("onelora inspect: one checkpoint expected, got '%s' and '%s' (use --diff "
+                  "OTHER.h5)", pos[0], pos[1]);
   else if (o.per_layer && !o.csv)
     rc = ol_error("onelora inspect: --per-layer needs --csv (the tables always show the per-layer "
                   "summary)");
