@@ -107,6 +107,9 @@ static int put_meta(hid_t f, const char *path, const ol_ckpt_meta *m) {
 
 static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
   char format[64];
+  if (H5Aexists(f, "format") <= 0)
+    return ol_error("%s: not a onelora checkpoint (no 'format' attribute%s)", path,
+                    H5Aexists(f, "architecture") > 0 ? "; it looks like a model file" : "");
   OL_TRY(ol_h5_get_str(f, path, "format", format, sizeof format));
   if (strcmp(format, CKPT_FORMAT) != 0)
     return ol_error("%s: attribute 'format' is '%s', expected '%s'", path, format, CKPT_FORMAT);

@@ -448,6 +448,22 @@ static int float_kind_of(hid_t ftype, const char *file, const char *what, float_
   return ol_error("%s: dataset '%s' has an unsupported %zu-byte float type", file, what, size);
 }
 
+/* After a failed read: 1 when the dataset has a Fletcher32 checksum and the same read succeeds
+ * with error detection off, i.e. the data is readable but its checksum does not match. */
+static int only_checksum_failed(hid_t dset, hid_t mtype, hid_t mspace, hid_t fspace, void *dst) {
+  hid_t dcpl = H5Dget_create_plist(dset);
+  unsigned flags;
+  int has_checksum = dcpl >= 0 && H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, NULL,
+                                                       NULL, 0, NULL, NULL) >= 0;
+  ol_h5_free(dcpl);
+  if (!has_checksum) return 0;
+  hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+  int ok = dxpl >= 0 && H5Pset_edc_check(dxpl, H5Z_DISABLE_EDC) >= 0 &&
+           H5Dread(dset, mtype, mspace, fspace, dxpl, dst) >= 0;
+  ol_h5_free(dxpl);
+  return ok;
+}
+
 int ol_h5_read_floats(hid_t dset, hid_t fspace, hid_t mspace, size_t n, const char *file,
                       const char *what, float *dst) {
   hid_t ftype = H5Dget_type(dset);
@@ -462,9 +478,12 @@ int ol_h5_read_floats(hid_t dset, hid_t fspace, hid_t mspace, size_t n, const ch
   herr_t err = H5Dread(dset, mtype, mspace, fspace, H5P_DEFAULT, dst);
   char why[300] = "";
   if (err < 0) ol_h5_reason(why, sizeof why);
+  int bad_checksum = err < 0 && only_checksum_failed(dset, mtype, mspace, fspace, dst);
   ol_h5_free(mtype);
+  if (bad_checksum)
+    return ol_error("%s: dataset '%s' failed its checksum (the file is corrupt)", file, what);
   if (err < 0)
-    return ol_error("%s: checksum mismatch or corrupt data in dataset '%s'%s", file, what, why);
+    return ol_error("%s: cannot read dataset '%s': the data is corrupt%s", file, what, why);
   if (kind == FLOAT_NATIVE) return OL_OK;
   /* The n halves sit in the first 2n bytes of dst. Widen back to front: dst[i] (bytes 4i..4i+3)
    * only overwrites halves i' >= 2i, which were already read. */
