@@ -190,15 +190,17 @@ static int pick_checkpoint(trainer *t, char *path, size_t size) {
   return rc;
 }
 
-/* A run that does not resume must not mix its checkpoints with another run's (--keep would
+/* Creates --ckpt-dir at start-up, so that an unusable directory fails before any training. A
+ * run that does not resume must not mix its checkpoints with another run's (--keep would
  * delete the wrong ones, and --resume auto would later pick the wrong one). */
-static int check_fresh_dir(const ol_train_opts *o) {
+static int prepare_ckpt_dir(const ol_train_opts *o) {
   int64_t *steps;
   size_t n;
-  OL_TRY(ol_ckpt_list(o->ckpt_dir, &steps, &n));
+  if (ol_io_make_dir(o->ckpt_dir) != OL_OK || ol_ckpt_list(o->ckpt_dir, &steps, &n) != OL_OK)
+    return ol_error("--ckpt-dir %s: %s", o->ckpt_dir, ol_last_error());
   int64_t newest = n ? steps[n - 1] : 0;
   ol_free(steps);
-  if (n)
+  if (n && !o->resume)
     return ol_error("--ckpt-dir %s already holds %zu checkpoint(s), the newest of step %lld: pass "
                     "--resume auto to continue that run, or choose another directory", o->ckpt_dir,
                     n, (long long)newest);
@@ -482,8 +484,9 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     rc = ol_grid_agree(o->grid, rc);
   }
   int64_t start = 0;
+  if (rc == OL_OK && o->ckpt_dir)
+    rc = ol_grid_agree(g, g->world_rank == 0 ? prepare_ckpt_dir(o) : OL_OK);
   if (rc == OL_OK && o->resume) rc = resume(&t, &start);
-  else if (rc == OL_OK && o->ckpt_dir) rc = ol_grid_agree(g, g->world_rank == 0 ? check_fresh_dir(o) : OL_OK);
   if (rc == OL_OK && start >= o->steps) {
     ol_info("checkpoint step %lld >= --steps %lld: nothing left to train", (long long)start,
             (long long)o->steps);
