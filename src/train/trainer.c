@@ -173,7 +173,8 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
 /* The methods whose tensor-parallel derivation this build implements (DESIGN §5). */
 static int check_tp_method(const ol_train_opts *o) {
   const unsigned ok = 1u << OL_AD_ONELORA | 1u << OL_AD_ONELORA_RANDOM | 1u << OL_AD_BITFIT |
-                      1u << OL_AD_LORA | 1u << OL_AD_VERA | 1u << OL_AD_MORA;
+                      1u << OL_AD_LORA | 1u << OL_AD_DORA | 1u << OL_AD_VERA | 1u << OL_AD_MORA |
+                      1u << OL_AD_MORA6;
   if (o->tp > 1 && (o->method.adapters & ~ok))
     return ol_error("--tp %d: method %s does not support tensor parallelism yet", o->tp,
                     o->method.text);
