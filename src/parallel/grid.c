@@ -46,10 +46,8 @@ int ol_grid_layout(ol_grid *g, int tp, int pp) {
 
 void ol_grid_finalize(ol_grid *g) {
   void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
-  ol_free(g->pp_requests);
-  g->pp_requests = NULL;
-  ol_free(g->world_comm);
-  g->world_comm = NULL;
+  ol_free(g->pp_requests), ol_free(g->pp_inbox), ol_free(g->world_comm);
+  g->pp_requests = g->pp_inbox = g->world_comm = NULL;
   for (int i = 0; i < 3; i++)
     if (*handles[i]) {
       MPI_Comm_free(comm(*handles[i]));
