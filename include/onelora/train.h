@@ -101,6 +101,18 @@ typedef struct {
   size_t trainable;           /* trainable values */
 } ol_train_result;
 
+/* The checkpoint benchmark: writes the trainable state of the method on a model of shape cfg
+ * (values from a hash; no frozen weights are allocated, so any shape fits) from every rank of
+ * o->grid in o's layout to path, reads it back per rank, verifies it on rank 0, and removes it. */
+typedef struct {
+  double write_s, read_s, verify_s;  /* collective write; per-rank slice reads; full verify */
+  double bytes;                      /* file size */
+  size_t trainable;
+  double step_flops;                 /* FLOPs of one training step of o's global batch */
+} ol_ckpt_bench;
+int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char *path,
+                        ol_ckpt_bench *out);
+
 /* Runs training; returns OL_OK or an error recorded with ol_error. result may be NULL. */
 int ol_train_run(const ol_train_opts *o, ol_train_result *result);
 

@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "onelora/backend.h"
 #include "onelora/core.h"
+#include "onelora/io.h"
 
 /* Best rate of an n x n x n sgemm over a few repetitions, in FLOP/s. */
 static double sgemm_rate(size_t n) {
@@ -23,17 +24,42 @@ static double sgemm_rate(size_t n) {
   return best;
 }
 
+/* --checkpoint-only: write, read back and verify the method's trainable state in o's layout,
+ * and set it against the ideal time of a training step at this machine's sgemm rate. */
+static int bench_checkpoint(ol_train_opts *o, const ol_config *cfg) {
+  if (!o->ckpt_dir) return ol_error("--checkpoint-only needs --ckpt-dir, where the file is written");
+  OL_TRY(ol_io_make_dir(o->ckpt_dir));
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bench-rank%d.h5", o->ckpt_dir, o->grid->world_rank);
+  ol_grid_bcast_str(o->grid, path, sizeof path);  // rank 0's name, on every rank
+  ol_ckpt_bench b;
+  OL_TRY(ol_checkpoint_bench(o, cfg, path, &b));
+  double rate = o->grid->world_rank == 0 ? sgemm_rate(2048) : 0.0;
+  double step_s = b.step_flops / (rate * o->grid->world_size);  // perfectly balanced ranks
+  ol_info("bench checkpoint | method %s | layout tp %d pp %d dp %d | trainable %zu | file %.2f MiB "
+          "| write %.3f s | read %.3f s | verify %.3f s | ideal step %.2f s (%.3g FLOP at %.1f "
+          "GFLOP/s x %d ranks) | write/step %.4f",
+          o->method.text, o->grid->tp, o->grid->pp, o->grid->dp, b.trainable, b.bytes / 1048576.0,
+          b.write_s, b.read_s, b.verify_s, step_s, b.step_flops, rate / 1e9, o->grid->world_size,
+          b.write_s / step_s);
+  return OL_OK;
+}
+
 int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   ol_shape_args shape;
-  ol_arg extra[OL_SHAPE_NARGS];
+  ol_arg extra[OL_SHAPE_NARGS + 1];
   ol_shape_flags(&shape, extra);
+  int ckpt_only = 0;
+  extra[OL_SHAPE_NARGS] = (ol_arg){"--checkpoint-only", OL_ARG_FLAG, &ckpt_only, NULL,
+                                   "only time a checkpoint write and read of the trainable state "
+                                   "(no weights: any shape fits), in --ckpt-dir"};
   ol_train_opts o;
   int help;
   if (ol_train_flags("bench", "[options]\n\nTrains on a random model of the given shape with random "
                      "tokens, then reports tokens/s,\nachieved FLOP/s over a 2048^3 sgemm measured "
                      "in the same run, and peak RSS over the\nanalytic minimum (weights + "
                      "trainable state + the activations backward keeps).",
-                     argc, argv, extra, OL_SHAPE_NARGS, 1, &o, &help) != OL_OK)
+                     argc, argv, extra, OL_SHAPE_NARGS + 1, 1, &o, &help) != OL_OK)
     return ol_cli_fail();
   if (help) return 0;
   ol_config cfg;
@@ -44,6 +70,7 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   }
   o.synthetic = &cfg;
   o.grid = grid;
+  if (ckpt_only) return bench_checkpoint(&o, &cfg) == OL_OK ? 0 : ol_cli_fail();
   // adapters can be detached to time the frozen twin of each step; trainable norms or weights
   // cannot, so those runs report no ratio (compare their median step with a `none` run)
   o.time_frozen = o.method.adapters != 0 && !o.method.full && !o.method.norms;

@@ -7,9 +7,11 @@
  * tensor) writes it, the others write nothing. Chunks are the shards, so no two ranks write
  * one chunk. Reading is per rank: each reads its own slices of the full tensors, whatever
  * layout wrote them, which is what makes a resume under another layout work. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "onelora/io.h"
@@ -193,5 +195,86 @@ int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta
   for (int k = 0; rc == OL_OK && k < 4; k++) rc = verify_group(c, path, k, &plan);
   ol_model_free(&plan);
   ol_ckpt_close(c);
+  return rc;
+}
+
+/* ---- the checkpoint benchmark ---------------------------------------------------------- */
+
+int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char *path,
+                        ol_ckpt_bench *out) {
+  ol_grid *g = o->grid;
+  memset(out, 0, sizeof *out);
+  OL_TRY(ol_grid_layout(g, o->tp, o->pp));
+  if (cfg->n_layers < g->pp)
+    return ol_error("--pp %d: the model has only %lld layers", g->pp, (long long)cfg->n_layers);
+  // the trainable state only: no frozen weights, so 13B shapes fit on a laptop
+  ol_stage stage = ol_pipeline_stage(cfg, g->pp, g->pp_rank);
+  stage.tp = g->tp, stage.tp_rank = g->tp_rank;
+  ol_model m = {0};
+  int rc = ol_model_layout_stage(&m, cfg, &o->method, o->seed, &stage);
+  OL_TRY(ol_grid_agree(g, rc));
+  ol_params_alloc(&m.params);
+  m.grid = g;
+  float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each
+  for (size_t i = 0; i < m.params.total; i++)
+    for (int k = 0; k < 3; k++) bufs[k][i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;
+  ol_ckpt_meta meta = {0};
+  meta.version = OL_CKPT_VERSION;
+  meta.step = 1;
+  ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
+  ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
+  meta.cfg = *cfg;
+  meta.tp = g->tp, meta.pp = g->pp, meta.dp = g->dp;
+  meta.seed = o->seed;
+  meta.rank = o->method.rank;
+  meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
+  meta.global_batch = o->micro_batch * o->micro_batches * g->dp;
+  meta.seq_len = o->seq_len;
+  meta.data_cursor = (uint64_t)meta.global_batch;
+  meta.shuffle = o->shuffle;
+
+  ol_grid_agree(g, OL_OK);  // start together
+  double t0 = ol_now();
+  rc = ol_checkpoint_save(g, &m, &meta, path);  // ends agreed: every rank done
+  out->write_s = ol_now() - t0;
+  // read back into fresh buffers, each rank its own slices, and compare
+  ol_params back = m.params;
+  back.data = ol_calloc(3 * m.params.total + 1, sizeof(float));  // (3, total)
+  back.m = back.data + m.params.total, back.v = back.m + m.params.total;
+  if (rc == OL_OK) {
+    t0 = ol_now();
+    ol_ckpt *c;
+    ol_ckpt_meta found;
+    rc = ol_ckpt_open(path, &c, &found);
+    if (rc == OL_OK) {
+      rc = ol_checkpoint_load(&back, &m.generated, c, 1);
+      ol_ckpt_close(c);
+    }
+    const float *again[3] = {back.data, back.m, back.v};
+    for (int k = 0; rc == OL_OK && k < 3; k++)
+      if (memcmp(again[k], bufs[k], m.params.total * sizeof(float)) != 0)
+        rc = ol_error("%s: the state read back differs from the state written", path);
+    rc = ol_grid_agree(g, rc);
+    out->read_s = ol_now() - t0;
+  }
+  if (rc == OL_OK && g->world_rank == 0) {
+    int mismatch;
+    ol_ckpt_meta found;
+    t0 = ol_now();
+    rc = ol_checkpoint_verify(path, &m, &meta, &found, &mismatch);
+    out->verify_s = ol_now() - t0;
+    struct stat st;
+    out->bytes = stat(path, &st) == 0 ? (double)st.st_size : 0.0;
+  }
+  rc = ol_grid_agree(g, rc);
+  if (g->world_rank == 0) unlink(path);
+  ol_model whole = {0};
+  if (rc == OL_OK) rc = ol_model_layout(&whole, cfg, &o->method, o->seed);
+  out->trainable = ol_model_trainable(&whole);
+  out->step_flops = ol_model_flops(&whole, (size_t)meta.global_batch * (size_t)o->seq_len,
+                                   (size_t)o->seq_len);
+  ol_model_free(&whole);
+  ol_free(back.data);
+  ol_model_free(&m);
   return rc;
 }
