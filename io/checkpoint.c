@@ -2,6 +2,8 @@
  * frozen, each holding one f32 dataset per tensor at its full logical shape. Every dataset is
  * chunked with a Fletcher32 checksum, so corruption is caught on read. A checkpoint is written
  * to "<path>.tmp", synced and renamed: a reader never sees a half-written file. */
+#include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -9,6 +11,8 @@
 #include "h5util.h"
 #include "onelora/core.h"
 #include "onelora/io.h"
+
+#include <mpi.h>
 
 #define CKPT_FORMAT "onelora-checkpoint"
 /* Chunks hold at most this many floats (4 MiB): large enough for fast I/O, small enough that a
@@ -38,13 +42,16 @@ struct ol_ckpt {
   hid_t group[OL_GROUP_COUNT];
   char *path;
   char *tmp;    /* "<path>.tmp" while writing; NULL for a reader */
-  int failed;   /* a write failed: finish discards the file */
+  int parallel; /* written by the ranks of an MPI communicator */
+  int failed;   /* a write failed: the writer's later writes are skipped */
+  hid_t xfer;   /* dataset transfer: collective under MPI-IO */
   ckpt_index index[OL_GROUP_COUNT];  /* reader: each group's datasets, built on first use */
 };
 
 static ol_ckpt *ckpt_new(const char *path) {
   ol_ckpt *c = ol_calloc(1, sizeof *c);
   c->file = H5I_INVALID_HID;
+  c->xfer = H5I_INVALID_HID;
   for (int g = 0; g < OL_GROUP_COUNT; g++) c->group[g] = H5I_INVALID_HID;
   size_t n = strlen(path) + 1;
   c->path = ol_calloc(n, 1);
@@ -55,6 +62,8 @@ static ol_ckpt *ckpt_new(const char *path) {
 /* Closes every handle; the file last, so its close can report objects still open. */
 static int ckpt_close_handles(ol_ckpt *c) {
   for (int g = 0; g < OL_GROUP_COUNT; g++) ol_h5_free(c->group[g]);
+  ol_h5_free(c->xfer);
+  c->xfer = H5I_INVALID_HID;
   herr_t rc = c->file >= 0 ? H5Fclose(c->file) : 0;
   c->file = H5I_INVALID_HID;
   return rc < 0 ? OL_ERR : OL_OK;
@@ -90,11 +99,17 @@ static int put_meta(hid_t f, const char *path, const ol_ckpt_meta *m) {
   OL_TRY(ol_h5_put_i64(f, path, "rank", m->rank));
   OL_TRY(ol_h5_put_i64(f, path, "alpha_x1000", m->alpha_x1000));
   OL_TRY(ol_h5_put_u64(f, path, "data_cursor", m->data_cursor));
+  OL_TRY(ol_h5_put_i64(f, path, "global_batch", m->global_batch));
+  OL_TRY(ol_h5_put_i64(f, path, "seq_len", m->seq_len));
+  OL_TRY(ol_h5_put_i64(f, path, "shuffle", m->shuffle));
   return OL_OK;
 }
 
 static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
   char format[64];
+  if (H5Aexists(f, "format") <= 0)
+    return ol_error("%s: not a onelora checkpoint (no 'format' attribute%s)", path,
+                    H5Aexists(f, "architecture") > 0 ? "; it looks like a model file" : "");
   OL_TRY(ol_h5_get_str(f, path, "format", format, sizeof format));
   if (strcmp(format, CKPT_FORMAT) != 0)
     return ol_error("%s: attribute 'format' is '%s', expected '%s'", path, format, CKPT_FORMAT);
@@ -115,26 +130,48 @@ static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
   OL_TRY(ol_h5_get_i64(f, path, "rank", &m->rank));
   OL_TRY(ol_h5_get_i64(f, path, "alpha_x1000", &m->alpha_x1000));
   OL_TRY(ol_h5_get_u64(f, path, "data_cursor", &m->data_cursor));
+  OL_TRY(ol_h5_get_i64(f, path, "global_batch", &m->global_batch));
+  OL_TRY(ol_h5_get_i64(f, path, "seq_len", &m->seq_len));
+  OL_TRY(ol_h5_get_i64(f, path, "shuffle", &m->shuffle));
   return OL_OK;
 }
 
-/* ---- writing ---------------------------------------------------------------------------- */
+/* ---- writing ----------------------------------------------------------------------------- */
 
-int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, ol_ckpt **out) {
+/* File access for the writer: MPI-IO over comm when given (every rank of comm writes its own
+ * slices; metadata operations are collective), else the default driver. */
+static hid_t writer_access(void *mpi_comm) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl < 0 || !mpi_comm) return fapl;
+  if (H5Pset_fapl_mpio(fapl, *(MPI_Comm *)mpi_comm, MPI_INFO_NULL) < 0 ||
+      H5Pset_all_coll_metadata_ops(fapl, 1) < 0 || H5Pset_coll_metadata_write(fapl, 1) < 0) {
+    H5Pclose(fapl);
+    return H5I_INVALID_HID;
+  }
+  return fapl;
+}
+
+int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, void *mpi_comm, ol_ckpt **out) {
   *out = NULL;
   OL_TRY(ol_config_validate(&meta->cfg, path));
   ol_ckpt *c = ckpt_new(path);
   c->tmp = ol_io_tmp_path(path);
-  int rc = ol_h5_create(c->tmp, &c->file);
+  c->parallel = mpi_comm != NULL;
+  hid_t fapl = writer_access(mpi_comm);
+  int rc = fapl >= 0 ? ol_h5_create_with(c->tmp, fapl, &c->file)
+                     : ol_error("%s: cannot set up MPI-IO file access", path);
+  ol_h5_free(fapl);
+  c->xfer = H5Pcreate(H5P_DATASET_XFER);
+  if (rc == OL_OK && (c->xfer < 0 || (c->parallel && H5Pset_dxpl_mpio(c->xfer, H5FD_MPIO_COLLECTIVE) < 0)))
+    rc = ol_error("%s: cannot set up collective writes", path);
   if (rc == OL_OK) rc = put_meta(c->file, path, meta);
   for (int g = 0; rc == OL_OK && g < OL_GROUP_COUNT; g++) {
     c->group[g] = H5Gcreate2(c->file, group_names[g], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     if (c->group[g] < 0) rc = ol_error("%s: cannot create group '%s'", path, group_names[g]);
   }
   if (rc != OL_OK) {
-    int created = c->file >= 0;
     ckpt_close_handles(c);
-    if (created) unlink(c->tmp);
+    if (!c->parallel) unlink(c->tmp);  /* a parallel writer's tmp file is the caller's */
     ckpt_free(c);
     return rc;
   }
@@ -142,19 +179,21 @@ int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, ol_ckpt **out) {
   return OL_OK;
 }
 
-/* Chunk shape: the full shape, halved along the leading dims until a chunk is small enough. */
-static hid_t chunked_checksummed(int ndim, const hsize_t *dims) {
+/* Chunk shape: the given one (a shard's extent, so that every shard is whole chunks), else the
+ * full shape; halved along the leading dims until a chunk is small enough. Every rank derives
+ * the same chunks from the same arguments, as the collective create requires. */
+static hid_t chunked_checksummed(int ndim, const hsize_t *dims, const size_t *shard) {
   hsize_t chunk[OL_MAX_DIMS];  /* (ndim,) */
   hsize_t elems = 1;
   for (int i = 0; i < ndim; i++) {
-    chunk[i] = dims[i] > 0 ? dims[i] : 1;
+    hsize_t want = shard ? shard[i] : dims[i];
+    chunk[i] = want > 0 ? want : 1;
     elems *= chunk[i];
   }
   for (int i = 0; i < ndim && elems > CHUNK_ELEMS; i++)
-    while (elems > CHUNK_ELEMS && chunk[i] > 1) {
-      elems /= chunk[i];
-      chunk[i] = (chunk[i] + 1) / 2;
-      elems *= chunk[i];
+    while (elems > CHUNK_ELEMS && chunk[i] > 1 && chunk[i] % 2 == 0) {
+      chunk[i] /= 2;  /* an even halving keeps shard boundaries on chunk boundaries */
+      elems /= 2;
     }
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   if (dcpl >= 0 && (H5Pset_chunk(dcpl, ndim, chunk) < 0 || H5Pset_fletcher32(dcpl) < 0)) {
@@ -164,27 +203,42 @@ static hid_t chunked_checksummed(int ndim, const hsize_t *dims) {
   return dcpl;
 }
 
+/* Creates the dataset and writes this rank's slice (none when count has a zero). Every rank of
+ * a parallel writer makes the same calls, so one rank's local failure cannot leave the others
+ * waiting in a collective: the caller agrees on the outcome afterwards. */
 static int write_dataset(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
-                         const size_t *shape, const float *src) {
+                         const size_t *shape, const size_t *chunk, const size_t *start,
+                         const size_t *count, const float *src) {
   const char *gname = group_names[g];
   OL_TRY(ol_h5_check_name(c->path, name));
   if (H5Lexists(c->group[g], name, H5P_DEFAULT) > 0)
     return ol_error("%s: dataset '%s/%s' written twice", c->path, gname, name);
-  hsize_t dims[OL_MAX_DIMS];  /* (ndim,) */
+  hsize_t dims[OL_MAX_DIMS], hstart[OL_MAX_DIMS], hcount[OL_MAX_DIMS];  /* (ndim,) */
   size_t n = 1;
   for (int i = 0; i < ndim; i++) {
-    dims[i] = shape[i];
-    n *= shape[i];
+    if (start[i] > shape[i] || count[i] > shape[i] - start[i])
+      return ol_error("%s: slice [%zu, %zu) of dimension %d is outside dataset '%s/%s' (size %zu)",
+                      c->path, start[i], start[i] + count[i], i, gname, name, shape[i]);
+    dims[i] = shape[i], hstart[i] = start[i], hcount[i] = count[i];
+    n *= count[i];
   }
   hid_t space = H5Screate_simple(ndim, dims, NULL);
-  hid_t dcpl = chunked_checksummed(ndim, dims);
+  hid_t dcpl = chunked_checksummed(ndim, dims, chunk);
   hid_t dset = space >= 0 && dcpl >= 0 ? H5Dcreate2(c->group[g], name, H5T_IEEE_F32LE, space,
                                                     H5P_DEFAULT, dcpl, H5P_DEFAULT)
                                        : H5I_INVALID_HID;
-  int ok = dset >= 0 &&
-           (n == 0 || H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) >= 0);
+  hid_t fspace = dset >= 0 ? H5Dget_space(dset) : H5I_INVALID_HID;
+  hid_t mspace = H5Screate_simple(ndim, hcount, NULL);
+  int ok = fspace >= 0 && mspace >= 0;
+  if (ok && n > 0) ok = H5Sselect_hyperslab(fspace, H5S_SELECT_SET, hstart, NULL, hcount, NULL) >= 0;
+  else if (ok) ok = H5Sselect_none(fspace) >= 0 && H5Sselect_none(mspace) >= 0;
+  static const float nothing = 0.0f;  /* the buffer of an empty selection */
+  if (ok && (n > 0 || c->parallel))   /* an empty rank still joins the collective write */
+    ok = H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, c->xfer, n > 0 ? src : &nothing) >= 0;
   char why[300] = "";
   if (!ok) ol_h5_reason(why, sizeof why);
+  ol_h5_free(mspace);
+  ol_h5_free(fspace);
   ol_h5_free(dset);
   ol_h5_free(dcpl);
   ol_h5_free(space);
@@ -192,28 +246,62 @@ static int write_dataset(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim
   return OL_OK;
 }
 
-int ol_ckpt_write(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
-                  const float *src) {
+int ol_ckpt_write_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
+                        const size_t *shape, const size_t *chunk, const size_t *start,
+                        const size_t *count, const float *src) {
   OL_CHECK(c && c->tmp);
   OL_CHECK((unsigned)g < OL_GROUP_COUNT);
   OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
-  int rc = write_dataset(c, g, name, ndim, shape, src);
+  if (c->failed) return OL_ERR;  /* the first failure is the one reported */
+  int rc = write_dataset(c, g, name, ndim, shape, chunk, start, count, src);
   if (rc != OL_OK) c->failed = 1;
   return rc;
 }
 
-int ol_ckpt_finish(ol_ckpt *c) {
+int ol_ckpt_write(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
+                  const float *src) {
+  static const size_t zero[OL_MAX_DIMS] = {0};
+  return ol_ckpt_write_slice(c, g, name, ndim, shape, NULL, zero, shape, src);
+}
+
+int ol_ckpt_close_written(ol_ckpt *c) {
   OL_CHECK(c && c->tmp);
-  int rc = OL_OK;
-  if (c->failed) rc = ol_error("%s: checkpoint discarded after a failed write", c->path);
+  int rc = c->failed ? ol_error("%s: checkpoint discarded after a failed write", c->path) : OL_OK;
   char why[300] = "";
+  /* flush first: under MPI-IO that syncs every rank's part (MPI_File_sync) */
+  if (H5Fflush(c->file, H5F_SCOPE_GLOBAL) < 0 && rc == OL_OK) {
+    ol_h5_reason(why, sizeof why);
+    rc = ol_error("%s: cannot flush %s%s", c->path, c->tmp, why);
+  }
   if (ckpt_close_handles(c) != OL_OK && rc == OL_OK) {
     ol_h5_reason(why, sizeof why);
     rc = ol_error("%s: cannot close %s%s", c->path, c->tmp, why);
   }
-  if (rc == OL_OK) rc = ol_io_commit(c->tmp, c->path);
-  if (rc != OL_OK) unlink(c->tmp);
   ckpt_free(c);
+  return rc;
+}
+
+int ol_ckpt_commit(const char *path) {
+  char *tmp = ol_io_tmp_path(path);
+  int rc = ol_io_commit(tmp, path);
+  ol_free(tmp);
+  return rc;
+}
+
+void ol_ckpt_discard(const char *path) {
+  char *tmp = ol_io_tmp_path(path);
+  unlink(tmp);
+  ol_free(tmp);
+}
+
+int ol_ckpt_finish(ol_ckpt *c) {
+  OL_CHECK(c && c->tmp && !c->parallel);
+  char *path = ol_calloc(strlen(c->path) + 1, 1);
+  strcpy(path, c->path);
+  int rc = ol_ckpt_close_written(c);
+  if (rc == OL_OK) rc = ol_ckpt_commit(path);
+  if (rc != OL_OK) ol_ckpt_discard(path);
+  ol_free(path);
   return rc;
 }
 
@@ -340,9 +428,103 @@ int ol_ckpt_read(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const 
   return rc;
 }
 
+int ol_ckpt_read_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
+                       const size_t *shape, const size_t *start, const size_t *count, float *dst) {
+  OL_CHECK(c && !c->tmp && (unsigned)g < OL_GROUP_COUNT);
+  OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
+  char what[512];
+  snprintf(what, sizeof what, "%s/%s", group_names[g], name);
+  OL_TRY(ol_h5_check_name(c->path, name));
+  for (int i = 0; i < ndim; i++) OL_CHECK(start[i] <= shape[i] && count[i] <= shape[i] - start[i]);
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(c->group[g], c->path, name, what, &dset));
+  int rc = ol_h5_check_shape(dset, c->path, what, ndim, shape);
+  if (rc == OL_OK) rc = ol_h5_read_slice(dset, c->path, what, ndim, start, count, dst);
+  ol_h5_free(dset);
+  return rc;
+}
+
 void ol_ckpt_close(ol_ckpt *c) {
   if (!c) return;
   ckpt_close_handles(c);
-  if (c->tmp) unlink(c->tmp);  /* a writer closed without finish: discard its tmp file */
+  /* a writer closed without finishing: discard its tmp file (a parallel one's is the caller's) */
+  if (c->tmp && !c->parallel) unlink(c->tmp);
   ckpt_free(c);
+}
+
+/* ---- the checkpoint directory ---------------------------------------------------------- */
+
+void ol_ckpt_path(char *buf, size_t size, const char *dir, int64_t step) {
+  snprintf(buf, size, "%s/step-%08lld.h5", dir, (long long)step);
+}
+
+/* The step of a file name "step-<digits>.h5" (suffix "" ) or "step-<digits>.h5.tmp" (".tmp"),
+ * else -1. */
+static int64_t step_of(const char *name, const char *suffix) {
+  if (strncmp(name, "step-", 5) != 0) return -1;
+  const char *p = name + 5, *q = p;
+  while (*q >= '0' && *q <= '9') q++;
+  if (q - p < 8 || q - p > 18) return -1;
+  char rest[16];
+  snprintf(rest, sizeof rest, ".h5%s", suffix);
+  if (strcmp(q, rest) != 0) return -1;
+  return strtoll(p, NULL, 10);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The steps of the files in dir named like a checkpoint (suffix "") or its temporary file
+ * (".tmp"), ascending. A missing directory holds none. */
+static int list_steps(const char *dir, const char *suffix, int64_t **steps, size_t *n) {
+  *steps = NULL;
+  *n = 0;
+  DIR *d = opendir(dir);
+  if (!d) {
+    if (errno == ENOENT) return OL_OK;
+    return ol_error("%s: cannot list the checkpoint directory: %s", dir, strerror(errno));
+  }
+  size_t cap = 0;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    int64_t s = step_of(e->d_name, suffix);
+    if (s < 0) continue;
+    if (*n == cap) {
+      cap = cap ? 2 * cap : 16;
+      int64_t *grown = ol_calloc(cap, sizeof *grown);  /* (cap,) */
+      if (*n) memcpy(grown, *steps, *n * sizeof *grown);
+      ol_free(*steps);
+      *steps = grown;
+    }
+    (*steps)[(*n)++] = s;
+  }
+  closedir(d);
+  if (*n) qsort(*steps, *n, sizeof **steps, cmp_i64);
+  return OL_OK;
+}
+
+int ol_ckpt_list(const char *dir, int64_t **steps, size_t *n) {
+  return list_steps(dir, "", steps, n);
+}
+
+int ol_ckpt_prune(const char *dir, size_t keep) {
+  int64_t *steps, *tmps;
+  size_t n, nt;
+  OL_TRY(list_steps(dir, "", &steps, &n));
+  int rc = list_steps(dir, ".tmp", &tmps, &nt);
+  char path[4096];
+  for (size_t i = 0; rc == OL_OK && keep > 0 && i + keep < n; i++) {
+    ol_ckpt_path(path, sizeof path, dir, steps[i]);
+    if (unlink(path) != 0 && errno != ENOENT)
+      rc = ol_error("%s: cannot delete an old checkpoint: %s", path, strerror(errno));
+  }
+  /* temporary files of writes that died, older than the newest complete checkpoint */
+  for (size_t i = 0; rc == OL_OK && n > 0 && i < nt && tmps[i] <= steps[n - 1]; i++) {
+    ol_ckpt_path(path, sizeof path, dir, tmps[i]);
+    ol_ckpt_discard(path);
+  }
+  ol_free(steps);
+  ol_free(tmps);
+  return rc;
 }

@@ -62,30 +62,6 @@ int ol_h5model_has(ol_h5model *m, const char *name) {
   return is_dataset;
 }
 
-/* Reads the hyperslab [start, start + count) of an open dataset into dst (prod(count) floats). */
-static int read_slice(hid_t dset, const char *file, const char *name, int ndim,
-                      const size_t *start, const size_t *count, float *dst) {
-  hsize_t hstart[OL_MAX_DIMS], hcount[OL_MAX_DIMS];  /* (ndim,) */
-  size_t n = 1;
-  for (int i = 0; i < ndim; i++) {
-    hstart[i] = start[i];
-    hcount[i] = count[i];
-    n *= count[i];
-  }
-  if (n == 0) return OL_OK;
-  hid_t fspace = H5Dget_space(dset);
-  hid_t mspace = H5Screate_simple(ndim, hcount, NULL);
-  int rc;
-  if (fspace < 0 || mspace < 0 ||
-      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, hstart, NULL, hcount, NULL) < 0)
-    rc = ol_error("%s: cannot select a slice of dataset '%s'", file, name);
-  else
-    rc = ol_h5_read_floats(dset, fspace, mspace, n, file, name, dst);
-  ol_h5_free(mspace);
-  ol_h5_free(fspace);
-  return rc;
-}
-
 int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *shape,
                     const size_t *start, const size_t *count, float *dst) {
   OL_CHECK(m && !m->tmp);
@@ -97,7 +73,7 @@ int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *sha
   hid_t dset;
   OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
   int rc = ol_h5_check_shape(dset, m->path, name, ndim, shape);
-  if (rc == OL_OK) rc = read_slice(dset, m->path, name, ndim, start, count, dst);
+  if (rc == OL_OK) rc = ol_h5_read_slice(dset, m->path, name, ndim, start, count, dst);
   ol_h5_free(dset);
   return rc;
 }

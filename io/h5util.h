@@ -16,6 +16,9 @@
 int ol_h5_open_read(const char *path, hid_t *file);
 /* Creates (truncates) an HDF5 file for writing; its close fails while objects are still open. */
 int ol_h5_create(const char *path, hid_t *file);
+/* The same with the caller's file access list (e.g. MPI-IO); every rank of a parallel create
+ * calls it. On failure a file left at path is the caller's to remove. */
+int ol_h5_create_with(const char *path, hid_t fapl, hid_t *file);
 /* Closes any HDF5 id (file, group, dataset, space, type, attribute, plist); ignores invalid ids. */
 void ol_h5_free(hid_t id);
 /* " (HDF5: <most specific message>)" from the current HDF5 error stack, or "" when empty.
@@ -52,6 +55,9 @@ int ol_h5_check_shape(hid_t dset, const char *file, const char *what, int ndim,
  * into dst as f32; mspace describes dst and holds n elements. */
 int ol_h5_read_floats(hid_t dset, hid_t fspace, hid_t mspace, size_t n, const char *file,
                       const char *what, float *dst);
+/* Reads the slice [start, start + count) of a float dataset into dst (prod(count) floats). */
+int ol_h5_read_slice(hid_t dset, const char *file, const char *what, int ndim,
+                     const size_t *start, const size_t *count, float *dst);
 /* The IEEE half type as h5py/numpy write it (little-endian); close with H5Tclose. */
 hid_t ol_h5_f16_type(void);
 /* Checks that a name is usable as one dataset name (non-empty, no '/'). */

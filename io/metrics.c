@@ -77,3 +77,16 @@ void ol_metrics_close(ol_metrics *m) {
   ol_free(m->path);
   ol_free(m);
 }
+
+int ol_csv_append(const char *path, const char *header, const char *row) {
+  FILE *fp = fopen(path, "a");
+  if (!fp) return ol_error("%s: cannot open results file: %s", path, strerror(errno));
+  fseek(fp, 0, SEEK_END);
+  int ok = (ftell(fp) > 0 || fprintf(fp, "%s\n", header) >= 0) && fprintf(fp, "%s\n", row) >= 0;
+  int err = errno;
+  if (fclose(fp) != 0 && ok) {
+    ok = 0;
+    err = errno;
+  }
+  return ok ? OL_OK : ol_error("%s: cannot append to results file: %s", path, strerror(err));
+}

@@ -61,29 +61,69 @@ typedef struct {
   double loss;                /* train loss of the last step */
   /* trainer state needed for an exact resume */
   int64_t rank, alpha_x1000;  /* reserved for methods; rank = adapter rank, alpha scaled by 1000 */
-  uint64_t data_cursor;       /* samples consumed (global), for the data loader */
+  /* the data loader's state: the order is a counter-based function of (seed, shuffle, sample),
+   * so the samples consumed and the batch geometry are all of it (there is no other RNG
+   * state: generated tensors are stored in group `frozen`) */
+  uint64_t data_cursor;       /* samples consumed (global) = step * global_batch */
+  int64_t global_batch;       /* sequences per step, micro_batch * micro_batches * dp */
+  int64_t seq_len;            /* tokens per sequence */
+  int64_t shuffle;            /* 1 = shuffled order, 0 = --no-shuffle */
 } ol_ckpt_meta;
-#define OL_CKPT_VERSION 1
+#define OL_CKPT_VERSION 2
 
 typedef enum { OL_GROUP_PARAMS = 0, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V, OL_GROUP_FROZEN, OL_GROUP_COUNT } ol_ckpt_group;
 const char *ol_ckpt_group_name(ol_ckpt_group g);  /* "params", "adam_m", "adam_v", "frozen" */
 
 typedef struct ol_ckpt ol_ckpt;
-/* Creates "<path>.tmp"; finish flushes, fsyncs, renames to path and fsyncs the directory. */
-int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, ol_ckpt **out);
+/* Writing. Creates "<path>.tmp". With mpi_comm (an MPI_Comm *) the file is written by every
+ * rank of that communicator with MPI-IO: each rank calls every function below with the same
+ * names, shapes and chunks in the same order, each with its own slice (possibly empty). With
+ * NULL one process writes it. */
+int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, void *mpi_comm, ol_ckpt **out);
+/* Creates dataset `name` of group g at its full logical `shape` and writes this rank's slice
+ * [start, start + count) from src (prod(count) floats; a zero count writes nothing). `chunk`
+ * is the chunk shape (a shard's extent, so that shards are whole chunks), NULL = the shape.
+ * Every dataset gets the Fletcher32 checksum filter. After a failure later writes are skipped
+ * and fail too, so that all ranks keep making the same calls. */
+int ol_ckpt_write_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
+                        const size_t *shape, const size_t *chunk, const size_t *start,
+                        const size_t *count, const float *src);
+/* The whole tensor from one process. */
 int ol_ckpt_write(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
                   const float *src);
-int ol_ckpt_finish(ol_ckpt *c);   /* frees c even on error; on error the tmp file is removed */
+/* Flushes (under MPI-IO: syncs every rank's part) and closes the temporary file; frees c.
+ * Collective for a parallel writer. The file is not yet visible: see ol_ckpt_commit. */
+int ol_ckpt_close_written(ol_ckpt *c);
+/* Makes a closed temporary file the checkpoint: fsync, rename to path, fsync the directory.
+ * Called by one process, once every writer closed successfully. */
+int ol_ckpt_commit(const char *path);
+/* Removes path's temporary file, if any. */
+void ol_ckpt_discard(const char *path);
+/* One process: close_written + commit, and discard on failure; frees c. */
+int ol_ckpt_finish(ol_ckpt *c);
 
 int ol_ckpt_open(const char *path, ol_ckpt **out, ol_ckpt_meta *meta);  /* checks `format` */
 /* Number of datasets in group g, and the i-th one's name and shape (names sorted). */
 int ol_ckpt_count(ol_ckpt *c, ol_ckpt_group g, size_t *n);
 int ol_ckpt_info(ol_ckpt *c, ol_ckpt_group g, size_t i, char *name, size_t name_size, int *ndim,
                  size_t *shape);
-/* Reads dataset `name` of group g; its shape must equal `shape`. */
+/* Reads dataset `name` of group g; its shape must equal `shape`. Reading a whole dataset
+ * verifies every chunk's checksum. */
 int ol_ckpt_read(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const size_t *shape,
                  float *dst);
+/* Reads the slice [start, start + count) of dataset `name` (full shape `shape`) into dst. */
+int ol_ckpt_read_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
+                       const size_t *shape, const size_t *start, const size_t *count, float *dst);
 void ol_ckpt_close(ol_ckpt *c);
+
+/* The checkpoint directory: DIR/step-%08lld.h5 (DESIGN §6). */
+void ol_ckpt_path(char *buf, size_t size, const char *dir, int64_t step);
+/* The steps of the complete checkpoints in dir (temporary files ignored), ascending; *steps is
+ * ol_free'd by the caller. A missing directory holds none. */
+int ol_ckpt_list(const char *dir, int64_t **steps, size_t *n);
+/* Deletes all but the newest `keep` checkpoints (keep = 0 keeps all), and the temporary files
+ * that writes which died left behind, older than the newest complete checkpoint. */
+int ol_ckpt_prune(const char *dir, size_t keep);
 
 /* ---- metrics: JSON-lines log ---------------------------------------------------------------- */
 typedef struct ol_metrics ol_metrics;
@@ -92,6 +132,9 @@ int ol_metrics_open(const char *path, ol_metrics **out);   /* truncates; NULL pa
 int ol_metrics_write(ol_metrics *m, const char *kind, int n, const char *const *keys,
                      const double *values);
 void ol_metrics_close(ol_metrics *m);
+/* Appends one line `row` to a CSV file, writing the `header` line first when the file is new
+ * or empty. */
+int ol_csv_append(const char *path, const char *header, const char *row);
 
 /* ---- Hugging Face outputs: safetensors and config.json (docs/FORMATS.md) ------------------ */
 /* One tensor of a safetensors file: its name and shape. */

@@ -20,6 +20,7 @@ typedef struct ol_grid {
   void *tp_comm, *dp_comm, *pp_comm; /* MPI_Comm handles (opaque outside src/parallel) */
   double bytes[OL_COMM_COUNT];      /* this step's payload bytes per purpose */
   void *pp_requests;                /* pipeline send requests, one per (slot, direction) */
+  void *world_comm;                 /* MPI_COMM_WORLD as an MPI_Comm * (for parallel I/O) */
 } ol_grid;
 
 /* Starts MPI (MPI_THREAD_FUNNELED) and records the world; layouts come with ol_grid_layout. */
@@ -33,6 +34,16 @@ void ol_grid_finalize(ol_grid *g);
  * failed keeps its own message; the others record "rank R failed: <its message>" so that every
  * rank can exit cleanly with a message naming the rank and the cause. */
 int ol_grid_agree(ol_grid *g, int status);
+
+/* Every rank's flag, agreed: 1 on every rank when any rank passed nonzero (a stop request). */
+int ol_grid_any(ol_grid *g, int flag);
+/* x (n) maximum over every rank, in place (peak memory, bytes sent, for reports). */
+void ol_grid_max(ol_grid *g, double *x, int n);
+/* World rank 0's string buf (size bytes, NUL-terminated) copied to every rank. */
+void ol_grid_bcast_str(ol_grid *g, char *buf, size_t size);
+/* The communicator for collective file I/O over every rank (an MPI_Comm *), or NULL on one
+ * rank, where files are written by the plain serial driver. */
+void *ol_grid_io_comm(ol_grid *g);
 
 /* ---- data parallel ---- */
 /* Payload bytes one replica sends per step to reduce its gradients: the flat buffer, 4 bytes

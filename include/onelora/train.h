@@ -39,19 +39,36 @@ size_t ol_sample_position(uint64_t seed, int shuffle, int64_t step, size_t G, si
                           size_t T);
 
 
-/* Writes every tensor of the table (params, adam_m, adam_v) and the generated frozen tensors
- * (frozen) as a checkpoint file, atomically. */
+/* Checkpoints (src/train/checkpoint.c, docs/FORMATS.md). */
 #include "onelora/io.h"
-int ol_checkpoint_save(const ol_params *p, const ol_frozen *gen, const ol_ckpt_meta *meta,
+#include "onelora/model.h"
+/* Collective over every rank of g: writes the trainable state (params, adam_m, adam_v) and the
+ * generated frozen tensors of the whole model as one checkpoint at path, every tensor at its
+ * full logical shape, written by the ranks that hold it (parallel HDF5). Atomic: on any
+ * failure, on any rank, the temporary file is removed and path is untouched. */
+int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
                        const char *path);
-/* Reads every tensor of the table from an open checkpoint (Adam moments too when `moments`),
- * and the generated frozen tensors from group `frozen`; the checkpoint must hold exactly the
- * table's tensors, at the same shapes. */
-int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, const char *path, int moments);
+/* Reads this rank's slices of every tensor of the table (Adam moments too when `moments`) and
+ * the generated frozen tensors from an open checkpoint, whatever layout wrote it. */
+int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments);
+/* One process: checks that checkpoint `path` can resume the run described by `run` on model m:
+ * the same model shape, method, targets, rank, alpha, seed, data order and global batch, and
+ * exactly the tensors of m's method at their full shapes, each read whole so that every
+ * checksum is verified. Fills *found with the file's attributes; *mismatch = 1 when the file
+ * is a sound checkpoint of another run (as opposed to unreadable or corrupt). */
+int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta *run,
+                         ol_ckpt_meta *found, int *mismatch);
+
+/* Exit status of a run stopped by SIGTERM or SIGUSR1 after writing its checkpoint, for job
+ * scripts to requeue (EX_TEMPFAIL of sysexits.h: "try again later"). */
+#define OL_EXIT_STOPPED 75
 
 /* Everything `onelora train` needs, as parsed and checked by the CLI. */
 typedef struct {
   const char *model_path, *data_path, *ckpt_dir, *log_path;
+  const char *resume;      /* --resume: "auto", a checkpoint path, or NULL */
+  const char *results_path;/* --results: CSV file that gets one row per run, or NULL */
+  int64_t keep;            /* --keep: newest checkpoints kept, 0 = all */
   ol_method method;
   int64_t steps, micro_batch, micro_batches, seq_len;
   int64_t warmup, eval_every, eval_batches, ckpt_every;
@@ -71,6 +88,7 @@ typedef struct {
 
 /* What a run measured, for the benchmark report. */
 typedef struct {
+  int stopped;                /* stopped early by SIGTERM/SIGUSR1 (exit OL_EXIT_STOPPED) */
   double median_step_s;       /* median wall time of a step, the first step excluded */
   double step_over_frozen;    /* median over steps of step time / the same step with adapters
                                  detached (time_frozen), else 1 */

@@ -21,6 +21,7 @@ static const command commands[] = {
     {"bench", NULL, ol_cmd_bench, "measure training throughput and memory on a random model"},
     {"merge", ol_cmd_merge, NULL, "fold a checkpoint into the model weights"},
     {"plan", ol_cmd_plan, NULL, "count what a method trains on a model (before running it)"},
+    {"inspect", ol_cmd_inspect, NULL, "tensor and per-layer norms of a checkpoint; verifies checksums"},
 };
 
 static void usage(FILE *f) {

@@ -58,7 +58,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
     mark_new_biases(&m, &cfg);
     rc = ol_model_load(&m, mf);
   }
-  if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, &m.generated, c, ckpt_path, 0);
+  if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, &m.generated, c, 0);
   if (rc == OL_OK) {
     ol_model_merge(&m);
     rc = hf ? ol_model_save_hf(&m, out, dtype) : ol_model_save(&m, out, dtype);

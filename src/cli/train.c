@@ -8,15 +8,17 @@ static const char *usage_text =
     "--model M.h5 --data D.h5 [options]\n\n"
     "Fine-tunes the frozen model M with a PEFT method on the token data D. Rank 0 prints one line\n"
     "per step; --log writes the same as JSON lines; a checkpoint is written to --ckpt-dir at the\n"
-    "end and every --ckpt-every steps.";
+    "end and every --ckpt-every steps.\n\n"
+    "SIGTERM or SIGUSR1 to any rank: every rank stops after the current step, a checkpoint is\n"
+    "written, and the exit status is 75 (rerun with --resume auto to continue).";
 
 int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *extra,
                    size_t n_extra, int synthetic, ol_train_opts *out, int *help) {
   const char *model = NULL, *data = NULL, *method = "1lora", *targets = "all";
   const char *schedule = "cosine", *ckpt_dir = NULL, *log = NULL, *device = "cpu";
-  const char *wdtype = "f32", *pp_schedule = "1f1b";
+  const char *wdtype = "f32", *pp_schedule = "1f1b", *resume = NULL, *results = NULL;
   int64_t steps = 100, mb = 4, mbs = 1, seq = 256, warmup = 0, eval_every = 0, eval_batches = 4;
-  int64_t ckpt_every = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
+  int64_t ckpt_every = 0, keep = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
   int no_shuffle = 0;
   const ol_arg files[] = {
@@ -49,7 +51,12 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
       {"--eval-batches", OL_ARG_INT, &eval_batches, "N", "global batches per validation (4)"},
       {"--ckpt-dir", OL_ARG_STR, &ckpt_dir, "DIR", "checkpoint directory (none)"},
       {"--ckpt-every", OL_ARG_INT, &ckpt_every, "N", "checkpoint every N steps, 0 = only at the end"},
+      {"--keep", OL_ARG_INT, &keep, "K", "keep the newest K checkpoints, 0 = all (0)"},
+      {"--resume", OL_ARG_STR, &resume, "auto|PATH",
+       "continue from a checkpoint: PATH, or auto = the newest valid one in --ckpt-dir (none: "
+       "start afresh)"},
       {"--log", OL_ARG_STR, &log, "FILE", "JSON-lines log of every step (none)"},
+      {"--results", OL_ARG_STR, &results, "FILE.csv", "append one CSV row summarising the run"},
   };
   // the table: files (unless synthetic), the common flags, then the caller's extras
   const size_t n_files = synthetic ? 0 : 2, n_common = sizeof common / sizeof common[0];
@@ -79,6 +86,9 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   else if (eval_every < 0) rc = ol_error("--eval-every must be >= 0, got %lld", (long long)eval_every);
   else if (eval_batches <= 0) rc = ol_error("--eval-batches must be positive, got %lld", (long long)eval_batches);
   else if (ckpt_every < 0) rc = ol_error("--ckpt-every must be >= 0, got %lld", (long long)ckpt_every);
+  else if (keep < 0) rc = ol_error("--keep must be >= 0, got %lld", (long long)keep);
+  else if (resume && strcmp(resume, "auto") == 0 && !ckpt_dir)
+    rc = ol_error("--resume auto needs --ckpt-dir, the directory to search");
   else if (tp <= 0) rc = ol_error("--tp must be positive, got %lld", (long long)tp);
   else if (pp <= 0) rc = ol_error("--pp must be positive, got %lld", (long long)pp);
   else if (strcmp(pp_schedule, "1f1b") != 0 && strcmp(pp_schedule, "gpipe") != 0)
@@ -94,7 +104,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   o.model_path = model, o.data_path = data, o.ckpt_dir = ckpt_dir, o.log_path = log;
   o.steps = steps, o.micro_batch = mb, o.micro_batches = mbs, o.seq_len = seq;
   o.warmup = warmup, o.eval_every = eval_every, o.eval_batches = eval_batches;
-  o.ckpt_every = ckpt_every;
+  o.ckpt_every = ckpt_every, o.keep = keep;
+  o.resume = resume, o.results_path = results;
   o.schedule.lr = lr, o.schedule.min_lr = min_lr, o.schedule.warmup = warmup;
   o.schedule.steps = steps;
   o.adamw = ol_adamw_defaults();
@@ -115,6 +126,7 @@ int ol_cmd_train(int argc, char **argv, ol_grid *grid) {
     return ol_cli_fail();
   if (help) return 0;
   o.grid = grid;
-  if (ol_train_run(&o, NULL) != OL_OK) return ol_cli_fail();
-  return 0;
+  ol_train_result result = {0};
+  if (ol_train_run(&o, &result) != OL_OK) return ol_cli_fail();
+  return result.stopped ? OL_EXIT_STOPPED : 0;
 }

@@ -13,6 +13,9 @@ void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
   MPI_Comm_rank(MPI_COMM_WORLD, &g->world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g->world_size);
   g->tp = g->pp = g->dp = 1;
+  MPI_Comm *world = ol_calloc(1, sizeof *world);
+  *world = MPI_COMM_WORLD;
+  g->world_comm = world;
   ol_log_set_rank(g->world_rank);
 }
 
@@ -40,6 +43,8 @@ void ol_grid_finalize(ol_grid *g) {
   void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
   ol_free(g->pp_requests);
   g->pp_requests = NULL;
+  ol_free(g->world_comm);
+  g->world_comm = NULL;
   for (int i = 0; i < 3; i++)
     if (*handles[i]) {
       MPI_Comm_free(comm(*handles[i]));
@@ -60,3 +65,21 @@ int ol_grid_agree(ol_grid *g, int status) {
   MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
   return ol_error("rank %d: %s", first, msg);
 }
+
+int ol_grid_any(ol_grid *g, int flag) {
+  int any = flag != 0;
+  if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return any;
+}
+
+void ol_grid_max(ol_grid *g, double *x, int n) {
+  if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+}
+
+void ol_grid_bcast_str(ol_grid *g, char *buf, size_t size) {
+  if (g->world_size == 1) return;
+  MPI_Bcast(buf, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);
+  buf[size - 1] = '\0';
+}
+
+void *ol_grid_io_comm(ol_grid *g) { return g->world_size > 1 ? g->world_comm : NULL; }

@@ -1,54 +1,100 @@
-/* Moving the trainable state between the flat buffers and checkpoint files: every tensor of
- * the table, at its full logical shape, in groups params, adam_m and adam_v. */
+/* Moving the trainable state between the ranks' flat buffers and checkpoint files (DESIGN §6).
+ *
+ * Writing is collective: every rank lays out the whole model at the run's TP degree (the
+ * "plan": every tensor's full logical shape and its shard's extent, in one order all ranks
+ * share) and makes the same create/write calls for every tensor; the one rank that holds a
+ * tensor's slice for the file (replica 0, its stage, its TP shard or TP rank 0 for a replicated
+ * tensor) writes it, the others write nothing. Chunks are the shards, so no two ranks write
+ * one chunk. Reading is per rank: each reads its own slices of the full tensors, whatever
+ * layout wrote them, which is what makes a resume under another layout work. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "onelora/io.h"
+#include "onelora/model.h"
 #include "onelora/train.h"
 
 static const ol_ckpt_group state_groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
 
-static const float *state_buffer(const ol_params *p, int g) {
-  return g == 0 ? p->data : g == 1 ? p->m : p->v;
+static float *state_buffer(const ol_params *p, int g) { return g == 0 ? p->data : g == 1 ? p->m : p->v; }
+
+/* The whole model's layout at this TP degree, shard 0: full shapes and shard extents. */
+static int plan_layout(ol_model *plan, const ol_model *m, uint64_t seed) {
+  ol_stage all = {0, (size_t)m->cfg.n_layers, 1, 1, m->stage.tp ? m->stage.tp : 1, 0};
+  return ol_model_layout_stage(plan, &m->cfg, &m->method, seed, &all);
 }
 
-static int save_all(ol_ckpt *c, const ol_params *p, const ol_frozen *gen) {
-  for (int g = 0; g < 3; g++)
-    for (size_t i = 0; i < p->count; i++) {
-      const ol_param_entry *e = &p->entries[i];
-      OL_TRY(ol_ckpt_write(c, state_groups[g], e->name, e->ndim, e->shape,
-                           state_buffer(p, g) + e->offset));
+/* Optional test hook: ONELORA_TEST_CKPT_PAUSE=STEP pauses every rank for 60 s in the middle of
+ * the write of checkpoint STEP, so that a test can kill a rank inside a checkpoint write. */
+static void test_pause(int64_t step, int world_rank) {
+  const char *s = getenv("ONELORA_TEST_CKPT_PAUSE");
+  if (!s || strtoll(s, NULL, 10) != step) return;
+  if (world_rank == 0) {
+    fprintf(stderr, "onelora: test hook: pausing inside the write of checkpoint step %lld\n",
+            (long long)step);
+    fflush(stderr);
+  }
+  sleep(60);
+}
+
+/* Writes every tensor of the plan: this rank's slices where it is the writer, nothing else. */
+static void write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, const ol_grid *g,
+                      int64_t step) {
+  static const size_t none[2] = {0, 0};
+  const ol_params *mine = &m->params;
+  for (int k = 0; k < 3; k++) {
+    size_t j = 0;  // the next of this rank's entries: they appear in plan order
+    for (size_t i = 0; i < plan->params.count; i++) {
+      const ol_param_entry *e = &plan->params.entries[i];
+      const ol_param_entry *own = j < mine->count && strcmp(mine->entries[j].name, e->name) == 0
+                                      ? &mine->entries[j++] : NULL;
+      int writer = own && g->dp_rank == 0 && (ol_param_sharded(own) || g->tp_rank == 0);
+      ol_ckpt_write_slice(c, state_groups[k], e->name, e->ndim, e->shape, e->count,
+                          writer ? own->start : none, writer ? own->count : none,
+                          writer ? state_buffer(mine, k) + own->offset : NULL);
     }
-  for (size_t i = 0; i < gen->count; i++) {
-    const ol_frozen_entry *e = &gen->entries[i];
-    OL_TRY(ol_ckpt_write(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, e->data));
+    OL_CHECK(j == mine->count);  // every entry of this rank is in the plan
+    if (k == 0) test_pause(step, g->world_rank);
   }
-  return OL_OK;
+  // generated frozen tensors are whole on every TP rank; a per-layer one lives on one stage,
+  // a shared one (VeRA's A and B) on every stage, and is written by the first
+  for (size_t i = 0; i < plan->generated.count; i++) {
+    const ol_frozen_entry *e = &plan->generated.entries[i];
+    const ol_frozen_entry *own = ol_frozen_find(&m->generated, e->name);
+    int shared = strncmp(e->name, "model.layers.", 13) != 0;
+    int writer = own && g->dp_rank == 0 && g->tp_rank == 0 && (!shared || g->pp_rank == 0);
+    ol_ckpt_write_slice(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, NULL, none,
+                        writer ? e->shape : none, writer ? own->data : NULL);
+  }
 }
 
-int ol_checkpoint_save(const ol_params *p, const ol_frozen *gen, const ol_ckpt_meta *meta,
+int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
                        const char *path) {
-  ol_ckpt *c;
-  OL_TRY(ol_ckpt_create(path, meta, &c));
-  if (save_all(c, p, gen) != OL_OK) {
-    char msg[1024];
-    ol_strlcpy(msg, ol_last_error(), sizeof msg);
-    ol_ckpt_finish(c);  // discards the temporary file
-    return ol_error("%s", msg);
+  ol_model plan = {0};
+  int rc = plan_layout(&plan, m, meta->seed);
+  ol_ckpt *c = NULL;
+  if (rc == OL_OK) rc = ol_ckpt_create(path, meta, ol_grid_io_comm(g), &c);
+  rc = ol_grid_agree(g, rc);
+  if (rc == OL_OK) {
+    write_all(c, &plan, m, g, meta->step);
+    rc = ol_grid_agree(g, ol_ckpt_close_written(c));  // fails when any write failed
+  } else if (c) {
+    ol_ckpt_close(c);
   }
-  return ol_ckpt_finish(c);
+  if (rc == OL_OK && g->world_rank == 0) rc = ol_ckpt_commit(path);
+  if (rc != OL_OK && g->world_rank == 0) ol_ckpt_discard(path);
+  ol_model_free(&plan);
+  return ol_grid_agree(g, rc);
 }
 
-int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, const char *path, int moments) {
-  size_t n;
-  OL_TRY(ol_ckpt_count(c, OL_GROUP_PARAMS, &n));
-  if (n != p->count)
-    return ol_error("checkpoint %s holds %zu trainable tensors, this model and method have %zu",
-                    path, n, p->count);
-  for (int g = 0; g < (moments ? 3 : 1); g++)
+int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments) {
+  for (int k = 0; k < (moments ? 3 : 1); k++)
     for (size_t i = 0; i < p->count; i++) {
       const ol_param_entry *e = &p->entries[i];
-      OL_TRY(ol_ckpt_read(c, state_groups[g], e->name, e->ndim, e->shape,
-                          (float *)state_buffer(p, g) + e->offset));
+      OL_TRY(ol_ckpt_read_slice(c, state_groups[k], e->name, e->ndim, e->shape, e->start,
+                                e->count, state_buffer(p, k) + e->offset));
     }
   // the generated frozen tensors as trained (they are regenerated from the seed too; the
   // stored copy keeps a checkpoint self-contained)
@@ -57,4 +103,72 @@ int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, const char *pat
     OL_TRY(ol_ckpt_read(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, e->data));
   }
   return OL_OK;
+}
+
+/* Checks that group k holds exactly the plan's tensors at their full shapes, reading each whole
+ * so that every chunk's checksum is verified. */
+static int verify_group(ol_ckpt *c, const char *path, int k, const ol_model *plan) {
+  const ol_ckpt_group grp = k < 3 ? state_groups[k] : OL_GROUP_FROZEN;
+  const size_t want = k < 3 ? plan->params.count : plan->generated.count;
+  size_t n, biggest = 0;
+  OL_TRY(ol_ckpt_count(c, grp, &n));
+  if (n != want)
+    return ol_error("%s: group '%s' holds %zu tensors, this model and method have %zu", path,
+                    ol_ckpt_group_name(grp), n, want);
+  for (size_t i = 0; i < want; i++) {
+    const size_t *s = k < 3 ? plan->params.entries[i].shape : plan->generated.entries[i].shape;
+    int nd = k < 3 ? plan->params.entries[i].ndim : plan->generated.entries[i].ndim;
+    size_t numel = nd == 2 ? s[0] * s[1] : s[0];
+    if (numel > biggest) biggest = numel;
+  }
+  float *buf = ol_calloc(biggest ? biggest : 1, sizeof(float));  // (biggest tensor)
+  int rc = OL_OK;
+  for (size_t i = 0; rc == OL_OK && i < want; i++) {
+    if (k < 3) {
+      const ol_param_entry *e = &plan->params.entries[i];
+      rc = ol_ckpt_read(c, grp, e->name, e->ndim, e->shape, buf);
+    } else {
+      const ol_frozen_entry *e = &plan->generated.entries[i];
+      rc = ol_ckpt_read(c, grp, e->name, e->ndim, e->shape, buf);
+    }
+  }
+  ol_free(buf);
+  return rc;
+}
+
+int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta *run,
+                         ol_ckpt_meta *found, int *mismatch) {
+  *mismatch = 0;
+  ol_ckpt *c;
+  OL_TRY(ol_ckpt_open(path, &c, found));
+  const ol_ckpt_meta *f = found;
+  int rc = ol_config_match(&f->cfg, &m->cfg, path);
+  if (rc != OL_OK) {
+  } else if (strcmp(f->method, run->method) != 0 || strcmp(f->targets, run->targets) != 0) {
+    rc = ol_error("%s: trained with --method %s --targets %s, this run has --method %s "
+                  "--targets %s", path, f->method, f->targets, run->method, run->targets);
+  } else if (f->rank != run->rank || f->alpha_x1000 != run->alpha_x1000) {
+    rc = ol_error("%s: trained with --rank %lld --alpha %g, this run has --rank %lld --alpha %g",
+                  path, (long long)f->rank, f->alpha_x1000 / 1000.0, (long long)run->rank,
+                  run->alpha_x1000 / 1000.0);
+  } else if (f->seed != run->seed || f->shuffle != run->shuffle) {
+    rc = ol_error("%s: trained with --seed %llu%s, this run has --seed %llu%s: the data order "
+                  "would change", path, (unsigned long long)f->seed, f->shuffle ? "" : " --no-shuffle",
+                  (unsigned long long)run->seed, run->shuffle ? "" : " --no-shuffle");
+  } else if (f->global_batch != run->global_batch || f->seq_len != run->seq_len) {
+    rc = ol_error("%s: trained with a global batch of %lld sequences of %lld tokens, this run has "
+                  "%lld of %lld (global batch = --micro-batch x --micro-batches x DP): the data "
+                  "order would change", path, (long long)f->global_batch, (long long)f->seq_len,
+                  (long long)run->global_batch, (long long)run->seq_len);
+  } else if (f->step < 0 || f->data_cursor != (uint64_t)f->step * (uint64_t)f->global_batch) {
+    rc = ol_error("%s: inconsistent attributes step %lld and data_cursor %llu", path,
+                  (long long)f->step, (unsigned long long)f->data_cursor);
+  }
+  *mismatch = rc != OL_OK;
+  ol_model plan = {0};
+  if (rc == OL_OK) rc = plan_layout(&plan, m, run->seed);
+  for (int k = 0; rc == OL_OK && k < 4; k++) rc = verify_group(c, path, k, &plan);
+  ol_model_free(&plan);
+  ol_ckpt_close(c);
+  return rc;
 }

@@ -1,6 +1,7 @@
 /* The step loop: data, forward/backward over micro-batches, clip, AdamW, logging, evaluation
  * and checkpoints. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ typedef struct {
   int32_t *targets;        /* (M, B, T) next-token targets */
   double *step_s;          /* (steps) wall time of each step */
   double *frozen_step_s;   /* (steps) wall time of the same step with adapters detached */
+  size_t trainable;        /* trainable values of the whole model (every rank's shard) */
 } trainer;
 
 /* Fills micro-batch mb of t->tokens/targets for step `step` from split s. DP replica r takes
@@ -107,18 +109,9 @@ static int evaluate(trainer *t, double *out) {
   return OL_OK;
 }
 
-/* World rank 0 writes the state of every stage of replica 0 (the DP replicas are identical);
- * all ranks agree on the outcome. */
-static int write_checkpoint_rank0(trainer *t, int64_t step, double loss, const ol_params *p,
-                                  const ol_frozen *gen) {
+/* The checkpoint attributes of this run at `step` (DESIGN §6). */
+static ol_ckpt_meta run_meta(const trainer *t, int64_t step, double loss) {
   const ol_train_opts *o = t->o;
-  if (mkdir(o->ckpt_dir, 0755) != 0) {
-    struct stat st;
-    if (stat(o->ckpt_dir, &st) != 0 || !S_ISDIR(st.st_mode))
-      return ol_error("--ckpt-dir %s: cannot create the directory", o->ckpt_dir);
-  }
-  char path[4096];
-  snprintf(path, sizeof path, "%s/step-%08lld.h5", o->ckpt_dir, (long long)step);
   ol_ckpt_meta meta = {0};
   meta.version = OL_CKPT_VERSION;
   meta.step = step;
@@ -131,43 +124,109 @@ static int write_checkpoint_rank0(trainer *t, int64_t step, double loss, const o
   meta.rank = o->method.rank;
   meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
   meta.data_cursor = (uint64_t)step * t->G;
+  meta.global_batch = (int64_t)t->G;
+  meta.seq_len = (int64_t)t->T;
+  meta.shuffle = o->shuffle;
+  return meta;
+}
+
+/* Writes DIR/step-%08d.h5 from every rank, then keeps the newest --keep; all ranks agree. */
+static int write_checkpoint(trainer *t, int64_t step, double loss) {
+  const ol_train_opts *o = t->o;
+  ol_grid *g = o->grid;
+  int rc = g->world_rank == 0 ? ol_io_make_dir(o->ckpt_dir) : OL_OK;
+  if (rc != OL_OK) rc = ol_error("--ckpt-dir %s: %s", o->ckpt_dir, ol_last_error());
+  OL_TRY(ol_grid_agree(g, rc));
+  char path[4096];
+  ol_ckpt_path(path, sizeof path, o->ckpt_dir, step);
+  ol_ckpt_meta meta = run_meta(t, step, loss);
   double t0 = ol_now();
-  OL_TRY(ol_checkpoint_save(p, gen, &meta, path));
-  ol_info("checkpoint %s written in %.2f s", path, ol_now() - t0);
+  OL_TRY(ol_checkpoint_save(g, &t->model, &meta, path));
+  double seconds = ol_now() - t0;
+  if (g->world_rank == 0) {
+    struct stat st;
+    double bytes = stat(path, &st) == 0 ? (double)st.st_size : 0.0;
+    ol_info("checkpoint %s | %.2f MiB written in %.2f s", path, bytes / 1048576.0, seconds);
+    const char *k[] = {"step", "write_s", "bytes"};
+    double v[] = {(double)step, seconds, bytes};
+    rc = ol_metrics_write(t->log, "checkpoint", 3, k, v);
+    if (rc == OL_OK && o->keep > 0) rc = ol_ckpt_prune(o->ckpt_dir, (size_t)o->keep);
+  }
+  return ol_grid_agree(g, rc);
+}
+
+/* World rank 0 picks the checkpoint to resume from: --resume PATH, or with "auto" the newest
+ * one in --ckpt-dir that verifies. A corrupt or truncated file is skipped with a warning; a
+ * sound checkpoint of another run (model, method, data order) is an error, so that a mistaken
+ * --ckpt-dir never starts afresh and prunes that run's checkpoints. "" = start afresh. */
+static int pick_checkpoint(trainer *t, char *path, size_t size) {
+  const ol_train_opts *o = t->o;
+  ol_ckpt_meta run = run_meta(t, 0, 0.0), found;
+  int mismatch;
+  path[0] = '\0';
+  if (strcmp(o->resume, "auto") != 0) {
+    if (ol_checkpoint_verify(o->resume, &t->model, &run, &found, &mismatch) != OL_OK)
+      return ol_error("--resume %s", ol_last_error());
+    ol_strlcpy(path, o->resume, size);
+    return OL_OK;
+  }
+  int64_t *steps;
+  size_t n;
+  OL_TRY(ol_ckpt_list(o->ckpt_dir, &steps, &n));
+  int rc = OL_OK;
+  for (size_t i = n; i-- > 0 && !path[0] && rc == OL_OK;) {
+    char candidate[4096];
+    ol_ckpt_path(candidate, sizeof candidate, o->ckpt_dir, steps[i]);
+    if (ol_checkpoint_verify(candidate, &t->model, &run, &found, &mismatch) == OL_OK)
+      ol_strlcpy(path, candidate, size);
+    else if (mismatch)
+      rc = ol_error("--resume auto: %s (use another --ckpt-dir for another run)", ol_last_error());
+    else
+      ol_warn("--resume auto: skipping %s", ol_last_error());
+  }
+  ol_free(steps);
+  if (rc == OL_OK && !path[0])
+    ol_info("--resume auto: no valid checkpoint in %s, starting from step 0", o->ckpt_dir);
+  return rc;
+}
+
+/* A run that does not resume must not mix its checkpoints with another run's (--keep would
+ * delete the wrong ones, and --resume auto would later pick the wrong one). */
+static int check_fresh_dir(const ol_train_opts *o) {
+  int64_t *steps;
+  size_t n;
+  OL_TRY(ol_ckpt_list(o->ckpt_dir, &steps, &n));
+  int64_t newest = n ? steps[n - 1] : 0;
+  ol_free(steps);
+  if (n)
+    return ol_error("--ckpt-dir %s already holds %zu checkpoint(s), the newest of step %lld: pass "
+                    "--resume auto to continue that run, or choose another directory", o->ckpt_dir,
+                    n, (long long)newest);
   return OL_OK;
 }
 
-static int write_checkpoint(trainer *t, int64_t step, double loss) {
+/* --resume: every rank reads its own slices of the chosen checkpoint. *start = its step. */
+static int resume(trainer *t, int64_t *start) {
   ol_grid *g = t->o->grid;
-  int rc = OL_OK;
-  if (g->dp_rank == 0) {  // one replica's stages and shards hold the whole state
-    // TP: each stage's shards gathered on its tp_rank 0 as full logical tensors
-    ol_params tp_all;
-    ol_frozen tp_gen;
-    const ol_params *p = &t->model.params;
-    const ol_frozen *gen = &t->model.generated;
-    if (g->tp > 1) {
-      rc = ol_tp_gather_state(g, p, gen, &tp_all, &tp_gen);
-      p = &tp_all, gen = &tp_gen;
-    }
-    if (g->tp_rank == 0) {
-      if (g->pp == 1) {
-        if (g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, p, gen);
-      } else {
-        ol_params all;
-        ol_frozen all_gen;
-        rc = ol_pp_gather_state(g, p, gen, &all, &all_gen);
-        if (rc == OL_OK && g->world_rank == 0) rc = write_checkpoint_rank0(t, step, loss, &all, &all_gen);
-        ol_params_free(&all);
-        ol_frozen_free(&all_gen);
-      }
-    }
-    if (g->tp > 1) {
-      ol_params_free(&tp_all);
-      ol_frozen_free(&tp_gen);
-    }
+  char path[4096];
+  *start = 0;
+  int rc = g->world_rank == 0 ? pick_checkpoint(t, path, sizeof path) : OL_OK;
+  OL_TRY(ol_grid_agree(g, rc));
+  ol_grid_bcast_str(g, path, sizeof path);
+  if (!path[0]) return OL_OK;
+  ol_ckpt *c;
+  ol_ckpt_meta meta;
+  rc = ol_ckpt_open(path, &c, &meta);
+  if (rc == OL_OK) {
+    rc = ol_checkpoint_load(&t->model.params, &t->model.generated, c, 1);
+    ol_ckpt_close(c);
   }
-  return ol_grid_agree(g, rc);
+  OL_TRY(ol_grid_agree(g, rc));
+  *start = meta.step;
+  ol_info("resumed from %s at step %lld (written by layout tp %lld pp %lld dp %lld; loss %.4f)",
+          path, (long long)meta.step, (long long)meta.tp, (long long)meta.pp, (long long)meta.dp,
+          meta.loss);
+  return OL_OK;
 }
 
 /* The methods whose tensor-parallel derivation this build implements (DESIGN §5). */
@@ -230,22 +289,61 @@ static double median_after_first(double *x, size_t n) {
   return x[skip + (n - skip) / 2];
 }
 
-static int train_loop(trainer *t, ol_train_result *res) {
+/* Evaluates, logs and prints the validation loss after `step` steps. */
+static int eval_and_log(trainer *t, int64_t step, double *val) {
+  OL_TRY(evaluate(t, val));
+  ol_info("eval step %lld | val_loss %.4f", (long long)step, *val);
+  const char *k[] = {"step", "val_loss"};
+  double v[] = {(double)step, *val};
+  return ol_metrics_write(t->log, "eval", 2, k, v);
+}
+
+/* --results: world rank 0 appends one CSV row summarising the run (jobs/ collect them). The
+ * peak memory and the bytes a rank sends per step are maxima over the ranks. */
+static int append_results(trainer *t, const char *status, double train_loss, double val,
+                          double median_step_s, double wall_s) {
+  const ol_train_opts *o = t->o;
+  ol_grid *g = o->grid;
+  double worst[1 + OL_COMM_COUNT] = {(double)ol_peak_rss_bytes() / 1048576.0};
+  memcpy(worst + 1, g->bytes, sizeof g->bytes);  // the last step's
+  ol_grid_max(g, worst, 1 + OL_COMM_COUNT);
+  if (!o->results_path || g->world_rank != 0) return OL_OK;
+  static const char header[] =
+      "model,method,targets,rank,tp,pp,dp,ranks,steps,global_batch,seq_len,trainable,"
+      "tokens_per_s,step_s,peak_rss_mib,bytes_dp,bytes_tp_fwd,bytes_tp_bwd,bytes_pp,train_loss,"
+      "val_loss,wall_s,status";
+  char val_s[32] = "";
+  if (isfinite(val)) snprintf(val_s, sizeof val_s, "%.6f", val);
+  char row[2048];
+  snprintf(row, sizeof row,
+           "\"%s\",\"%s\",\"%s\",%lld,%d,%d,%d,%d,%lld,%zu,%zu,%zu,%.1f,%.6f,%.1f,%.0f,%.0f,%.0f,"
+           "%.0f,%.6f,%s,%.3f,%s",
+           o->synthetic ? "synthetic" : o->model_path, o->method.text, o->method.targets_text,
+           (long long)o->method.rank, g->tp, g->pp, g->dp, g->world_size, (long long)o->steps,
+           t->G, t->T, t->trainable, (double)(t->G * t->T) / median_step_s,
+           median_step_s, worst[0], worst[1 + OL_COMM_DP], worst[1 + OL_COMM_TP_FWD],
+           worst[1 + OL_COMM_TP_BWD], worst[1 + OL_COMM_PP], train_loss, val_s, wall_s, status);
+  return ol_csv_append(o->results_path, header, row);
+}
+
+/* A signal handler may only set a flag: the one piece of global mutable state besides the
+ * backend table and the logger. Every rank checks it, agreed, after each step. */
+static volatile sig_atomic_t stop_signal;
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *res) {
   const ol_train_opts *o = t->o;
   ol_model *m = &t->model;
   const double tokens_per_step = (double)(t->G * t->T);
   const float grad_scale = (float)(1.0 / tokens_per_step);
-  double t_start = ol_now(), val = 0.0, val0 = 0.0, loss = 0.0;
-  double *step_s = t->step_s;
-  if (o->eval_every > 0) {
-    OL_TRY(evaluate(t, &val));
+  double t_start = ol_now(), val = NAN, val0 = NAN, loss = NAN;
+  if (o->eval_every > 0 && start == 0) {
+    OL_TRY(eval_and_log(t, 0, &val));
     val0 = val;
-    ol_info("eval step 0 | val_loss %.4f", val);
-    const char *k[] = {"step", "val_loss"};
-    double v[] = {0, val};
-    OL_TRY(ol_metrics_write(t->log, "eval", 2, k, v));
   }
-  for (int64_t step = 0; step < o->steps; step++) {
+  int64_t step = start;  // steps completed
+  int stopped = 0;
+  while (step < o->steps && !stopped) {
     if (o->time_frozen) {  // the same step with every adapter detached: --method none's work
       double t0 = ol_now();
       ol_model_attach_adapters(m, 0);
@@ -266,58 +364,64 @@ static int train_loop(trainer *t, ol_train_result *res) {
     double gnorm = ol_clip_grad_norm(&m->params, o->clip, o->grid);
     double lr = ol_schedule_lr(&o->schedule, step);
     ol_adamw_step(&o->adamw, &m->params, (float)lr, step + 1);
+    step++;
     double dt = ol_now() - t0, elapsed = ol_now() - t_start;
-    step_s[step] = dt;
+    t->step_s[step - 1] = dt;
     double tok_s = tokens_per_step / dt;
     double peak_mib = (double)ol_peak_rss_bytes() / 1048576.0;
     char eta[32];
-    format_eta(elapsed / (double)(step + 1) * (double)(o->steps - step - 1), eta, sizeof eta);
+    format_eta(elapsed / (double)(step - start) * (double)(o->steps - step), eta, sizeof eta);
     const double *comm = o->grid->bytes;  // payload bytes this rank sent, per purpose
     ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB | "
             "comm KiB tp %.1f+%.1f pp %.1f dp %.1f | eta %s",
-            (long long)step + 1, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib,
+            (long long)step, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib,
             comm[OL_COMM_TP_FWD] / 1024, comm[OL_COMM_TP_BWD] / 1024, comm[OL_COMM_PP] / 1024,
             comm[OL_COMM_DP] / 1024, eta);
     const char *k[] = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_s", "peak_rss_mib",
                        "elapsed_s", "bytes_tp_fwd", "bytes_tp_bwd", "bytes_pp", "bytes_dp"};
-    double v[] = {(double)(step + 1), loss, lr, gnorm, tok_s, dt, peak_mib, elapsed,
+    double v[] = {(double)step, loss, lr, gnorm, tok_s, dt, peak_mib, elapsed,
                   comm[OL_COMM_TP_FWD], comm[OL_COMM_TP_BWD], comm[OL_COMM_PP], comm[OL_COMM_DP]};
     OL_TRY(ol_metrics_write(t->log, "step", 12, k, v));
-    int last = step + 1 == o->steps;
-    if (o->eval_every > 0 && ((step + 1) % o->eval_every == 0 || last)) {
-      OL_TRY(evaluate(t, &val));
-      ol_info("eval step %lld | val_loss %.4f", (long long)step + 1, val);
-      const char *ek[] = {"step", "val_loss"};
-      double ev[] = {(double)(step + 1), val};
-      OL_TRY(ol_metrics_write(t->log, "eval", 2, ek, ev));
-    }
-    if (o->ckpt_dir && (last || (o->ckpt_every > 0 && (step + 1) % o->ckpt_every == 0)))
-      OL_TRY(write_checkpoint(t, step + 1, loss));
+    int last = step == o->steps;
+    if (o->eval_every > 0 && (step % o->eval_every == 0 || last)) OL_TRY(eval_and_log(t, step, &val));
+    stopped = ol_grid_any(o->grid, stop_signal != 0);
+    int due = o->ckpt_dir && (last || stopped || (o->ckpt_every > 0 && step % o->ckpt_every == 0));
+    if (due) OL_TRY(write_checkpoint(t, step, loss));
+    if (stopped)
+      ol_info("stopped by a signal after step %lld: %s; exit status %d (rerun with --resume auto "
+              "to continue)", (long long)step,
+              o->ckpt_dir ? "checkpoint written" : "no --ckpt-dir, so no checkpoint",
+              OL_EXIT_STOPPED);
   }
-  double *paired = t->frozen_step_s;  // each step over its frozen twin: drift cancels in pairs
-  for (int64_t i = 0; o->time_frozen && i < o->steps; i++) paired[i] = step_s[i] / paired[i];
-  double median = median_after_first(step_s, (size_t)o->steps);
+  const size_t done = (size_t)(step - start);
+  double *paired = t->frozen_step_s + start;  // each step over its frozen twin: drift cancels
+  for (size_t i = 0; o->time_frozen && i < done; i++) paired[i] = t->step_s[start + i] / paired[i];
+  double median = median_after_first(t->step_s + start, done);
   char evals[96] = "";
   if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
-  ol_info("done | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
-          "peak RSS %.0f MiB", (long long)o->steps, ol_now() - t_start, loss, evals,
-          ol_model_trainable(m), tokens_per_step / median,
+  ol_info("%s | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
+          "peak RSS %.0f MiB", stopped ? "stopped" : "done", (long long)done, ol_now() - t_start,
+          loss, evals, t->trainable, tokens_per_step / median,
           (double)ol_peak_rss_bytes() / 1048576.0);
+  OL_TRY(ol_grid_agree(o->grid, append_results(t, stopped ? "stopped" : "done", loss, val, median,
+                                               ol_now() - t_run)));
   if (res) {
+    res->stopped = stopped;
     res->median_step_s = median;
-    res->step_over_frozen = o->time_frozen ? median_after_first(paired, (size_t)o->steps) : 1.0;
+    res->step_over_frozen = o->time_frozen ? median_after_first(paired, done) : 1.0;
     res->tokens_per_step = tokens_per_step;
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
     res->frozen_bytes = m->frozen_floats * sizeof(float);
     res->kept_bytes = t->acts[0].bytes_kept * (size_t)t->n_slots;
-    res->trainable = ol_model_trainable(m);
+    res->trainable = t->trainable;
   }
   return OL_OK;
 }
 
 int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
+  const double t_run = ol_now();
   trainer t = {0};
   t.o = o;
   t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
@@ -351,6 +455,10 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);
   if (mf) ol_h5model_close(mf);
   rc = ol_grid_agree(o->grid, rc);  // every rank stops here when one could not set up
+  ol_model whole = {0};  // the whole model's layout, for its trainable count
+  if (rc == OL_OK) rc = ol_model_layout(&whole, &cfg, &o->method, o->seed);
+  t.trainable = ol_model_trainable(&whole);
+  ol_model_free(&whole);
   if (rc == OL_OK) {
     ol_model_init_adapters(&t.model, o->seed);
     t.n_slots = ol_pp_slots(g->pp, g->pp_rank, (int)t.M, o->gpipe);
@@ -368,12 +476,30 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
             "dp %d | activations kept %.1f MiB",
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
             (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
-            o->method.text, o->method.targets_text, ol_model_trainable(&t.model), t.M, t.B, t.T,
+            o->method.text, o->method.targets_text, t.trainable, t.M, t.B, t.T,
             g->dp, g->tp, g->pp, g->dp, (double)t.acts[0].bytes_kept * t.n_slots / 1048576.0);
     rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, &t.log) : OL_OK;
     rc = ol_grid_agree(o->grid, rc);
   }
-  if (rc == OL_OK) rc = train_loop(&t, result);
+  int64_t start = 0;
+  if (rc == OL_OK && o->resume) rc = resume(&t, &start);
+  else if (rc == OL_OK && o->ckpt_dir) rc = ol_grid_agree(g, g->world_rank == 0 ? check_fresh_dir(o) : OL_OK);
+  if (rc == OL_OK && start >= o->steps) {
+    ol_info("checkpoint step %lld >= --steps %lld: nothing left to train", (long long)start,
+            (long long)o->steps);
+  } else if (rc == OL_OK) {
+    // SIGTERM (Slurm's time limit, scancel) and SIGUSR1 (--signal=B:USR1@T): stop after the
+    // current step with a checkpoint
+    struct sigaction stop = {0}, old_term, old_usr1;
+    stop.sa_handler = on_stop_signal;
+    sigemptyset(&stop.sa_mask);
+    stop_signal = 0;
+    sigaction(SIGTERM, &stop, &old_term);
+    sigaction(SIGUSR1, &stop, &old_usr1);
+    rc = train_loop(&t, start, t_run, result);
+    sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+  }
   ol_metrics_close(t.log);
   if (t.data) ol_dataset_close(t.data);
   ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
