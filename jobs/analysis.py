@@ -121,28 +121,48 @@ def methods_plots(out, runs):
     made = []
     pts = [r for r in runs if num(r, "val_loss") is not None and num(r, "trainable") is not None]
     if pts:
-        tmax = max(num(r, "trainable") for r in pts) or 1
-        offsets = set()  # label offsets, in characters right of the bubble's centre
+        xs, ys = [r["train_s"] for r in pts], [num(r, "val_loss") for r in pts]
+        logx = min(xs) > 0 and max(xs) / min(xs) > 20
+        fx = math.log10 if logx else (lambda v: v)
+        x0, x1 = fx(min(xs)), fx(max(xs))
+        y0, y1 = min(ys), max(ys)
+        dx, dy = (x1 - x0) or abs(x1) or 1.0, (y1 - y0) or abs(y1) or 1.0
+        # room for the labels on the right and the bubbles at the edges
+        x0, x1, y0, y1 = x0 - 0.06 * dx, x1 + 0.3 * dx, y0 - 0.12 * dy, y1 + 0.12 * dy
+        # the plot area is about 890 x 540 pixels; a 10-point character about 6.5 x 15
+        px = lambda x: (fx(x) - x0) / (x1 - x0) * 890
+        py = lambda y: (y - y0) / (y1 - y0) * 540
+        tmax = max(num(r, "trainable") for r in pts)
+        placed, lines = [], []
+        for r in sorted(pts, key=lambda r: -num(r, "val_loss")):
+            # gnuplot's point size scales the radius: size ~ sqrt(trainable) makes area ~
+            # trainable (down to a visible minimum; the label gives the count)
+            size = max(7.0 * math.sqrt(num(r, "trainable") / tmax), 0.8)
+            off = round(0.45 * size + 0.8, 1)  # characters right of the bubble's centre
+            label = f"{r['method']} ({human(num(r, 'trainable'))})"
+            left, right = px(r["train_s"]) + off * 6.5, px(r["train_s"]) + (off + len(label)) * 6.5
+            # the label moves up or down by whole lines until it overlaps no label placed before
+            for shift in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+                mid = py(num(r, "val_loss")) + shift * 15
+                if not any(left < b[1] and b[0] < right and abs(mid - b[2]) < 15 for b in placed):
+                    break
+            placed.append((left, right, mid))
+            ly = y0 + mid / 540 * (y1 - y0)
+            lines.append(f"{r['train_s']:.6g} {r['val_loss']} {size:.4f} {off} {ly:.6g} {q(label)}\n")
         with open(os.path.join(out, "methods.dat"), "w") as f:
-            f.write("# train_s val_loss point_size label\n")
-            for r in pts:
-                # gnuplot's point size scales the radius: size ~ sqrt(trainable) makes area ~
-                # trainable (down to a visible minimum; the label gives the count)
-                size = max(7.0 * math.sqrt(num(r, "trainable") / tmax), 0.8)
-                f.write(f"{r['train_s']:.6g} {r['val_loss']} {size:.4f} "
-                        f"{q(r['method'] + ' (' + human(num(r, 'trainable')) + ')')}\n")
-                offsets.add(round(0.45 * size + 0.8, 1))
+            f.write("# train_s val_loss point_size label_offset label_y label\n" + "".join(lines))
         # one label series per offset, so that each label starts just right of its own bubble
         label_plots = "".join(
-            f", \\\n     '' using 1:(abs($3 * 0.45 + 0.8 - {o}) < 0.06 ? $2 : NaN):4 with labels left "
-            f"offset char {o},0 font ',10'" for o in sorted(offsets))
-        xs = [r["train_s"] for r in pts]
-        logx = "set logscale x\n" if min(xs) > 0 and max(xs) / min(xs) > 20 else ""
+            f", \\\n     '' using 1:($4 == {o} ? $5 : NaN):6 with labels left offset char {o},0 font ',10'"
+            for o in sorted({float(l.split()[3]) for l in lines}))
+        xr = f"[{10 ** x0:.6g}:{10 ** x1:.6g}]" if logx else f"[{x0:.6g}:{x1:.6g}]"
         made.append(gnuplot(out, "methods", f"""\
 set title "Validation loss against training time (bubble area ∝ trainable parameters)"
 set xlabel "training time (s, wall clock of the run, all restarts)"
 set ylabel "validation loss (nats per token)"
-{logx}set offsets graph 0.05, graph 0.2, graph 0.1, graph 0.1
+{"set logscale x" if logx else ""}
+set xrange {xr}
+set yrange [{y0:.6g}:{y1:.6g}]
 set grid
 unset key
 plot 'methods.dat' using 1:2:3 with points pt 7 ps variable lc rgb '#80336699'{label_plots}
