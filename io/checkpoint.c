@@ -2,7 +2,11 @@
  * frozen, each holding one f32 dataset per tensor at its full logical shape. Every dataset is
  * chunked with a Fletcher32 checksum, so corruption is caught on read. A checkpoint is written
  * to "<path>.tmp", synced and renamed: a reader never sees a half-written file. */
+#define _GNU_SOURCE /* fallocate and its FALLOC_FL_* flags */
 #include <dirent.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <sys/statvfs.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,9 +207,7 @@ static hid_t chunked_checksummed(int ndim, const hsize_t *dims, const size_t *sh
   return dcpl;
 }
 
-/* Creates the dataset and writes this rank's slice (none when count has a zero). Every rank of
- * a parallel writer makes the same calls, so one rank's local failure cannot leave the others
- * waiting in a collective: the caller agrees on the outcome afterwards. */
+/* Creates the dataset and writes this rank's slice (none when count has a zero). */
 static int write_dataset(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
                          const size_t *shape, const size_t *chunk, const size_t *start,
                          const size_t *count, const float *src) {
@@ -252,7 +254,6 @@ int ol_ckpt_write_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
   OL_CHECK(c && c->tmp);
   OL_CHECK((unsigned)g < OL_GROUP_COUNT);
   OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
-  if (c->failed) return OL_ERR;  /* the first failure is the one reported */
   int rc = write_dataset(c, g, name, ndim, shape, chunk, start, count, src);
   if (rc != OL_OK) c->failed = 1;
   return rc;
@@ -281,8 +282,34 @@ int ol_ckpt_close_written(ol_ckpt *c) {
   return rc;
 }
 
+int ol_ckpt_reserve(const char *path, size_t bytes) {
+  char *tmp = ol_io_tmp_path(path);
+  int fd = open(tmp, O_WRONLY);
+  int rc = OL_OK;
+  if (fd < 0) {
+    rc = ol_error("%s: cannot open to reserve space: %s", tmp, strerror(errno));
+  } else if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)bytes) != 0) {
+    int err = errno;
+    struct statvfs vfs;
+    if (err == ENOSPC || err == EDQUOT)
+      rc = ol_error("%s: not enough disk space for the checkpoint (%.1f MiB needed): %s", path,
+                    bytes / 1048576.0, strerror(err));
+    else if (fstatvfs(fd, &vfs) == 0 && (double)vfs.f_bavail * vfs.f_frsize < (double)bytes)
+      rc = ol_error("%s: not enough disk space for the checkpoint (%.1f MiB needed, %.1f MiB free)",
+                    path, bytes / 1048576.0, (double)vfs.f_bavail * vfs.f_frsize / 1048576.0);
+  }
+  if (fd >= 0) close(fd);
+  ol_free(tmp);
+  return rc;
+}
+
 int ol_ckpt_commit(const char *path) {
   char *tmp = ol_io_tmp_path(path);
+  int fd = open(tmp, O_WRONLY);  /* give back the reserved space beyond the file's end */
+  struct stat st;
+  if (fd >= 0 && fstat(fd, &st) == 0)
+    fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)1 << 40);
+  if (fd >= 0) close(fd);
   int rc = ol_io_commit(tmp, path);
   ol_free(tmp);
   return rc;

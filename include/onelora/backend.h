@@ -95,10 +95,13 @@ typedef struct {
   /* acc(d) += g(d) * (column sums of a(N,d) * b(N,d), elementwise) */
   void (*col_dots_accum)(float *acc, const float *a, const float *b, const float *g, size_t N,
                          size_t d);
-  /* DoRA's row norms, as reciprocals: rn(i) = 1 / sqrt(|W_i|^2 + B_i . P_i) for W(d,k) and
-   * B, P (d,r); with P = 2s W A^T + s^2 B A A^T this is 1 / |W_i + s (B A)_i| */
-  void (*dora_inv_norms)(float *rn, const float *W, const float *B, const float *P, size_t d,
-                         size_t k, size_t r);
+  /* DoRA's squared row norms n2(i) = |W_i|^2 + B_i . P_i for W(d,k) and B, P (d,r), summed in
+   * double; with P = 2s W A^T + s^2 B A A^T this is |W_i + s (B A)_i|^2 (under row-parallel TP,
+   * with this rank's columns of W and A, its partial sum over them) */
+  void (*dora_sq_norms)(float *n2, const float *W, const float *B, const float *P, size_t d,
+                        size_t k, size_t r);
+  /* x(n) = 1 / sqrt(x) in place, with a floor that keeps a zero x finite */
+  void (*inv_sqrt)(float *x, size_t n);
 
   /* Vocab-parallel cross-entropy (DESIGN §5): this rank holds logits(N,V) of the vocabulary
    * rows [v0, v0 + V); the caller reduces mx (max), sum and zt (sums) over TP between the

@@ -83,8 +83,9 @@ int ol_ckpt_create(const char *path, const ol_ckpt_meta *meta, void *mpi_comm, o
 /* Creates dataset `name` of group g at its full logical `shape` and writes this rank's slice
  * [start, start + count) from src (prod(count) floats; a zero count writes nothing). `chunk`
  * is the chunk shape (a shard's extent, so that shards are whole chunks), NULL = the shape.
- * Every dataset gets the Fletcher32 checksum filter. After a failure later writes are skipped
- * and fail too, so that all ranks keep making the same calls. */
+ * Every dataset gets the Fletcher32 checksum filter. A parallel writer's callers agree on the
+ * outcome of each call before the next (a rank that failed alone would leave the others
+ * waiting in the next collective). */
 int ol_ckpt_write_slice(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim,
                         const size_t *shape, const size_t *chunk, const size_t *start,
                         const size_t *count, const float *src);
@@ -94,7 +95,12 @@ int ol_ckpt_write(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim, const
 /* Flushes (under MPI-IO: syncs every rank's part) and closes the temporary file; frees c.
  * Collective for a parallel writer. The file is not yet visible: see ol_ckpt_commit. */
 int ol_ckpt_close_written(ol_ckpt *c);
-/* Makes a closed temporary file the checkpoint: fsync, rename to path, fsync the directory.
+/* One process, after create and before any write: reserves `bytes` of disk for the temporary
+ * file (fallocate, keeping its size), so that a full disk fails here, cleanly, rather than
+ * inside a collective write, from which parallel HDF5 cannot recover. Where the file system
+ * cannot reserve, the free space is checked instead. */
+int ol_ckpt_reserve(const char *path, size_t bytes);
+/* Makes a closed temporary file the checkpoint (giving back the unused reservation): fsync, rename to path, fsync the directory.
  * Called by one process, once every writer closed successfully. */
 int ol_ckpt_commit(const char *path);
 /* Removes path's temporary file, if any. */

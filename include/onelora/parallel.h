@@ -20,6 +20,7 @@ typedef struct ol_grid {
   void *tp_comm, *dp_comm, *pp_comm; /* MPI_Comm handles (opaque outside src/parallel) */
   double bytes[OL_COMM_COUNT];      /* this step's payload bytes per purpose */
   void *pp_requests;                /* pipeline send requests, one per (slot, direction) */
+  void *pp_inbox;                   /* the pipeline receive in flight and its buffer */
   void *world_comm;                 /* MPI_COMM_WORLD as an MPI_Comm * (for parallel I/O) */
 } ol_grid;
 
@@ -89,8 +90,12 @@ int ol_pp_slots(int pp, int pp_rank, int M, int gpipe);
 void ol_pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot);
 /* Waits for the slot's pending sends, before its buffers are reused or freed. */
 void ol_pp_wait_send(ol_grid *g, int slot);
-/* Blocking receive from the previous (from_prev = 1) or next stage for micro-batch mb. */
-void ol_pp_recv(ol_grid *g, int from_prev, float *x, size_t n, int mb);
+/* Non-blocking receive of n floats from the previous (from_prev = 1) or next stage for
+ * micro-batch mb, into a buffer of the pipeline's own: it can be posted before its destination
+ * is free (one op ahead), so that the transfer overlaps the current op. One at a time. */
+void ol_pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb);
+/* Waits for the posted receive and copies its n floats into x, right before x is used. */
+void ol_pp_wait_recv(ol_grid *g, float *x, size_t n);
 /* Sums n doubles over the pipeline stages, in place. */
 void ol_pp_sum(ol_grid *g, double *x, int n);
 /* Collects every stage's trainable state (values, Adam moments) and generated frozen tensors

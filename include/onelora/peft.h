@@ -77,6 +77,7 @@ int ol_method_parse(const char *methods, const char *targets, int64_t rank, doub
                     ol_method *out);
 
 struct ol_linear;
+struct ol_grid;
 typedef struct ol_adapter ol_adapter;
 
 /* ---- frozen tensors that methods generate themselves (VeRA's shared A and B, 1lora-random's
@@ -135,7 +136,8 @@ typedef struct {
    * computes z(N,d) = x W^T + the additive adapters (this one's forward included) into a
    * scratch, then rescale_forward(z) in place, then y = beta*y + z. In backward,
    * rescale_backward turns dy(N,d) into dz(N,d) (its own gradients accumulated; x is its saved
-   * input), and everything else back-propagates dz. */
+   * input), and everything else back-propagates dz. On a row-parallel layer z is summed over TP
+   * before rescale_forward sees it, and dy (hence dz) is the same on every rank. */
   void (*rescale_forward)(ol_adapter *a, const struct ol_linear *lin, float *z, size_t N,
                           float *saved);
   void (*rescale_backward)(ol_adapter *a, const struct ol_linear *lin, const float *dy,
@@ -177,6 +179,7 @@ typedef struct ol_linear {
   size_t out_full, out_start; /* the full logical d and where this rank's rows start */
   size_t in_full, in_start;   /* the full logical k and where this rank's columns start */
   int tp_rank;              /* this rank in the TP group (0 without TP) */
+  struct ol_grid *grid;     /* the TP collectives' grid (NULL on one rank), set by the model */
   ol_par_kind par;
   float *W;                 /* (out, in) frozen or trainable weight shard */
   long w_param;             /* entry index when W is trainable, else -1 */
@@ -191,7 +194,9 @@ typedef struct ol_linear {
 
 /* floats per token this linear keeps between its forward and its backward */
 size_t ol_linear_saved_per_token(const ol_linear *lin);
-/* y(N,out) = beta*y + x(N,in) W^T + adapters; saved (N, saved_per_token) */
+/* y(N,out) = beta*y + x(N,in) W^T + adapters; saved (N, saved_per_token). A row-parallel layer
+ * under TP sums its output over the TP ranks (one all-reduce of y); y must then be the same on
+ * every rank on entry (the residual stream is). */
 void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float beta,
                        float *saved);
 /* dx(N,in) = beta*dx + dy(N,out) W + adapters; accumulates trainable gradients */

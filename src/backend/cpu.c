@@ -719,20 +719,24 @@ static void cpu_col_dots_accum(float *acc, const float *a, const float *b, const
   }
 }
 
-static void cpu_dora_inv_norms(float *rn, const float *W, const float *B, const float *P,
-                               size_t d, size_t k, size_t r) {
-  // rn (d) = 1 / sqrt(|W_i|^2 + B_i . P_i), W (d, k), B and P (d, r); sums in double. The
-  // floor guards a zero row (and an expanded sum rounded below zero): rn stays finite and
-  // the row's output, which is then zero too, stays zero
+static void cpu_dora_sq_norms(float *n2, const float *W, const float *B, const float *P,
+                              size_t d, size_t k, size_t r) {
+  // n2 (d) = |W_i|^2 + B_i . P_i, W (d, k), B and P (d, r); sums in double
 #pragma omp parallel for schedule(static) if (d * k >= OMP_MIN_ROWWORK)
   for (size_t i = 0; i < d; i++) {
     const float *wi = W + i * k, *bi = B + i * r, *pi = P + i * r;
-    double n2 = 0.0;
-#pragma omp simd reduction(+ : n2)
-    for (size_t j = 0; j < k; j++) n2 += (double)wi[j] * (double)wi[j];
-    for (size_t q = 0; q < r; q++) n2 += (double)bi[q] * (double)pi[q];
-    rn[i] = (float)(1.0 / sqrt(fmax(n2, 1e-30)));
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (size_t j = 0; j < k; j++) s += (double)wi[j] * (double)wi[j];
+    for (size_t q = 0; q < r; q++) s += (double)bi[q] * (double)pi[q];
+    n2[i] = (float)s;
   }
+}
+
+static void cpu_inv_sqrt(float *x, size_t n) {
+  // x (n) = 1 / sqrt(x). The floor guards a zero row (and an expanded sum rounded below zero):
+  // the result stays finite, and a row whose norm is zero has a zero output anyway
+  for (size_t i = 0; i < n; i++) x[i] = (float)(1.0 / sqrt(fmax((double)x[i], 1e-30)));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -797,7 +801,8 @@ static const ol_backend cpu_backend = {
     /* lora/dora */
     .scale_cols = cpu_scale_cols,
     .col_dots_accum = cpu_col_dots_accum,
-    .dora_inv_norms = cpu_dora_inv_norms,
+    .dora_sq_norms = cpu_dora_sq_norms,
+    .inv_sqrt = cpu_inv_sqrt,
     /* vocab-parallel cross-entropy */
     .vp_ce_local = cpu_vp_ce_local,
     .vp_ce_sumexp = cpu_vp_ce_sumexp,

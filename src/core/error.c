@@ -10,10 +10,12 @@ static char last_error[1024];
 static int log_rank;
 
 int ol_error(const char *fmt, ...) {
+  char msg[sizeof last_error];  /* formatted aside: an argument may be ol_last_error() itself */
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(last_error, sizeof last_error, fmt, ap);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  memcpy(last_error, msg, sizeof msg);
   return OL_ERR;
 }
 

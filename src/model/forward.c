@@ -96,16 +96,20 @@ void ol_acts_free(ol_acts *a) {
   memset(a, 0, sizeof *a);
 }
 
-/* Points every linear at these activations' scratch (for rescaling adapters). */
+/* Points every linear at these activations' scratch (for rescaling adapters) and at the TP grid
+ * (for the row-parallel all-reduces). */
 static void set_linear_work(ol_model *m, ol_acts *a) {
   for (size_t l = 0; l < a->L; l++)
-    for (int p = 0; p < OL_PROJ_COUNT; p++) m->blocks[l].lin[p].work = a->lin_work;
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      m->blocks[l].lin[p].work = a->lin_work;
+      m->blocks[l].lin[p].grid = m->grid;
+    }
 }
 
 /* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. Under TP the attention runs on
  * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
- * down produce partial sums: tp_rank 0 adds its partial to the residual, the others write
- * theirs alone, and one all-reduce over TP sums them. */
+ * down sum their partial outputs over TP themselves (one all-reduce each, in ol_linear_forward)
+ * and add them to the residual, which is the same on every rank. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
@@ -113,7 +117,6 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   const size_t tp = (size_t)m->tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
-  const float res = m->tp_rank == 0 ? 1.0f : 0.0f;  // who adds the residual
   const float eps = (float)c->norm_eps;
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd1, x, b->attn_norm.data, N, D, eps);
@@ -124,17 +127,15 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   ol_bk->rope_apply(ba->k, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 0);
   ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
                            a->attn_scratch);
-  if (res != 0.0f) memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
-  ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, res, ba->saved[OL_O]);
-  ol_tp_allreduce(m->grid, ba->x2, N * D, OL_COMM_TP_FWD);
+  memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
+  ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, 1.0f, ba->saved[OL_O]);
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd2, ba->x2, b->mlp_norm.data, N, D, eps);
   ol_linear_forward(&b->lin[OL_GATE], a->xn, ba->g, N, 0.0f, ba->saved[OL_GATE]);
   ol_linear_forward(&b->lin[OL_UP], a->xn, ba->u, N, 0.0f, ba->saved[OL_UP]);
   ol_bk->swiglu_forward(a->h, ba->g, ba->u, N * F);
-  if (res != 0.0f) memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
-  ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, res, ba->saved[OL_DOWN]);
-  ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
+  memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
+  ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, 1.0f, ba->saved[OL_DOWN]);
 }
 
 /* a->dres (N, D) holds d(out) on entry and d(x) on exit; x (N, D) is the block input. Under TP

@@ -223,6 +223,7 @@ void ol_model_init_adapters(ol_model *m, uint64_t seed) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
       const uint64_t layer = m->stage.first_layer + l;
+      lin->grid = m->grid;  // DoRA's m = |W|_row sums a row-parallel layer's columns over TP
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_rng rng;  // one stream per (layer, projection, adapter): independent of layout
         ol_rng_seed(&rng, ol_hash64(seed ^ (layer << 32 | (uint64_t)p << 8 | (uint64_t)i)));

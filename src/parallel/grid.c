@@ -1,6 +1,7 @@
 /* The process grid: DP x PP x TP communicators and agreement on errors. */
 #include <mpi.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "onelora/core.h"
@@ -8,6 +9,10 @@
 
 void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
   memset(g, 0, sizeof *g);
+  // Open MPI's default collective-write algorithm for MPI-IO (fcoll/vulcan) can hang when some
+  // ranks write nothing, which is the rule in a checkpoint (open-mpi/ompi#7414, seen here under
+  // srun with 4 ranks); the other algorithms do not. A user's own setting wins.
+  setenv("OMPI_MCA_fcoll", "^vulcan", 0);
   int provided;
   MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
   MPI_Comm_rank(MPI_COMM_WORLD, &g->world_rank);
@@ -41,10 +46,8 @@ int ol_grid_layout(ol_grid *g, int tp, int pp) {
 
 void ol_grid_finalize(ol_grid *g) {
   void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
-  ol_free(g->pp_requests);
-  g->pp_requests = NULL;
-  ol_free(g->world_comm);
-  g->world_comm = NULL;
+  ol_free(g->pp_requests), ol_free(g->pp_inbox), ol_free(g->world_comm);
+  g->pp_requests = g->pp_inbox = g->world_comm = NULL;
   for (int i = 0; i < 3; i++)
     if (*handles[i]) {
       MPI_Comm_free(comm(*handles[i]));
@@ -63,7 +66,10 @@ int ol_grid_agree(ol_grid *g, int status) {
   char msg[1024];
   ol_strlcpy(msg, first == g->world_rank ? ol_last_error() : "", sizeof msg);
   MPI_Bcast(msg, sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD);
-  return ol_error("rank %d: %s", first, msg);
+  char prefix[32];
+  snprintf(prefix, sizeof prefix, "rank %d: ", first);
+  if (strncmp(msg, prefix, strlen(prefix)) == 0) return ol_error("%s", msg);  // agreed before
+  return ol_error("%s%s", prefix, msg);
 }
 
 int ol_grid_any(ol_grid *g, int flag) {

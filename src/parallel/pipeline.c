@@ -52,11 +52,37 @@ void ol_pp_wait_send(ol_grid *g, int slot) {
   for (int dir = 0; dir < 2; dir++) MPI_Wait(request(g, slot, dir), MPI_STATUS_IGNORE);
 }
 
-void ol_pp_recv(ol_grid *g, int from_prev, float *x, size_t n, int mb) {
+/* The receive in flight: one at a time, into a buffer of the pipeline's own (the inbox), so that
+ * it can be posted before the slot it is meant for is free. One allocation, freed with the grid. */
+typedef struct {
+  MPI_Request request;
+  size_t cap;   /* floats the buffer holds */
+  size_t n;     /* floats of the posted receive; 0 when none is posted */
+  float buf[];  /* (cap) */
+} inbox;
+
+void ol_pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
+  inbox *in = g->pp_inbox;
+  OL_CHECK(!in || in->n == 0);  // the previous receive was waited for
+  OL_CHECK(n > 0 && n <= (size_t)INT32_MAX);
+  if (!in || in->cap < n) {
+    ol_free(in);
+    in = g->pp_inbox = ol_calloc(1, sizeof *in + n * sizeof(float));
+    in->cap = n;
+  }
+  in->n = n;
   // a forward activation from the previous stage was sent "to next" (dir 1), a gradient from
   // the next stage "to previous" (dir 0)
-  MPI_Recv(x, (int)n, MPI_FLOAT, g->pp_rank + (from_prev ? -1 : 1), 2 * mb + from_prev,
-           pp_comm(g), MPI_STATUS_IGNORE);
+  MPI_Irecv(in->buf, (int)n, MPI_FLOAT, g->pp_rank + (from_prev ? -1 : 1), 2 * mb + from_prev,
+            pp_comm(g), &in->request);
+}
+
+void ol_pp_wait_recv(ol_grid *g, float *x, size_t n) {
+  inbox *in = g->pp_inbox;
+  OL_CHECK(in && in->n == n);  // the receive this op expects was posted
+  MPI_Wait(&in->request, MPI_STATUS_IGNORE);
+  memcpy(x, in->buf, n * sizeof(float));
+  in->n = 0;
 }
 
 void ol_pp_sum(ol_grid *g, double *x, int n) {

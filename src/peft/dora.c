@@ -25,11 +25,21 @@
  *   g  (d)      m / n
  *   P  (d, r)   scratch for the norms
  *   AA (r, r)   scratch for the norms
- * i.e. 2d + dr + r^2 floats per layer. */
+ * i.e. 2d + dr + r^2 floats per layer.
+ *
+ * Under TP (docs/PARALLEL.md) DoRA is LoRA's layout plus m and the norms. Column-parallel: the
+ * rank holds whole rows, so n, m, g and dm are local and m is sharded like W's rows.
+ * Row-parallel: the rank holds the columns [in_start, in_start + k) of every row, so n_i^2 =
+ * sum over the ranks of this rank's |W_i|^2 + B_i . P_i (with its A and W columns): one
+ * all-reduce of d floats per forward; m is replicated; the linear sums z over TP before the
+ * rescale; dy and dz = g * dy are the same on every rank, and the z that backward recomputes
+ * from the kept x is this rank's partial z, so dm is a partial sum (summed over TP with the
+ * other partial gradients). */
 #include <math.h>
 #include <stdio.h>
 
 #include "onelora/backend.h"
+#include "onelora/parallel.h"
 #include "onelora/peft.h"
 
 enum { DORA_CHUNK = 64 };  /* tokens per chunk of the recomputed z in backward */
@@ -38,8 +48,11 @@ static void dora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
   ol_lora_ops.declare(a, lin, ctx);  // lora_A (r, k), lora_B (d, r), rank and scale
   char name[160];
   snprintf(name, sizeof name, "%s.dora_m", lin->name);
-  size_t shape[1] = {lin->out};
-  a->param[2] = ol_params_declare(ctx->params, name, 1, shape);
+  // (d) sharded like W's rows (column-parallel), whole on every rank (row-parallel)
+  size_t shape[1] = {lin->out_full ? lin->out_full : lin->out}, start[1] = {lin->out_start},
+         count[1] = {lin->out};
+  a->param[2] = ol_params_declare_slice(ctx->params, name, 1, shape, start, count);
+  ctx->params->entries[a->param[2]].tp_partial = lin->par == OL_PAR_ROW;
   a->n_param = 3;
   const size_t d = lin->out, r = a->rank;
   a->state_floats = 2 * d + d * r + r * r;  // rn, g, P, AA
@@ -49,10 +62,13 @@ static void dora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   ol_lora_ops.init(a, lin, rng);  // A uniform, B = 0
   const size_t k = lin->in;
   float *m = a->value[2];  // (d) = |W|_row: with B = 0, m / n = 1
-  for (size_t i = 0; i < lin->out; i++) m[i] = (float)sqrt(ol_bk->sumsq(lin->W + i * k, k));
+  for (size_t i = 0; i < lin->out; i++) m[i] = (float)ol_bk->sumsq(lin->W + i * k, k);
+  if (lin->par == OL_PAR_ROW) ol_tp_allreduce(lin->grid, m, lin->out, OL_COMM_TP_FWD);
+  for (size_t i = 0; i < lin->out; i++) m[i] = sqrtf(m[i]);
 }
 
-/* rn (d) = 1 / |W_i + s (B A)_i| for the current A and B; uses P and AA of the state */
+/* rn (d) = 1 / |W_i + s (B A)_i| for the current A and B; uses P and AA of the state. A
+ * row-parallel rank computes its columns' share of the squared norms, summed over TP. */
 static void inv_norms(const ol_adapter *a, const ol_linear *lin, float *rn) {
   const size_t r = a->rank, k = lin->in, d = lin->out;
   const float s = a->scale;
@@ -63,7 +79,9 @@ static void inv_norms(const ol_adapter *a, const ol_linear *lin, float *rn) {
   ol_bk->gemm(0, 1, r, r, k, 1.0f, A, k, A, k, 0.0f, AA, r);           // AA = A A^T
   ol_bk->gemm(0, 1, d, r, k, 2.0f * s, lin->W, k, A, k, 0.0f, P, r);   // P = 2s W A^T
   ol_bk->gemm(0, 0, d, r, r, s * s, B, r, AA, r, 1.0f, P, r);          // P += s^2 B AA
-  ol_bk->dora_inv_norms(rn, lin->W, B, P, d, k, r);
+  ol_bk->dora_sq_norms(rn, lin->W, B, P, d, k, r);
+  if (lin->par == OL_PAR_ROW) ol_tp_allreduce(lin->grid, rn, d, OL_COMM_TP_FWD);
+  ol_bk->inv_sqrt(rn, d);
 }
 
 static size_t dora_saved(const ol_adapter *a, const ol_linear *lin) {
@@ -103,7 +121,7 @@ static void dora_rescale_backward(ol_adapter *a, const ol_linear *lin, const flo
   for (size_t t0 = 0; t0 < N; t0 += DORA_CHUNK) {
     const size_t n = N - t0 < DORA_CHUNK ? N - t0 : DORA_CHUNK;
     const float *dyc = dy + t0 * d;  // (n, d)
-    float *zc = dz + t0 * d;         // (n, d) z recomputed here, then overwritten by dz
+    float *zc = dz + t0 * d;  // (n, d) z recomputed here (row-parallel: its TP partial), then dz
     ol_bk->gemm(0, 1, n, d, k, 1.0f, xs + t0 * k, k, lin->W, k, 0.0f, zc, d);    // x W^T
     ol_bk->gemm(0, 1, n, d, r, a->scale, t + t0 * r, r, B, r, 1.0f, zc, d);     // + s t B^T
     ol_bk->col_dots_accum(dm, dyc, zc, rn, n, d);  // dm += (1/n) * sum_t dy_t * z_t

@@ -4,10 +4,15 @@
  *
  * Additive adapters and the bias run first and the GEMM last with beta = 1, so their writes
  * replace the pass in which BLAS would otherwise zero or scale the output. A rescaling adapter
- * (DoRA) works on z = x W^T + additive terms in the scratch lin->work. */
+ * (DoRA) works on z = x W^T + additive terms in the scratch lin->work.
+ *
+ * Under TP a row-parallel layer owns its forward all-reduce (Megatron's RowParallelLinear), so
+ * that a rescaling adapter sees the whole z; a column-parallel layer's dx is a partial sum that
+ * the block reduces once for q, k, v (and once for gate, up). */
 #include <string.h>
 
 #include "onelora/backend.h"
+#include "onelora/parallel.h"
 #include "onelora/peft.h"
 
 size_t ol_linear_saved_per_token(const ol_linear *lin) {
@@ -45,19 +50,28 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
                        float *saved) {
   // x (N, in), y (N, out), W (out, in)
   ol_adapter *scale = rescaler(lin);
-  // a row-parallel layer's output is summed over TP: only tp_rank 0 adds the bias
-  const int bias = lin->bias && !(lin->par == OL_PAR_ROW && lin->tp_rank != 0);
+  // a row-parallel layer holds the input columns [in_start, in_start + in): its output is a
+  // partial sum, summed over TP (a no-op without TP)
+  const int row = lin->par == OL_PAR_ROW;
   if (!scale) {
-    if (bias) ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
+    // the partials are summed in y itself: tp_rank 0 carries beta*y and the bias, the other
+    // ranks their product alone
+    if (row && lin->tp_rank != 0) beta = 0.0f;
+    if (lin->bias && (!row || lin->tp_rank == 0))
+      ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
     additive_forward(lin, x, y, N, beta, saved, NULL, NULL);
+    if (row) ol_tp_allreduce(lin->grid, y, N * lin->out, OL_COMM_TP_FWD);
     return;
   }
+  // rescaling (DoRA): the rescale needs the whole z, so a row-parallel layer sums z over TP
+  // before it; z, and then y, are the same on every rank
   float *z = beta == 0.0f ? y : lin->work;  // (N, out)
   float *slot = NULL;
   additive_forward(lin, x, z, N, 0.0f, saved, scale, &slot);
+  if (row) ol_tp_allreduce(lin->grid, z, N * lin->out, OL_COMM_TP_FWD);
   scale->ops->rescale_forward(scale, lin, z, N, slot);
   if (z != y) ol_bk->axpy(y, z, 1.0f, N * lin->out);
-  if (bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
+  if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
 }
 
 void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, float beta,

@@ -97,13 +97,16 @@ static void mora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
 
 static size_t mora_saved(const ol_adapter *a, const ol_linear *lin) { return a->rank; }
 
-/* The compression of type 1 over this rank's input columns [s, s + k) of the layer's k_full
- * (all of them without TP). The padded position p < k_pad reads column p mod k_full, so copy w
- * of the input (positions w k_full + g) sends global column g to c[(w k_full + g) mod r^]; the
- * last copy is cut at k_pad. back = 0: c(n, r^) = beta c + that map of x(n, k); back = 1: the
- * transpose, x(n, k) = beta x + the map read backwards from c. */
-static void mora1_compress(const ol_linear *lin, size_t rhat, float *c, float *x, size_t n,
-                           float beta, int back) {
+/* The padding of x over this rank's input columns [s, s + k) of the layer's k_full (all of them
+ * without TP), mapped onto `width` positions: the padded position p < k_pad reads column
+ * p mod k_full and lands on p mod width, so copy w of the input (positions w k_full + g) sends
+ * global column g to (w k_full + g) mod width; the last copy is cut at k_pad. Type 1's
+ * compression is width r^ (the copies' positions sum); type 6's padded input is width k_pad
+ * (each position once; a row-parallel rank leaves the other ranks' columns zero). back = 0:
+ * c(n, width) = beta c + that map of x(n, k); back = 1: the transpose, x(n, k) = beta x + the
+ * map read backwards from c. */
+static void pad_map(const ol_linear *lin, size_t rhat, size_t width, float *c, float *x,
+                    size_t n, float beta, int back) {
   const size_t k = lin->in, s = lin->in_start, k_full = lin->in_full ? lin->in_full : k;
   const size_t kp = padded(k_full, rhat);
   for (size_t w = 0; w * k_full < kp; w++) {
@@ -112,9 +115,9 @@ static void mora1_compress(const ol_linear *lin, size_t rhat, float *c, float *x
     if (lo >= hi) break;
     const size_t at = w * k_full + lo;                    // their first padded position
     if (!back)
-      cyclic_rows(c, rhat, at, x + (lo - s), k, 0, hi - lo, n, beta);
+      cyclic_rows(c, width, at, x + (lo - s), k, 0, hi - lo, n, beta);
     else
-      cyclic_rows(x + (lo - s), k, 0, c, rhat, at, hi - lo, n, beta);
+      cyclic_rows(x + (lo - s), k, 0, c, width, at, hi - lo, n, beta);
     beta = 1.0f;
   }
 }
@@ -125,7 +128,7 @@ static void mora_forward(ol_adapter *a, const ol_linear *lin, const float *x, fl
   const float *M = a->value[0];  // (r^, r^)
   float *c = saved;              // (N, r^) the compressed input, kept for backward
   float *mc = a->state;          // (MORA_CHUNK, r^)
-  mora1_compress(lin, rhat, c, (float *)x, N, 0.0f, 0);  // c_j = sum over p = j mod r^ of x_pad[p]
+  pad_map(lin, rhat, rhat, c, (float *)x, N, 0.0f, 0);  // c_j = sum over p = j mod r^ of x_pad[p]
   for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
     const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
     ol_bk->gemm(0, 1, n, rhat, rhat, 1.0f, c + t0 * rhat, rhat, M, rhat, 0.0f, mc, rhat);
@@ -146,7 +149,7 @@ static void mora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, 
     cyclic_rows(f, rhat, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
     ol_bk->gemm(1, 0, rhat, rhat, n, 1.0f, f, rhat, c, rhat, 1.0f, dM, rhat);  // dM += f^T c
     ol_bk->gemm(0, 0, n, rhat, rhat, 1.0f, f, rhat, M, rhat, 0.0f, c, rhat);   // g = f M
-    mora1_compress(lin, rhat, c, dx + t0 * k, n, beta, 1);  // dx_{p mod k} += g_{p mod r^}
+    pad_map(lin, rhat, rhat, c, dx + t0 * k, n, beta, 1);  // dx_{p mod k} += g_{p mod r^}
   }
 }
 
@@ -168,15 +171,36 @@ const ol_adapter_ops ol_mora_ops = {
 };
 
 /* ---- type 6 ------------------------------------------------------------------------------ */
+/* Under TP (docs/PARALLEL.md) the groups keep their global index g (padding copies included)
+ * and the outputs their global row. Column-parallel: x is whole, so every rank forms all G
+ * rotated groups and o as on one rank, and its rows read o at (out_start + i) mod k_pad; the
+ * fold of its dy rows is partial, so dM and dx are partial sums (dM summed over TP, dx joining
+ * the layer's all-reduce). Row-parallel: type 6 is linear in x, so a rank forms the padded
+ * input with only its own columns (zeros at the other ranks' positions), rotates and
+ * multiplies every group, and adds its partial o to y, which the layer's all-reduce sums. A
+ * group that straddles two shards then needs nothing special: each rank rotates its part of
+ * it, zeros elsewhere, and rotation and M are linear. dM = sum_g f_g rot_g(x_g)^T is partial
+ * (summed over TP); f comes from the replicated dy, so rot_g^T(M^T f_g) is whole and each rank
+ * reads its own columns back. No new collective, and no constraint tying r^ to the shards;
+ * the price is that every rank rotates and multiplies all G groups, N k_pad r^ multiply-adds
+ * per layer, as on one rank. */
 /* scratch: cos, sin (G, r^/2) each, then Z and O (F in backward), (MORA6_CHUNK, k_pad) each */
 static void mora6_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
-  const size_t rhat = ol_mora_rhat(lin->in, lin->out, ctx->method->rank) / 2 * 2;  // even
+  const size_t k_full = lin->in_full ? lin->in_full : lin->in;
+  const size_t d_full = lin->out_full ? lin->out_full : lin->out;
+  const size_t rhat = ol_mora_rhat(k_full, d_full, ctx->method->rank) / 2 * 2;  // even
   OL_CHECK(rhat >= 2);
   declare_M(a, lin, ctx, rhat);
-  a->state_floats = (1 + 2 * (size_t)MORA6_CHUNK) * padded(lin->in, rhat);
+  ctx->params->entries[a->param[0]].tp_partial = 1;  // dM: see above; M is replicated
+  a->state_floats = (1 + 2 * (size_t)MORA6_CHUNK) * padded(k_full, rhat);
 }
 
 static size_t mora6_saved(const ol_adapter *a, const ol_linear *lin) { return lin->in; }
+
+/* k_pad of the whole layer */
+static size_t mora6_kp(const ol_adapter *a, const ol_linear *lin) {
+  return padded(lin->in_full ? lin->in_full : lin->in, a->rank);
+}
 
 /* The RoPE tables cos, sin (G, r^/2) at the front of the scratch, filled on first use (the
  * scratch starts zeroed and cos at group 0 is exactly 1): the angle of group g, pair i is
@@ -188,19 +212,20 @@ static void rope_tables(const ol_adapter *a, size_t kp, const float **cos_t, con
   *cos_t = c, *sin_t = s;
 }
 
-/* Z (n, k_pad) = the n padded inputs x (n, k), group g of each rotated at position g */
+/* Z (n, k_pad) = the n padded inputs x (n, k) (this rank's columns at their global positions,
+ * zeros at the others'), group g of each rotated at position g */
 static void rotated_groups(const ol_adapter *a, const ol_linear *lin, const float *x, size_t n,
                            float *Z) {
-  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
+  const size_t rhat = a->rank, kp = mora6_kp(a, lin);
   const float *cos_t, *sin_t;
   rope_tables(a, kp, &cos_t, &sin_t);
-  cyclic_rows(Z, kp, 0, x, k, 0, kp, n, 0.0f);
+  pad_map(lin, rhat, kp, Z, (float *)x, n, 0.0f, 0);
   ol_bk->rope_apply(Z, cos_t, sin_t, n, kp / rhat, 1, rhat, 0);  // Z as (n, G, 1 head, r^)
 }
 
 static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
                           size_t N, float beta, float *saved) {
-  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = mora6_kp(a, lin);
   const float *M = a->value[0];  // (r^, r^)
   float *Z = a->state + kp;      // (MORA6_CHUNK, k_pad) = (MORA6_CHUNK * G, r^) rotated groups
   float *O = Z + MORA6_CHUNK * kp;  // (MORA6_CHUNK, k_pad) o_0 .. o_{G-1} of each token
@@ -209,13 +234,14 @@ static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, f
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, x + t0 * k, n, Z);
     ol_bk->gemm(0, 1, n * (kp / rhat), rhat, rhat, 1.0f, Z, rhat, M, rhat, 0.0f, O, rhat);
-    cyclic_rows(y + t0 * d, d, 0, O, kp, 0, d, n, beta);  // y (n, d) = beta y + o truncated or tiled
+    // y (n, d) = beta y + o truncated or tiled: this rank's rows [out_start, out_start + d)
+    cyclic_rows(y + t0 * d, d, 0, O, kp, lin->out_start, d, n, beta);
   }
 }
 
 static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy, float *dx,
                            size_t N, float beta, float *saved) {
-  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = mora6_kp(a, lin);
   const size_t rows = kp / rhat;  // groups per token
   const float *M = a->value[0];   // (r^, r^)
   float *dM = a->grad[0];         // (r^, r^)
@@ -226,16 +252,17 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
   for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, saved + t0 * k, n, Z);
-    cyclic_rows(F, kp, 0, dy + t0 * d, d, 0, d, n, 0.0f);  // f_q = sum over i = q mod k_pad of dy_i
+    // f_q = sum over the rows i (global out_start + i) = q mod k_pad of dy_i
+    cyclic_rows(F, kp, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
     ol_bk->gemm(1, 0, rhat, rhat, n * rows, 1.0f, F, rhat, Z, rhat, 1.0f, dM, rhat);  // f z^T
     ol_bk->gemm(0, 0, n * rows, rhat, rhat, 1.0f, F, rhat, M, rhat, 0.0f, Z, rhat);   // M^T f
     ol_bk->rope_apply(Z, cos_t, sin_t, n, rows, 1, rhat, 1);  // rot_g^T
-    cyclic_rows(dx + t0 * k, k, 0, Z, kp, 0, kp, n, beta);  // fold back through the padding
+    pad_map(lin, rhat, kp, Z, dx + t0 * k, n, beta, 1);  // fold back through the padding
   }
 }
 
 static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
-  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat), half = rhat / 2;
+  const size_t rhat = a->rank, k = lin->in, kp = mora6_kp(a, lin), half = rhat / 2;
   const float *cos_t, *sin_t;
   rope_tables(a, kp, &cos_t, &sin_t);
   float *v = a->state + kp;  // (r^) a row of M rotated back

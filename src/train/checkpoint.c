@@ -39,9 +39,11 @@ static void test_pause(int64_t step, int world_rank) {
   sleep(60);
 }
 
-/* Writes every tensor of the plan: this rank's slices where it is the writer, nothing else. */
-static void write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, const ol_grid *g,
-                      int64_t step) {
+/* Writes every tensor of the plan: this rank's slices where it is the writer, nothing else.
+ * The ranks agree after every tensor, so that one rank's failure (a full disk) stops them all
+ * at the same call instead of leaving the others in a collective. */
+static int write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, ol_grid *g,
+                     int64_t step) {
   static const size_t none[2] = {0, 0};
   const ol_params *mine = &m->params;
   for (int k = 0; k < 3; k++) {
@@ -51,9 +53,10 @@ static void write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, const
       const ol_param_entry *own = j < mine->count && strcmp(mine->entries[j].name, e->name) == 0
                                       ? &mine->entries[j++] : NULL;
       int writer = own && g->dp_rank == 0 && (ol_param_sharded(own) || g->tp_rank == 0);
-      ol_ckpt_write_slice(c, state_groups[k], e->name, e->ndim, e->shape, e->count,
-                          writer ? own->start : none, writer ? own->count : none,
-                          writer ? state_buffer(mine, k) + own->offset : NULL);
+      OL_TRY(ol_grid_agree(g, ol_ckpt_write_slice(
+                                  c, state_groups[k], e->name, e->ndim, e->shape, e->count,
+                                  writer ? own->start : none, writer ? own->count : none,
+                                  writer ? state_buffer(mine, k) + own->offset : NULL)));
     }
     OL_CHECK(j == mine->count);  // every entry of this rank is in the plan
     if (k == 0) test_pause(step, g->world_rank);
@@ -65,9 +68,26 @@ static void write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, const
     const ol_frozen_entry *own = ol_frozen_find(&m->generated, e->name);
     int shared = strncmp(e->name, "model.layers.", 13) != 0;
     int writer = own && g->dp_rank == 0 && g->tp_rank == 0 && (!shared || g->pp_rank == 0);
-    ol_ckpt_write_slice(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, NULL, none,
-                        writer ? e->shape : none, writer ? own->data : NULL);
+    OL_TRY(ol_grid_agree(g, ol_ckpt_write_slice(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape,
+                                                NULL, none, writer ? e->shape : none,
+                                                writer ? own->data : NULL)));
   }
+  return OL_OK;
+}
+
+/* Disk bytes a checkpoint of the plan needs at most: its floats, plus HDF5's object header,
+ * chunk index and name for each dataset (measured: ~3 KiB each), plus the root's attributes. */
+static size_t checkpoint_bytes(const ol_model *plan) {
+  size_t floats = 0, datasets = 3 * plan->params.count + plan->generated.count;
+  for (size_t i = 0; i < plan->params.count; i++) {  // full shapes: the plan holds shard extents
+    const ol_param_entry *e = &plan->params.entries[i];
+    floats += 3 * (e->ndim == 2 ? e->shape[0] * e->shape[1] : e->shape[0]);
+  }
+  for (size_t i = 0; i < plan->generated.count; i++) {
+    const ol_frozen_entry *e = &plan->generated.entries[i];
+    floats += e->ndim == 2 ? e->shape[0] * e->shape[1] : e->shape[0];
+  }
+  return floats * sizeof(float) + datasets * 8192 + ((size_t)256 << 10);
 }
 
 int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
@@ -77,9 +97,12 @@ int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
   ol_ckpt *c = NULL;
   if (rc == OL_OK) rc = ol_ckpt_create(path, meta, ol_grid_io_comm(g), &c);
   rc = ol_grid_agree(g, rc);
+  if (rc == OL_OK) rc = ol_grid_agree(g, g->world_rank == 0 ? ol_ckpt_reserve(path, checkpoint_bytes(&plan)) : OL_OK);
   if (rc == OL_OK) {
-    write_all(c, &plan, m, g, meta->step);
-    rc = ol_grid_agree(g, ol_ckpt_close_written(c));  // fails when any write failed
+    char first[1024] = "";  // the write's error outlives the close's
+    if (write_all(c, &plan, m, g, meta->step) != OL_OK) ol_strlcpy(first, ol_last_error(), sizeof first);
+    rc = ol_grid_agree(g, ol_ckpt_close_written(c));
+    if (first[0]) rc = ol_error("%s", first);
   } else if (c) {
     ol_ckpt_close(c);
   }

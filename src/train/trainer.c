@@ -67,7 +67,23 @@ static int load_step(trainer *t, ol_split s, int64_t step) {
   return ol_grid_agree(t->o->grid, rc);
 }
 
+/* Whether op runs: backwards only when grad_scale != 0 */
+static int op_runs(ol_pp_op op, float grad_scale) { return op.kind == 'F' || grad_scale != 0.0f; }
+
+/* Whether op receives from a neighbouring stage: its input (F) or d(output) (B) */
+static int op_receives(const ol_stage *st, ol_pp_op op) {
+  return op.kind == 'F' ? !st->has_embed : !st->has_head;
+}
+
+/* Posts the receive of the first op from index i on that runs, when it receives (N, D). */
+static void post_next_recv(trainer *t, size_t i, float grad_scale, size_t nd) {
+  while (i < t->n_ops && !op_runs(t->ops[i], grad_scale)) i++;
+  if (i < t->n_ops && op_receives(&t->model.stage, t->ops[i]))
+    ol_pp_post_recv(t->o->grid, t->ops[i].kind == 'F', nd, t->ops[i].mb);
+}
+
 /* Runs the stage's schedule over the loaded micro-batches: forwards only when grad_scale is 0.
+ * Each op's receive is posted before the previous op computes, so the transfer overlaps it.
  * Returns this stage's summed loss (nonzero on the last stage only). */
 static double run_schedule(trainer *t, float grad_scale) {
   ol_grid *g = t->o->grid;
@@ -75,19 +91,20 @@ static double run_schedule(trainer *t, float grad_scale) {
   const ol_stage *st = &m->stage;
   const size_t N = t->B * t->T, nd = N * (size_t)m->cfg.dim, L = st->n_layers;
   double loss = 0.0;
+  post_next_recv(t, 0, grad_scale, nd);
   for (size_t i = 0; i < t->n_ops; i++) {
     const ol_pp_op op = t->ops[i];
-    if (op.kind == 'B' && grad_scale == 0.0f) continue;
+    if (!op_runs(op, grad_scale)) continue;
     int slot = op.mb % t->n_slots;
     ol_acts *a = &t->acts[slot];
     const int32_t *tokens = t->tokens + (size_t)op.mb * N, *targets = t->targets + (size_t)op.mb * N;
     ol_pp_wait_send(g, slot);  // the slot's buffers are about to be rewritten
+    if (op_receives(st, op)) ol_pp_wait_recv(g, op.kind == 'F' ? a->xs : a->dres, nd);  // (N, D)
+    post_next_recv(t, i + 1, grad_scale, nd);
     if (op.kind == 'F') {
-      if (!st->has_embed) ol_pp_recv(g, 1, a->xs, nd, op.mb);            // input (N, D)
       loss += ol_model_forward(m, a, tokens, targets, grad_scale);
       if (!st->has_head) ol_pp_send(g, 1, a->xs + L * nd, nd, op.mb, slot);  // output (N, D)
     } else {
-      if (!st->has_head) ol_pp_recv(g, 0, a->dres, nd, op.mb);           // d(output) (N, D)
       ol_model_backward(m, a, tokens);
       if (!st->has_embed) ol_pp_send(g, 0, a->dres, nd, op.mb, slot);    // d(input) (N, D)
     }
@@ -190,15 +207,17 @@ static int pick_checkpoint(trainer *t, char *path, size_t size) {
   return rc;
 }
 
-/* A run that does not resume must not mix its checkpoints with another run's (--keep would
+/* Creates --ckpt-dir at start-up, so that an unusable directory fails before any training. A
+ * run that does not resume must not mix its checkpoints with another run's (--keep would
  * delete the wrong ones, and --resume auto would later pick the wrong one). */
-static int check_fresh_dir(const ol_train_opts *o) {
+static int prepare_ckpt_dir(const ol_train_opts *o) {
   int64_t *steps;
   size_t n;
-  OL_TRY(ol_ckpt_list(o->ckpt_dir, &steps, &n));
+  if (ol_io_make_dir(o->ckpt_dir) != OL_OK || ol_ckpt_list(o->ckpt_dir, &steps, &n) != OL_OK)
+    return ol_error("--ckpt-dir %s: %s", o->ckpt_dir, ol_last_error());
   int64_t newest = n ? steps[n - 1] : 0;
   ol_free(steps);
-  if (n)
+  if (n && !o->resume)
     return ol_error("--ckpt-dir %s already holds %zu checkpoint(s), the newest of step %lld: pass "
                     "--resume auto to continue that run, or choose another directory", o->ckpt_dir,
                     n, (long long)newest);
@@ -232,7 +251,8 @@ static int resume(trainer *t, int64_t *start) {
 /* The methods whose tensor-parallel derivation this build implements (DESIGN §5). */
 static int check_tp_method(const ol_train_opts *o) {
   const unsigned ok = 1u << OL_AD_ONELORA | 1u << OL_AD_ONELORA_RANDOM | 1u << OL_AD_BITFIT |
-                      1u << OL_AD_LORA | 1u << OL_AD_VERA | 1u << OL_AD_MORA;
+                      1u << OL_AD_LORA | 1u << OL_AD_DORA | 1u << OL_AD_VERA | 1u << OL_AD_MORA |
+                      1u << OL_AD_MORA6;
   if (o->tp > 1 && (o->method.adapters & ~ok))
     return ol_error("--tp %d: method %s does not support tensor parallelism yet", o->tp,
                     o->method.text);
@@ -482,8 +502,9 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     rc = ol_grid_agree(o->grid, rc);
   }
   int64_t start = 0;
+  if (rc == OL_OK && o->ckpt_dir)
+    rc = ol_grid_agree(g, g->world_rank == 0 ? prepare_ckpt_dir(o) : OL_OK);
   if (rc == OL_OK && o->resume) rc = resume(&t, &start);
-  else if (rc == OL_OK && o->ckpt_dir) rc = ol_grid_agree(g, g->world_rank == 0 ? check_fresh_dir(o) : OL_OK);
   if (rc == OL_OK && start >= o->steps) {
     ol_info("checkpoint step %lld >= --steps %lld: nothing left to train", (long long)start,
             (long long)o->steps);
