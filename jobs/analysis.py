@@ -264,20 +264,16 @@ def report(out, runs, by_mode, plots):
         lines.append("")
     for mode, axes in sorted(by_mode.items()):
         what = "speedup = tokens/s ÷ 1-rank tokens/s, efficiency = speedup ÷ ranks" if mode == "strong" \
-            else "efficiency = 1-rank step time ÷ step time"
+            else "speedup = tokens/s ÷ 1-rank tokens/s, efficiency = 1-rank step time ÷ step time"
         lines += [f"## {mode.capitalize()} scaling", "", f"({what})", "",
                   "| axis | ranks | tp x pp x dp | global batch | tokens/s | step (s) | speedup | efficiency | "
                   "peak RSS/rank (MiB) | bytes/step dp, tp fwd+bwd, pp |", "|---|---|---|---|---|---|---|---|---|---|"]
         for axis in sorted(axes):
             n0, r0 = axes[axis][0]
             for n, r in axes[axis]:
-                t, s = num(r, "tokens_per_s"), num(r, "step_s")
-                if mode == "strong":
-                    sp = t / num(r0, "tokens_per_s") * n0 if t and num(r0, "tokens_per_s") else None
-                    eff = sp / n if sp else None
-                else:
-                    sp = t / num(r0, "tokens_per_s") * n0 if t and num(r0, "tokens_per_s") else None
-                    eff = num(r0, "step_s") / s if s else None
+                t, s, t0, s0 = (num(x, c) for x in (r, r0) for c in ("tokens_per_s", "step_s"))
+                sp = t / t0 * n0 if t and t0 else None
+                eff = (sp / n if sp else None) if mode == "strong" else (s0 / s if s and s0 else None)
                 lines.append(f"| {axis} | {n} | {r['tp']} x {r['pp']} x {r['dp']} | {r['global_batch']} | "
                              f"{r['tokens_per_s']} | {r['step_s']} | {f'{sp:.2f}' if sp else '-'} | "
                              f"{f'{eff:.2f}' if eff else '-'} | {r['peak_rss_mib']} | {r['bytes_dp']}, "
