@@ -5,6 +5,12 @@ set -euo pipefail
 ONELORA_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ONELORA_BUILD="${ONELORA_BUILD:-$ONELORA_ROOT/build}"
 
+# What the Slurm job scripts and their test (tests/slurm) need besides the build: a local Slurm
+# (controller, node daemon, client commands), Slurm's PMIx plugin for `srun --mpi=pmix`
+# (mpi_pmix.so is in slurm-wlm-basic-plugins; it loads libpmix2, the PMIx that Debian's Open MPI
+# uses) and gnuplot for jobs/analysis.sh. tests/run.sh installs them.
+ONELORA_SLURM_PKGS=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins libpmix2 gnuplot-nox)
+
 onelora_install() {
   local pkgs=(build-essential cmake libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
               libopenblas-dev libopenblas-openmp-dev libcmocka-dev "$@")

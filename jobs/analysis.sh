@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# jobs/analysis.sh: collects the results of onelora runs into a Markdown report and PNG plots.
+#
+# Usage:  jobs/analysis.sh RUNS_DIR_OR_CSV... --out DIR
+# e.g.    jobs/analysis.sh runs/ --out report      # every results.csv under runs/
+#
+# Reads the results.csv of each run directory (jobs/train.sbatch, scaling.sbatch and
+# compare-methods.sbatch write them, one row per run) and writes into DIR: results.csv (one row
+# per run, resumed runs joined), report.md (tables), methods.png (validation loss against
+# training time, bubble area ~ trainable parameters), memory.png (peak memory per rank by
+# method), scaling-strong.png and scaling-weak.png (with their ideal lines), and the .dat/.gp
+# files behind each plot. Needs python3 (standard library only) and gnuplot with the pngcairo
+# terminal (Debian: gnuplot-nox; on a cluster e.g. `module load gnuplot`).
+set -euo pipefail
+case "${1:-}" in ''|-h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;; esac
+command -v python3 >/dev/null || { echo "analysis.sh: error: python3 not found" >&2; exit 2; }
+command -v gnuplot >/dev/null || { echo "analysis.sh: error: gnuplot not found (Debian: apt-get install gnuplot-nox; or module load gnuplot)" >&2; exit 2; }
+exec python3 "$(dirname "$0")/analysis.py" "$@"
