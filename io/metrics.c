@@ -13,11 +13,11 @@ struct ol_metrics {
   char *path;
 };
 
-int ol_metrics_open(const char *path, ol_metrics **out) {
+int ol_metrics_open(const char *path, int append, ol_metrics **out) {
   *out = NULL;
   ol_metrics *m = ol_calloc(1, sizeof *m);
   if (path) {
-    m->fp = fopen(path, "w");
+    m->fp = fopen(path, append ? "a" : "w");
     if (!m->fp) {
       int err = errno;
       ol_free(m);

@@ -133,7 +133,8 @@ int ol_ckpt_prune(const char *dir, size_t keep);
 
 /* ---- metrics: JSON-lines log ---------------------------------------------------------------- */
 typedef struct ol_metrics ol_metrics;
-int ol_metrics_open(const char *path, ol_metrics **out);   /* truncates; NULL path = no log */
+/* Truncates, or appends (a resumed run continues its log); NULL path = no log. */
+int ol_metrics_open(const char *path, int append, ol_metrics **out);
 /* Appends one JSON object. keys[i] -> values[i] (numbers); `kind` becomes {"kind": kind}. */
 int ol_metrics_write(ol_metrics *m, const char *kind, int n, const char *const *keys,
                      const double *values);

@@ -242,6 +242,9 @@ static int resume(trainer *t, int64_t *start) {
   }
   OL_TRY(ol_grid_agree(g, rc));
   *start = meta.step;
+  const char *k[] = {"step", "from_tp", "from_pp", "from_dp"};
+  double v[] = {(double)meta.step, (double)meta.tp, (double)meta.pp, (double)meta.dp};
+  OL_TRY(ol_metrics_write(t->log, "resume", 4, k, v));
   ol_info("resumed from %s at step %lld (written by layout tp %lld pp %lld dp %lld; loss %.4f)",
           path, (long long)meta.step, (long long)meta.tp, (long long)meta.pp, (long long)meta.dp,
           meta.loss);
@@ -418,7 +421,8 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
   for (size_t i = 0; o->time_frozen && i < done; i++) paired[i] = t->step_s[start + i] / paired[i];
   double median = median_after_first(t->step_s + start, done);
   char evals[96] = "";
-  if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
+  if (o->eval_every > 0 && isfinite(val0)) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
+  else if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f", val);
   ol_info("%s | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
           "peak RSS %.0f MiB", stopped ? "stopped" : "done", (long long)done, ol_now() - t_start,
           loss, evals, t->trainable, tokens_per_step / median,
@@ -498,7 +502,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
             (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
             o->method.text, o->method.targets_text, t.trainable, t.M, t.B, t.T,
             g->dp, g->tp, g->pp, g->dp, (double)t.acts[0].bytes_kept * t.n_slots / 1048576.0);
-    rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, &t.log) : OL_OK;
+    rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, o->resume != NULL, &t.log) : OL_OK;
     rc = ol_grid_agree(o->grid, rc);
   }
   int64_t start = 0;

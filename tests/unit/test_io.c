@@ -764,7 +764,7 @@ static void test_metrics(void **state) {
   fixture *f = *state;
   const char *path = tpath(f, 0, "log.jsonl");
   ol_metrics *m;
-  assert_int_equal(ol_metrics_open(path, &m), OL_OK);
+  assert_int_equal(ol_metrics_open(path, 0, &m), OL_OK);
   const char *keys[] = {"step", "loss", "lr", "nan", "inf", "neg", "big", "we\"ird"};
   double vals[] = {3, 2.5, 3e-4, NAN, -INFINITY, -17, 1e20, 0.1};
   assert_int_equal(ol_metrics_write(m, "step", 8, keys, vals), OL_OK);
@@ -780,11 +780,23 @@ static void test_metrics(void **state) {
   text = (char *)read_all(path, &n);
   assert_non_null(strstr(text, "}\n{\"kind\": \"eval\"}\n"));
   free(text);
+  /* a resumed run appends; a fresh one truncates */
+  assert_int_equal(ol_metrics_open(path, 1, &m), OL_OK);
+  assert_int_equal(ol_metrics_write(m, "resume", 0, NULL, NULL), OL_OK);
+  ol_metrics_close(m);
+  text = (char *)read_all(path, &n);
+  assert_non_null(strstr(text, "{\"kind\": \"eval\"}\n{\"kind\": \"resume\"}\n"));
+  free(text);
+  assert_int_equal(ol_metrics_open(path, 0, &m), OL_OK);
+  ol_metrics_close(m);
+  text = (char *)read_all(path, &n);
+  assert_int_equal(n, 0);
+  free(text);
 
-  assert_int_equal(ol_metrics_open(NULL, &m), OL_OK);  /* no log */
+  assert_int_equal(ol_metrics_open(NULL, 0, &m), OL_OK);  /* no log */
   assert_int_equal(ol_metrics_write(m, "step", 1, keys, vals), OL_OK);
   ol_metrics_close(m);
-  expect_error(ol_metrics_open(tpath(f, 1, "nodir/log.jsonl"), &m), "nodir/log.jsonl", NULL, NULL);
+  expect_error(ol_metrics_open(tpath(f, 1, "nodir/log.jsonl"), 0, &m), "nodir/log.jsonl", NULL, NULL);
 }
 
 int main(void) {
