@@ -38,7 +38,7 @@ static int bench_checkpoint(ol_train_opts *o, const ol_config *cfg) {
   double step_s = b.step_flops / (rate * o->grid->world_size);  // perfectly balanced ranks
   ol_info("bench checkpoint | method %s | layout tp %d pp %d dp %d | trainable %zu | file %.2f MiB "
           "| write %.3f s | read %.3f s | verify %.3f s | ideal step %.2f s (%.3g FLOP at %.1f "
-          "GFLOP/s x %d ranks) | write/step %.4f",
+          "GFLOP/s x %d ranks) | write/step %.2e",
           o->method.text, o->grid->tp, o->grid->pp, o->grid->dp, b.trainable, b.bytes / 1048576.0,
           b.write_s, b.read_s, b.verify_s, step_s, b.step_flops, rate / 1e9, o->grid->world_size,
           b.write_s / step_s);
