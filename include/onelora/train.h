@@ -98,7 +98,7 @@ typedef struct {
   size_t peak_rss_bytes;      /* VmHWM at the end of the run */
   size_t frozen_bytes;        /* frozen weights */
   size_t kept_bytes;          /* activations forward keeps for backward */
-  size_t trainable;           /* trainable values */
+  size_t trainable;           /* trainable values this rank holds */
 } ol_train_result;
 
 /* The checkpoint benchmark: writes the trainable state of the method on a model of shape cfg

@@ -147,13 +147,12 @@ static ol_ckpt_meta run_meta(const trainer *t, int64_t step, double loss) {
   return meta;
 }
 
-/* Writes DIR/step-%08d.h5 from every rank, then keeps the newest --keep; all ranks agree. */
+/* Writes DIR/step-%08d.h5 from every rank (the directory was made at start-up), then keeps the
+ * newest --keep; all ranks agree. */
 static int write_checkpoint(trainer *t, int64_t step, double loss) {
   const ol_train_opts *o = t->o;
   ol_grid *g = o->grid;
-  int rc = g->world_rank == 0 ? ol_io_make_dir(o->ckpt_dir) : OL_OK;
-  if (rc != OL_OK) rc = ol_error("--ckpt-dir %s: %s", o->ckpt_dir, ol_last_error());
-  OL_TRY(ol_grid_agree(g, rc));
+  int rc = OL_OK;
   char path[4096];
   ol_ckpt_path(path, sizeof path, o->ckpt_dir, step);
   ol_ckpt_meta meta = run_meta(t, step, loss);
@@ -439,7 +438,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     res->peak_rss_bytes = ol_peak_rss_bytes();
     res->frozen_bytes = m->frozen_floats * sizeof(float);
     res->kept_bytes = t->acts[0].bytes_kept * (size_t)t->n_slots;
-    res->trainable = t->trainable;
+    res->trainable = ol_model_trainable(m);  // this rank's share: the memory minimum
   }
   return OL_OK;
 }
