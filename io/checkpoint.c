@@ -216,11 +216,11 @@ static int write_dataset(ol_ckpt *c, ol_ckpt_group g, const char *name, int ndim
   if (H5Lexists(c->group[g], name, H5P_DEFAULT) > 0)
     return ol_error("%s: dataset '%s/%s' written twice", c->path, gname, name);
   hsize_t dims[OL_MAX_DIMS], hstart[OL_MAX_DIMS], hcount[OL_MAX_DIMS];  /* (ndim,) */
+  char what[512];
+  snprintf(what, sizeof what, "%s/%s", gname, name);
+  OL_TRY(ol_h5_check_slice(c->path, what, ndim, shape, start, count));
   size_t n = 1;
   for (int i = 0; i < ndim; i++) {
-    if (start[i] > shape[i] || count[i] > shape[i] - start[i])
-      return ol_error("%s: slice [%zu, %zu) of dimension %d is outside dataset '%s/%s' (size %zu)",
-                      c->path, start[i], start[i] + count[i], i, gname, name, shape[i]);
     dims[i] = shape[i], hstart[i] = start[i], hcount[i] = count[i];
     n *= count[i];
   }

@@ -66,10 +66,7 @@ int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *sha
                     const size_t *start, const size_t *count, float *dst) {
   OL_CHECK(m && !m->tmp);
   OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
-  for (int i = 0; i < ndim; i++)
-    if (start[i] > shape[i] || count[i] > shape[i] - start[i])
-      return ol_error("%s: slice [%zu, %zu) of dimension %d is outside dataset '%s' (size %zu)",
-                      m->path, start[i], start[i] + count[i], i, name, shape[i]);
+  OL_TRY(ol_h5_check_slice(m->path, name, ndim, shape, start, count));
   hid_t dset;
   OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
   int rc = ol_h5_check_shape(dset, m->path, name, ndim, shape);

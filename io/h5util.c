@@ -113,6 +113,15 @@ int ol_h5_create_with(const char *path, hid_t fapl, hid_t *file) {
   return OL_OK;
 }
 
+int ol_h5_check_slice(const char *file, const char *what, int ndim, const size_t *shape,
+                      const size_t *start, const size_t *count) {
+  for (int i = 0; i < ndim; i++)
+    if (start[i] > shape[i] || count[i] > shape[i] - start[i])
+      return ol_error("%s: slice [%zu, %zu) of dimension %d is outside dataset '%s' (size %zu)",
+                      file, start[i], start[i] + count[i], i, what, shape[i]);
+  return OL_OK;
+}
+
 /* Reads the hyperslab [start, start + count) of an open dataset into dst (prod(count) floats). */
 int ol_h5_read_slice(hid_t dset, const char *file, const char *what, int ndim,
                      const size_t *start, const size_t *count, float *dst) {

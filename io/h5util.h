@@ -55,6 +55,9 @@ int ol_h5_check_shape(hid_t dset, const char *file, const char *what, int ndim,
  * into dst as f32; mspace describes dst and holds n elements. */
 int ol_h5_read_floats(hid_t dset, hid_t fspace, hid_t mspace, size_t n, const char *file,
                       const char *what, float *dst);
+/* Checks that the slice [start, start + count) lies inside `shape` (dataset `what` of `file`). */
+int ol_h5_check_slice(const char *file, const char *what, int ndim, const size_t *shape,
+                      const size_t *start, const size_t *count);
 /* Reads the slice [start, start + count) of a float dataset into dst (prod(count) floats). */
 int ol_h5_read_slice(hid_t dset, const char *file, const char *what, int ndim,
                      const size_t *start, const size_t *count, float *dst);

@@ -101,6 +101,11 @@ typedef struct {
   size_t trainable;           /* trainable values this rank holds */
 } ol_train_result;
 
+/* The checkpoint attributes of run o (grid laid out) on a model of shape cfg after `step` steps
+ * with train loss `loss` (DESIGN §6). */
+ol_ckpt_meta ol_checkpoint_meta(const ol_train_opts *o, const ol_config *cfg, int64_t step,
+                                double loss);
+
 /* The checkpoint benchmark: writes the trainable state of the method on a model of shape cfg
  * (values from a hash; no frozen weights are allocated, so any shape fits) from every rank of
  * o->grid in o's layout to path, reads it back per rank, verifies it on rank 0, and removes it. */

@@ -77,19 +77,41 @@ static int write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, ol_gri
   return OL_OK;
 }
 
+static size_t numel_of(int ndim, const size_t *shape) {
+  return ndim == 2 ? shape[0] * shape[1] : shape[0];
+}
+
+/* Tensor i of the plan's group k: 0-2 the trainable table (params, adam_m, adam_v), 3 the
+ * generated frozen tensors; at full logical shape. */
+typedef struct {
+  const char *name;
+  int ndim;
+  const size_t *shape;
+} plan_tensor;
+
+static size_t plan_count(const ol_model *plan, int k) {
+  return k < 3 ? plan->params.count : plan->generated.count;
+}
+
+static plan_tensor plan_get(const ol_model *plan, int k, size_t i) {
+  if (k < 3) {
+    const ol_param_entry *e = &plan->params.entries[i];
+    return (plan_tensor){e->name, e->ndim, e->shape};
+  }
+  const ol_frozen_entry *e = &plan->generated.entries[i];
+  return (plan_tensor){e->name, e->ndim, e->shape};
+}
+
 /* Disk bytes a checkpoint of the plan needs at most: its floats, plus HDF5's object header,
  * chunk index and name for each dataset (measured: ~3 KiB each), plus the root's attributes. */
 static size_t checkpoint_bytes(const ol_model *plan) {
-  size_t floats = 0, datasets = 3 * plan->params.count + plan->generated.count;
-  for (size_t i = 0; i < plan->params.count; i++) {  // full shapes: the plan holds shard extents
-    const ol_param_entry *e = &plan->params.entries[i];
-    floats += 3 * (e->ndim == 2 ? e->shape[0] * e->shape[1] : e->shape[0]);
-  }
-  for (size_t i = 0; i < plan->generated.count; i++) {
-    const ol_frozen_entry *e = &plan->generated.entries[i];
-    floats += e->ndim == 2 ? e->shape[0] * e->shape[1] : e->shape[0];
-  }
-  return floats * sizeof(float) + datasets * 8192 + ((size_t)256 << 10);
+  size_t bytes = (size_t)256 << 10;
+  for (int k = 0; k < 4; k++)
+    for (size_t i = 0; i < plan_count(plan, k); i++) {
+      plan_tensor t = plan_get(plan, k, i);
+      bytes += numel_of(t.ndim, t.shape) * sizeof(float) + 8192;
+    }
+  return bytes;
 }
 
 int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
@@ -134,28 +156,21 @@ int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments) {
  * so that every chunk's checksum is verified. */
 static int verify_group(ol_ckpt *c, const char *path, int k, const ol_model *plan) {
   const ol_ckpt_group grp = k < 3 ? state_groups[k] : OL_GROUP_FROZEN;
-  const size_t want = k < 3 ? plan->params.count : plan->generated.count;
-  size_t n, biggest = 0;
+  const size_t want = plan_count(plan, k);
+  size_t n, biggest = 1;
   OL_TRY(ol_ckpt_count(c, grp, &n));
   if (n != want)
     return ol_error("%s: group '%s' holds %zu tensors, this model and method have %zu", path,
                     ol_ckpt_group_name(grp), n, want);
   for (size_t i = 0; i < want; i++) {
-    const size_t *s = k < 3 ? plan->params.entries[i].shape : plan->generated.entries[i].shape;
-    int nd = k < 3 ? plan->params.entries[i].ndim : plan->generated.entries[i].ndim;
-    size_t numel = nd == 2 ? s[0] * s[1] : s[0];
-    if (numel > biggest) biggest = numel;
+    plan_tensor t = plan_get(plan, k, i);
+    if (numel_of(t.ndim, t.shape) > biggest) biggest = numel_of(t.ndim, t.shape);
   }
-  float *buf = ol_calloc(biggest ? biggest : 1, sizeof(float));  // (biggest tensor)
+  float *buf = ol_calloc(biggest, sizeof(float));  // (biggest tensor)
   int rc = OL_OK;
   for (size_t i = 0; rc == OL_OK && i < want; i++) {
-    if (k < 3) {
-      const ol_param_entry *e = &plan->params.entries[i];
-      rc = ol_ckpt_read(c, grp, e->name, e->ndim, e->shape, buf);
-    } else {
-      const ol_frozen_entry *e = &plan->generated.entries[i];
-      rc = ol_ckpt_read(c, grp, e->name, e->ndim, e->shape, buf);
-    }
+    plan_tensor t = plan_get(plan, k, i);
+    rc = ol_ckpt_read(c, grp, t.name, t.ndim, t.shape, buf);
   }
   ol_free(buf);
   return rc;
@@ -198,6 +213,27 @@ int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta
   return rc;
 }
 
+ol_ckpt_meta ol_checkpoint_meta(const ol_train_opts *o, const ol_config *cfg, int64_t step,
+                                double loss) {
+  const ol_grid *g = o->grid;
+  ol_ckpt_meta meta = {0};
+  meta.version = OL_CKPT_VERSION;
+  meta.step = step;
+  ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
+  ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
+  meta.cfg = *cfg;
+  meta.tp = g->tp, meta.pp = g->pp, meta.dp = g->dp;
+  meta.seed = o->seed;
+  meta.loss = loss;
+  meta.rank = o->method.rank;
+  meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
+  meta.global_batch = o->micro_batch * o->micro_batches * g->dp;
+  meta.seq_len = o->seq_len;
+  meta.data_cursor = (uint64_t)step * (uint64_t)meta.global_batch;
+  meta.shuffle = o->shuffle;
+  return meta;
+}
+
 /* ---- the checkpoint benchmark ---------------------------------------------------------- */
 
 int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char *path,
@@ -218,20 +254,7 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
   float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each
   for (size_t i = 0; i < m.params.total; i++)
     for (int k = 0; k < 3; k++) bufs[k][i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;
-  ol_ckpt_meta meta = {0};
-  meta.version = OL_CKPT_VERSION;
-  meta.step = 1;
-  ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
-  ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
-  meta.cfg = *cfg;
-  meta.tp = g->tp, meta.pp = g->pp, meta.dp = g->dp;
-  meta.seed = o->seed;
-  meta.rank = o->method.rank;
-  meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
-  meta.global_batch = o->micro_batch * o->micro_batches * g->dp;
-  meta.seq_len = o->seq_len;
-  meta.data_cursor = (uint64_t)meta.global_batch;
-  meta.shuffle = o->shuffle;
+  ol_ckpt_meta meta = ol_checkpoint_meta(o, cfg, 1, 0.0);
 
   ol_grid_agree(g, OL_OK);  // start together
   double t0 = ol_now();

@@ -126,27 +126,6 @@ static int evaluate(trainer *t, double *out) {
   return OL_OK;
 }
 
-/* The checkpoint attributes of this run at `step` (DESIGN §6). */
-static ol_ckpt_meta run_meta(const trainer *t, int64_t step, double loss) {
-  const ol_train_opts *o = t->o;
-  ol_ckpt_meta meta = {0};
-  meta.version = OL_CKPT_VERSION;
-  meta.step = step;
-  ol_strlcpy(meta.method, o->method.text, sizeof meta.method);
-  ol_strlcpy(meta.targets, o->method.targets_text, sizeof meta.targets);
-  meta.cfg = t->model.cfg;
-  meta.tp = o->grid->tp, meta.pp = o->grid->pp, meta.dp = o->grid->dp;
-  meta.seed = o->seed;
-  meta.loss = loss;
-  meta.rank = o->method.rank;
-  meta.alpha_x1000 = (int64_t)llround(o->method.alpha * 1000.0);
-  meta.data_cursor = (uint64_t)step * t->G;
-  meta.global_batch = (int64_t)t->G;
-  meta.seq_len = (int64_t)t->T;
-  meta.shuffle = o->shuffle;
-  return meta;
-}
-
 /* Writes DIR/step-%08d.h5 from every rank (the directory was made at start-up), then keeps the
  * newest --keep; all ranks agree. */
 static int write_checkpoint(trainer *t, int64_t step, double loss) {
@@ -155,7 +134,7 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   int rc = OL_OK;
   char path[4096];
   ol_ckpt_path(path, sizeof path, o->ckpt_dir, step);
-  ol_ckpt_meta meta = run_meta(t, step, loss);
+  ol_ckpt_meta meta = ol_checkpoint_meta(t->o, &t->model.cfg, step, loss);
   double t0 = ol_now();
   OL_TRY(ol_checkpoint_save(g, &t->model, &meta, path));
   double seconds = ol_now() - t0;
@@ -177,7 +156,7 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
  * --ckpt-dir never starts afresh and prunes that run's checkpoints. "" = start afresh. */
 static int pick_checkpoint(trainer *t, char *path, size_t size) {
   const ol_train_opts *o = t->o;
-  ol_ckpt_meta run = run_meta(t, 0, 0.0), found;
+  ol_ckpt_meta run = ol_checkpoint_meta(o, &t->model.cfg, 0, 0.0), found;
   int mismatch;
   path[0] = '\0';
   if (strcmp(o->resume, "auto") != 0) {

@@ -92,6 +92,21 @@ def rank_pid(p, rank):
     return None
 
 
+def signal_when(p, rank, sig, ready, seconds=120):
+    """Sends sig to local rank `rank` of the mpirun p once ready() holds, then waits for p to end.
+    Returns (signalled, exit status or "hung")."""
+    pid = rank_pid(p, rank)
+    signalled = pid is not None and wait_for(ready, seconds)
+    if signalled:
+        os.kill(pid, sig)
+    try:
+        rc = p.wait(60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        rc = "hung"
+    return signalled, rc
+
+
 def logged(log, kind="step", key="loss"):
     if not os.path.exists(log):
         return []
@@ -236,17 +251,9 @@ def main():
     # SIGKILL one rank mid-training
     d = w("killed")
     p = R.start(2, train(long_steps, d, ["--ckpt-every", "5"], **slow))
-    pid = rank_pid(p, 1)
-    reached = wait_for(lambda: len(logged(d + ".jsonl")) >= 12, 120)
-    if pid and reached:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        rc = p.wait(60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        rc = "hung"
+    reached, rc = signal_when(p, 1, signal.SIGKILL, lambda: len(logged(d + ".jsonl")) >= 12)
     done = len(logged(d + ".jsonl"))
-    if check("crash.sigkill.killed", pid is not None and reached and rc not in (0, "hung") and done < long_steps,
+    if check("crash.sigkill.killed", reached and rc not in (0, "hung") and done < long_steps,
              "rank 1 killed after %d logged steps; mpirun exit %s" % (done, rc)):
         last = complete_steps(d)[-1]
         resume_and_compare("crash.sigkill", d, last)
@@ -255,16 +262,9 @@ def main():
     d = w("killed-in-write")
     env = dict(R.env, ONELORA_TEST_CKPT_PAUSE="10")
     p = R.start(2, train(long_steps, d, ["--ckpt-every", "5"], **slow), env)
-    pid = rank_pid(p, 1)
-    paused = wait_for(lambda: "pausing inside the write of checkpoint step 10" in open(p.err.name).read(), 120)
-    if pid and paused:
-        os.kill(pid, signal.SIGKILL)
-    try:
-        rc = p.wait(60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        rc = "hung"
-    ok = check("crash.in_write.killed", pid is not None and paused and rc not in (0, "hung"),
+    paused, rc = signal_when(p, 1, signal.SIGKILL, lambda: "pausing inside the write of checkpoint "
+                             "step 10" in open(p.err.name).read())
+    ok = check("crash.in_write.killed", paused and rc not in (0, "hung"),
                "mpirun exit %s" % rc)
     check("crash.in_write.atomic", complete_steps(d) == [5] and os.path.exists(ckpt(d, 10) + ".tmp"),
           "complete %s; the half-written step 10 is only a .tmp" % complete_steps(d))
@@ -278,15 +278,7 @@ def main():
         name = "signal.%s" % sig.name
         d = w("stopped-" + sig.name)
         p = R.start(2, train(long_steps, d, ["--ckpt-every", "100"], **slow))
-        pid = rank_pid(p, rank)
-        reached = wait_for(lambda: len(logged(d + ".jsonl")) >= 5, 120)
-        if pid and reached:
-            os.kill(pid, sig)
-        try:
-            rc = p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = "hung"
+        reached, rc = signal_when(p, rank, sig, lambda: len(logged(d + ".jsonl")) >= 5)
         done = len(logged(d + ".jsonl"))
         if check(name + ".stopped", reached and rc == 75 and complete_steps(d) == [done] and done < long_steps,
                  "exit %s; checkpoints %s after %d steps" % (rc, complete_steps(d), done)):
