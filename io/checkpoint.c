@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <sys/statvfs.h>
+#include <sys/resource.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,13 @@
 /* Chunks hold at most this many floats (4 MiB): large enough for fast I/O, small enough that a
  * checksum failure is local. */
 #define CHUNK_ELEMS ((hsize_t)1 << 20)
+/* What a reader accepts of a file's root attributes and groups before sizing anything by them
+ * (LLaMA-2-70B's LoRA has 1,120 tensors per group). */
+#define MAX_DATASETS ((hsize_t)1 << 20)        /* per group */
+#define MIN_DATASET_BYTES 64                   /* a dataset's link and header take more */
+#define MAX_LAYOUT ((int64_t)1 << 20)          /* tp, pp, dp */
+#define MAX_RANK ((int64_t)1 << 16)            /* --rank */
+#define MAX_BATCH ((int64_t)1 << 31)           /* global_batch, seq_len */
 
 static const char *const group_names[OL_GROUP_COUNT] = {"params", "adam_m", "adam_v", "frozen"};
 
@@ -111,7 +119,10 @@ static int put_meta(hid_t f, const char *path, const ol_ckpt_meta *m) {
 
 static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
   char format[64];
-  if (H5Aexists(f, "format") <= 0)
+  htri_t has_format = H5Aexists(f, "format");
+  if (has_format < 0)
+    return ol_error("%s: cannot look up attribute 'format' (the file is corrupt)", path);
+  if (has_format == 0)
     return ol_error("%s: not a onelora checkpoint (no 'format' attribute%s)", path,
                     H5Aexists(f, "architecture") > 0 ? "; it looks like a model file" : "");
   OL_TRY(ol_h5_get_str(f, path, "format", format, sizeof format));
@@ -137,6 +148,20 @@ static int get_meta(hid_t f, const char *path, ol_ckpt_meta *m) {
   OL_TRY(ol_h5_get_i64(f, path, "global_batch", &m->global_batch));
   OL_TRY(ol_h5_get_i64(f, path, "seq_len", &m->seq_len));
   OL_TRY(ol_h5_get_i64(f, path, "shuffle", &m->shuffle));
+  const struct {
+    const char *name;
+    int64_t value, lo, hi;
+  } ranges[] = {
+      {"step", m->step, 0, INT64_MAX},           {"tp", m->tp, 1, MAX_LAYOUT},
+      {"pp", m->pp, 1, MAX_LAYOUT},              {"dp", m->dp, 1, MAX_LAYOUT},
+      {"rank", m->rank, 0, MAX_RANK},            {"global_batch", m->global_batch, 1, MAX_BATCH},
+      {"seq_len", m->seq_len, 1, MAX_BATCH},     {"shuffle", m->shuffle, 0, 1},
+  };
+  for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+    if (ranges[i].value < ranges[i].lo || ranges[i].value > ranges[i].hi)
+      return ol_error("%s: attribute '%s' is %lld, outside [%lld, %lld] (the file is corrupt)",
+                      path, ranges[i].name, (long long)ranges[i].value, (long long)ranges[i].lo,
+                      (long long)ranges[i].hi);
   return OL_OK;
 }
 
@@ -282,6 +307,16 @@ int ol_ckpt_close_written(ol_ckpt *c) {
   return rc;
 }
 
+int ol_ckpt_check_size_limit(const char *path, size_t bytes) {
+  struct rlimit fsize;
+  if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY &&
+      (double)fsize.rlim_cur < (double)bytes)
+    return ol_error("%s: the checkpoint needs up to %.2f MiB, more than this process's file size "
+                    "limit of %.2f MiB (RLIMIT_FSIZE, ulimit -f)", path, bytes / 1048576.0,
+                    (double)fsize.rlim_cur / 1048576.0);
+  return OL_OK;
+}
+
 int ol_ckpt_reserve(const char *path, size_t bytes) {
   char *tmp = ol_io_tmp_path(path);
   int fd = open(tmp, O_WRONLY);
@@ -294,6 +329,9 @@ int ol_ckpt_reserve(const char *path, size_t bytes) {
     if (err == ENOSPC || err == EDQUOT)
       rc = ol_error("%s: not enough disk space for the checkpoint (%.1f MiB needed): %s", path,
                     bytes / 1048576.0, strerror(err));
+    else if (err == EFBIG)
+      rc = ol_error("%s: the checkpoint (%.1f MiB) is larger than the file system or the file "
+                    "size limit allows: %s", path, bytes / 1048576.0, strerror(err));
     else if (fstatvfs(fd, &vfs) == 0 && (double)vfs.f_bavail * vfs.f_frsize < (double)bytes)
       rc = ol_error("%s: not enough disk space for the checkpoint (%.1f MiB needed, %.1f MiB free)",
                     path, bytes / 1048576.0, (double)vfs.f_bavail * vfs.f_frsize / 1048576.0);
@@ -341,9 +379,12 @@ int ol_ckpt_open(const char *path, ol_ckpt **out, ol_ckpt_meta *meta) {
   int rc = ol_h5_open_read(path, &c->file);
   if (rc == OL_OK) rc = get_meta(c->file, path, meta);
   for (int g = 0; rc == OL_OK && g < OL_GROUP_COUNT; g++) {
-    if (H5Lexists(c->file, group_names[g], H5P_DEFAULT) > 0)
-      c->group[g] = H5Gopen2(c->file, group_names[g], H5P_DEFAULT);
-    if (c->group[g] < 0) rc = ol_error("%s: missing group '%s'", path, group_names[g]);
+    htri_t exists = H5Lexists(c->file, group_names[g], H5P_DEFAULT);
+    if (exists > 0) c->group[g] = H5Gopen2(c->file, group_names[g], H5P_DEFAULT);
+    if (exists < 0 || (exists > 0 && c->group[g] < 0))
+      rc = ol_error("%s: cannot open group '%s' (the file is corrupt)", path, group_names[g]);
+    else if (exists == 0)
+      rc = ol_error("%s: missing group '%s'", path, group_names[g]);
   }
   if (rc != OL_OK) {
     ckpt_close_handles(c);
@@ -359,7 +400,11 @@ typedef struct {
   size_t cap;
 } collect_ctx;
 
-/* H5Literate callback: records one link name; visits names in increasing order. */
+static int entry_cmp(const void *a, const void *b) {
+  return strcmp(((const ckpt_entry *)a)->name, ((const ckpt_entry *)b)->name);
+}
+
+/* H5Literate callback: records one link name. */
 static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data) {
   (void)group;
   (void)info;
@@ -372,23 +417,20 @@ static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info
   return 0;
 }
 
-/* Records a dataset's shape in e; a link that is not a dataset of <= OL_MAX_DIMS dims fails. */
+/* Records a dataset's shape in e; a link that is not a dataset of 1 to OL_MAX_DIMS dims, or
+ * whose shape the file cannot hold (ol_h5_dataset_extent), fails: readers size buffers by it. */
 static int entry_shape(ol_ckpt *c, ol_ckpt_group g, ckpt_entry *e) {
   hid_t dset;
   char what[512];
   snprintf(what, sizeof what, "%s/%s", group_names[g], e->name);
   OL_TRY(ol_h5_open_dataset(c->group[g], c->path, e->name, what, &dset));
-  hid_t space = H5Dget_space(dset);
-  hsize_t dims[H5S_MAX_RANK];  /* (ndim,) */
-  int ndim = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
-  if (ndim >= 1 && ndim <= OL_MAX_DIMS) H5Sget_simple_extent_dims(space, dims, NULL);
-  ol_h5_free(space);
+  size_t numel;
+  int rc = ol_h5_dataset_extent(dset, c->path, what, OL_MAX_DIMS, &e->ndim, e->shape, &numel);
   ol_h5_free(dset);
-  if (ndim < 1 || ndim > OL_MAX_DIMS)
-    return ol_error("%s: dataset '%s' has %d dims, expected 1 to %d", c->path, what, ndim,
+  OL_TRY(rc);
+  if (e->ndim < 1)
+    return ol_error("%s: dataset '%s' has %d dims, expected 1 to %d", c->path, what, e->ndim,
                     OL_MAX_DIMS);
-  e->ndim = ndim;
-  for (int i = 0; i < ndim; i++) e->shape[i] = (size_t)dims[i];
   return OL_OK;
 }
 
@@ -398,12 +440,21 @@ static int build_index(ol_ckpt *c, ol_ckpt_group g) {
   H5G_info_t info;
   if (H5Gget_info(c->group[g], &info) < 0)
     return ol_error("%s: cannot list group '%s'", c->path, group_names[g]);
+  hsize_t file_size = 0;
+  H5Fget_filesize(c->file, &file_size);
+  if (info.nlinks > MAX_DATASETS || info.nlinks > file_size / MIN_DATASET_BYTES)
+    return ol_error("%s: group '%s' claims %llu datasets, more than the file (%llu bytes) holds "
+                    "(the file is corrupt)", c->path, group_names[g],
+                    (unsigned long long)info.nlinks, (unsigned long long)file_size);
   collect_ctx ctx = {ix, (size_t)info.nlinks};
   ix->e = ol_calloc(ctx.cap ? ctx.cap : 1, sizeof *ix->e);  /* (nlinks,) */
   hsize_t idx = 0;
   int rc = OL_OK;
-  if (H5Literate(c->group[g], H5_INDEX_NAME, H5_ITER_INC, &idx, collect_name, &ctx) < 0)
-    rc = ol_error("%s: cannot list group '%s'", c->path, group_names[g]);
+  /* In the stored order, sorted below: HDF5 1.10 sorts a large group's names in a table whose
+   * release after a corrupt entry frees garbage; the native order walks the index directly. */
+  if (H5Literate(c->group[g], H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_name, &ctx) < 0)
+    rc = ol_error("%s: cannot list group '%s' (the file is corrupt)", c->path, group_names[g]);
+  if (rc == OL_OK) qsort(ix->e, ix->n, sizeof *ix->e, entry_cmp);
   for (size_t i = 0; rc == OL_OK && i < ix->n; i++) rc = entry_shape(c, g, &ix->e[i]);
   if (rc != OL_OK) {
     index_clear(ix);

@@ -26,23 +26,24 @@ static int check_vocab(const char *path, int64_t vocab) {
   return OL_OK;
 }
 
-/* Opens split s and checks it is a 1-D uint16 or uint32 dataset; records its length. */
+/* Opens split s and checks it is a 1-D uint16 or uint32 dataset (all bits used) whose tokens
+ * the file holds (ol_h5_dataset_extent); records its length. */
 static int open_split(ol_dataset *d, ol_split s) {
   const char *name = split_names[s];
   OL_TRY(ol_h5_open_dataset(d->file, d->path, name, name, &d->dset[s]));
   hid_t type = H5Dget_type(d->dset[s]);
-  hid_t space = H5Dget_space(d->dset[s]);
-  int is_uint = H5Tget_class(type) == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE;
   size_t size = H5Tget_size(type);
-  int ndim = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[H5S_MAX_RANK] = {0};  /* (ndim,) */
-  if (ndim == 1) H5Sget_simple_extent_dims(space, dims, NULL);
-  ol_h5_free(space);
+  int is_uint = H5Tget_class(type) == H5T_INTEGER && H5Tget_sign(type) == H5T_SGN_NONE &&
+                (size == 2 || size == 4) && H5Tget_precision(type) == 8 * size &&
+                H5Tget_offset(type) == 0;
   ol_h5_free(type);
-  if (!is_uint || (size != 2 && size != 4))
+  if (!is_uint)
     return ol_error("%s: dataset '%s' must hold uint16 or uint32 token ids", d->path, name);
+  size_t dims[H5S_MAX_RANK], n;  /* (ndim,) */
+  int ndim;
+  OL_TRY(ol_h5_dataset_extent(d->dset[s], d->path, name, H5S_MAX_RANK, &ndim, dims, &n));
   if (ndim != 1) return ol_error("%s: dataset '%s' must be 1-D, found %d-D", d->path, name, ndim);
-  d->len[s] = (size_t)dims[0];
+  d->len[s] = dims[0];
   return OL_OK;
 }
 

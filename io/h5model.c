@@ -40,12 +40,32 @@ static void model_free(ol_h5model *m) {
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
+/* A model is built (allocated) from its config before any tensor is read, so the config must
+ * describe a model the file can hold: at least one byte per value of the embedding and the
+ * layers' projections (f16 takes 2, f32 4; the slack admits compressed files). ol_h5_get_config
+ * bounds every field, so the count cannot overflow. */
+static int check_config_fits(hid_t file, const char *path, const ol_config *c) {
+  uint64_t d = (uint64_t)c->dim, kv = d / (uint64_t)c->n_heads * (uint64_t)c->n_kv_heads;
+  uint64_t per_layer = 2 * d * d + 2 * d * kv + 3 * d * (uint64_t)c->ffn_dim;  /* q o, k v, mlp */
+  uint64_t values = (uint64_t)c->vocab_size * d + (uint64_t)c->n_layers * per_layer;
+  hsize_t size = 0;
+  if (H5Fget_filesize(file, &size) < 0) return ol_error("%s: cannot read the file's size", path);
+  if (values > size)
+    return ol_error("%s: the config (dim %lld, %lld layers, ffn %lld, vocab %lld) describes %llu "
+                    "weights, more than the file's %llu bytes hold: the file is truncated or "
+                    "corrupt", path, (long long)c->dim, (long long)c->n_layers,
+                    (long long)c->ffn_dim, (long long)c->vocab_size, (unsigned long long)values,
+                    (unsigned long long)size);
+  return OL_OK;
+}
+
 int ol_h5model_open(const char *path, ol_h5model **out, ol_config *cfg) {
   *out = NULL;
   hid_t file;
   OL_TRY(ol_h5_open_read(path, &file));
   int rc = ol_h5_get_config(file, path, cfg);
   if (rc == OL_OK) rc = ol_config_validate(cfg, path);
+  if (rc == OL_OK) rc = check_config_fits(file, path, cfg);
   if (rc != OL_OK) {
     ol_h5_free(file);
     return rc;

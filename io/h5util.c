@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -67,6 +68,67 @@ static hid_t file_access(H5F_close_degree_t degree) {
   return fapl;
 }
 
+/* ---- the global heap ---------------------------------------------------------------------
+ * Variable-length strings (h5py's str attributes, and onelora's) live in "global heap
+ * collections", the one kind of metadata block without a checksum in any HDF5 format, and
+ * HDF5 1.10 decodes them trusting every size: a corrupt object size makes it copy past its
+ * buffer, a zero one makes it loop forever (1.14.4 added the bounds checks). So before HDF5
+ * opens a file, the collections that start in its first GHEAP_SCAN bytes (onelora writes its
+ * strings first, so its files keep them there) are walked here as HDF5 walks them, and one
+ * whose size or objects do not fit is refused. */
+#define GHEAP_SCAN ((size_t)1 << 16)
+#define GHEAP_MIN_SIZE 4096  /* the smallest collection HDF5 writes */
+#define GHEAP_HEADER 16      /* "GCOL", version 1, 3 reserved bytes, the 8-byte size */
+#define GHEAP_OBJ_HEADER 16  /* index (2), reference count (2), reserved (4), size (8) */
+
+static uint64_t le64(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+/* Walks the collection at byte `at` of the open file fd (file_size bytes). */
+static int check_collection(int fd, const char *path, uint64_t at, uint64_t file_size) {
+  unsigned char h[GHEAP_OBJ_HEADER];
+  if (pread(fd, h, GHEAP_HEADER, (off_t)at) != GHEAP_HEADER) return OL_OK;  /* HDF5 refuses it */
+  uint64_t size = le64(h + 8), end = at + size;
+  if (size < GHEAP_MIN_SIZE || size > file_size - at)
+    return ol_error("%s: the global heap collection at byte %llu declares %llu bytes, %s: the "
+                    "file is truncated or corrupt", path, (unsigned long long)at,
+                    (unsigned long long)size,
+                    size < GHEAP_MIN_SIZE ? "fewer than HDF5 writes" : "past the end of the file");
+  for (uint64_t p = at + GHEAP_HEADER; p < end;) {
+    if (end - p < GHEAP_OBJ_HEADER) break;  /* HDF5 counts a short tail as free space */
+    if (pread(fd, h, GHEAP_OBJ_HEADER, (off_t)p) != GHEAP_OBJ_HEADER)
+      return ol_error("%s: cannot read the global heap at byte %llu", path, (unsigned long long)p);
+    unsigned index = (unsigned)h[0] | (unsigned)h[1] << 8;
+    uint64_t obj_size = le64(h + 8);
+    /* object 0 is the free space, its size counting its header; the others are padded to 8 */
+    uint64_t need = index == 0 ? obj_size
+                    : obj_size > end - p ? UINT64_MAX
+                                        : GHEAP_OBJ_HEADER + (obj_size + 7) / 8 * 8;
+    if (need < GHEAP_OBJ_HEADER || need > end - p)
+      return ol_error("%s: object %u of the global heap collection at byte %llu declares %llu "
+                      "bytes, outside the collection: the file is corrupt", path, index,
+                      (unsigned long long)at, (unsigned long long)obj_size);
+    p += need;
+  }
+  return OL_OK;
+}
+
+/* Every collection that starts in the first GHEAP_SCAN bytes of the open file f. */
+static int check_global_heaps(FILE *f, const char *path, uint64_t file_size) {
+  static const unsigned char signature[8] = {'G', 'C', 'O', 'L', 1, 0, 0, 0};
+  size_t n = file_size < GHEAP_SCAN ? (size_t)file_size : GHEAP_SCAN;
+  unsigned char *head = ol_calloc(n + 1, 1);  /* (n,) the file's first bytes */
+  int rc = fread(head, 1, n, f) == n ? OL_OK : ol_error("%s: cannot read the file", path);
+  for (size_t i = 0; rc == OL_OK && i + sizeof signature <= n; i++)
+    if (head[i] == 'G' && memcmp(head + i, signature, sizeof signature) == 0)
+      rc = check_collection(fileno(f), path, i, file_size);
+  ol_free(head);
+  return rc;
+}
+
 int ol_h5_open_read(const char *path, hid_t *file) {
   h5_quiet();
   *file = H5I_INVALID_HID;
@@ -75,8 +137,10 @@ int ol_h5_open_read(const char *path, hid_t *file) {
   if (S_ISDIR(st.st_mode)) return ol_error("%s: is a directory, expected an HDF5 file", path);
   FILE *f = fopen(path, "rb");
   if (!f) return ol_error("%s: cannot open: %s", path, strerror(errno));
+  int rc = H5Fis_hdf5(path) > 0 ? check_global_heaps(f, path, (uint64_t)st.st_size)
+                                : ol_error("%s: not an HDF5 file", path);
   fclose(f);
-  if (H5Fis_hdf5(path) <= 0) return ol_error("%s: not an HDF5 file", path);
+  OL_TRY(rc);
   hid_t fapl = file_access(H5F_CLOSE_WEAK);
   *file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   char why[300] = "";
@@ -106,6 +170,18 @@ int ol_h5_create_with(const char *path, hid_t fapl, hid_t *file) {
 #if H5_VERSION_GE(1, 10, 7)
   H5Pset_file_locking(fapl, 1, 1);
 #endif
+  /* the 1.10 format: checksummed superblock, object headers, link and attribute indexes and
+   * chunk indexes, so a reader refuses corrupt metadata instead of decoding it (h5py and any
+   * HDF5 >= 1.10 read it). ONELORA_HDF5_FORMAT=earliest writes the oldest format instead
+   * (h5py's default, readable by HDF5 1.8; no metadata checksums). */
+  const char *format = getenv("ONELORA_HDF5_FORMAT");
+  int earliest = format && strcmp(format, "earliest") == 0;
+  if (format && format[0] && !earliest && strcmp(format, "1.10") != 0)
+    return ol_error("%s: ONELORA_HDF5_FORMAT is '%s', expected 1.10 (the default) or earliest",
+                    path, format);
+  if (H5Pset_libver_bounds(fapl, earliest ? H5F_LIBVER_EARLIEST : H5F_LIBVER_V110,
+                           H5F_LIBVER_LATEST) < 0)
+    return ol_error("%s: cannot select the HDF5 file format", path);
   *file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   char why[300] = "";
   if (*file < 0) ol_h5_reason(why, sizeof why);
@@ -200,7 +276,10 @@ static const char *class_desc(H5T_class_t c) {
 static int attr_open(hid_t loc, const char *file, const char *name, H5T_class_t want,
                      H5T_class_t also, const char *want_desc, hid_t *attr, hid_t *type) {
   *attr = *type = H5I_INVALID_HID;
-  if (H5Aexists(loc, name) <= 0) return ol_error("%s: missing attribute '%s'", file, name);
+  htri_t exists = H5Aexists(loc, name);
+  if (exists < 0)
+    return ol_error("%s: cannot look up attribute '%s' (the file is corrupt)", file, name);
+  if (exists == 0) return ol_error("%s: missing attribute '%s'", file, name);
   *attr = H5Aopen(loc, name, H5P_DEFAULT);
   if (*attr < 0) return ol_error("%s: cannot open attribute '%s'", file, name);
   *type = H5Aget_type(*attr);
@@ -249,11 +328,16 @@ int ol_h5_get_f64(hid_t loc, const char *file, const char *name, double *out) {
                          out);
 }
 
+/* The string attributes onelora reads are names and lists: one line of printable text. */
 static int copy_str(const char *file, const char *name, const char *s, char *buf, size_t size) {
   size_t n = strlen(s);
   if (n >= size)
     return ol_error("%s: attribute '%s' is too long (%zu bytes, at most %zu)", file, name, n,
                     size - 1);
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+      return ol_error("%s: attribute '%s' holds control character 0x%02x at byte %zu (the file "
+                      "is corrupt)", file, name, (unsigned char)s[i], i);
   memcpy(buf, s, n + 1);
   return OL_OK;
 }
@@ -275,6 +359,13 @@ int ol_h5_get_str(hid_t loc, const char *file, const char *name, char *buf, size
     if (s) H5free_memory(s);
   } else {
     size_t n = H5Tget_size(ftype);
+    if (n == 0 || n > OL_H5_MAX_STR) {
+      ol_h5_free(mtype);
+      ol_h5_free(ftype);
+      ol_h5_free(attr);
+      return ol_error("%s: attribute '%s' is a string of %zu bytes, expected 1 to %d", file, name,
+                      n, OL_H5_MAX_STR);
+    }
     char *s = ol_calloc(n + 1, 1);  /* (n + 1,) NUL-terminated */
     H5Tset_size(mtype, n + 1);
     H5Tset_strpad(mtype, H5T_STR_NULLTERM);
@@ -327,20 +418,30 @@ int ol_h5_put_str(hid_t loc, const char *file, const char *name, const char *v) 
 
 /* ---- config ----------------------------------------------------------------------------- */
 
+/* The integer fields' upper limits (whatever a file says, nothing larger is sized by it;
+ * LLaMA-3-405B has dim 16384, 126 layers, ffn 53248): positive values up to them are left to
+ * ol_config_validate, and a model file must also hold the weights they imply (h5model.c). */
+#define MAX_WIDTH ((int64_t)1 << 20)      /* dim, heads */
+#define MAX_LAYERS ((int64_t)1 << 14)
+#define MAX_FFN ((int64_t)1 << 22)
+#define MAX_VOCAB ((int64_t)1 << 31)      /* token ids are int32 */
+#define MAX_SEQ_LEN ((int64_t)1 << 31)
+
 static const struct {
   const char *name;
   size_t offset;
   int is_float;
+  int64_t max;  /* integer fields: the largest value accepted */
 } config_fields[] = {
-    {"dim", offsetof(ol_config, dim), 0},
-    {"n_layers", offsetof(ol_config, n_layers), 0},
-    {"n_heads", offsetof(ol_config, n_heads), 0},
-    {"n_kv_heads", offsetof(ol_config, n_kv_heads), 0},
-    {"ffn_dim", offsetof(ol_config, ffn_dim), 0},
-    {"vocab_size", offsetof(ol_config, vocab_size), 0},
-    {"max_seq_len", offsetof(ol_config, max_seq_len), 0},
-    {"norm_eps", offsetof(ol_config, norm_eps), 1},
-    {"rope_theta", offsetof(ol_config, rope_theta), 1},
+    {"dim", offsetof(ol_config, dim), 0, MAX_WIDTH},
+    {"n_layers", offsetof(ol_config, n_layers), 0, MAX_LAYERS},
+    {"n_heads", offsetof(ol_config, n_heads), 0, MAX_WIDTH},
+    {"n_kv_heads", offsetof(ol_config, n_kv_heads), 0, MAX_WIDTH},
+    {"ffn_dim", offsetof(ol_config, ffn_dim), 0, MAX_FFN},
+    {"vocab_size", offsetof(ol_config, vocab_size), 0, MAX_VOCAB},
+    {"max_seq_len", offsetof(ol_config, max_seq_len), 0, MAX_SEQ_LEN},
+    {"norm_eps", offsetof(ol_config, norm_eps), 1, 0},
+    {"rope_theta", offsetof(ol_config, rope_theta), 1, 0},
 };
 #define N_CONFIG_FIELDS (sizeof config_fields / sizeof config_fields[0])
 
@@ -351,17 +452,28 @@ int ol_h5_get_config(hid_t loc, const char *file, ol_config *cfg) {
     return ol_error("%s: attribute 'architecture' is '%s', expected 'llama'", file, arch);
   for (size_t i = 0; i < N_CONFIG_FIELDS; i++) {
     char *field = (char *)cfg + config_fields[i].offset;
-    if (config_fields[i].is_float)
+    if (config_fields[i].is_float) {
       OL_TRY(ol_h5_get_f64(loc, file, config_fields[i].name, (double *)field));
-    else
-      OL_TRY(ol_h5_get_i64(loc, file, config_fields[i].name, (int64_t *)field));
+      continue;
+    }
+    int64_t *v = (int64_t *)field;
+    OL_TRY(ol_h5_get_i64(loc, file, config_fields[i].name, v));
+    if (*v > config_fields[i].max)
+      return ol_error("%s: attribute '%s' is %lld, more than the %lld onelora accepts", file,
+                      config_fields[i].name, (long long)*v, (long long)config_fields[i].max);
   }
   // optional flags, absent in files without biases
   const char *flags[2] = {"attention_bias", "mlp_bias"};
   int64_t *dst[2] = {&cfg->attention_bias, &cfg->mlp_bias};
   for (int i = 0; i < 2; i++) {
     *dst[i] = 0;
-    if (H5Aexists(loc, flags[i]) > 0) OL_TRY(ol_h5_get_i64(loc, file, flags[i], dst[i]));
+    htri_t exists = H5Aexists(loc, flags[i]);
+    if (exists < 0)
+      return ol_error("%s: cannot look up attribute '%s' (the file is corrupt)", file, flags[i]);
+    if (exists > 0) OL_TRY(ol_h5_get_i64(loc, file, flags[i], dst[i]));
+    if (*dst[i] != 0 && *dst[i] != 1)
+      return ol_error("%s: attribute '%s' is %lld, expected 0 or 1", file, flags[i],
+                      (long long)*dst[i]);
   }
   return OL_OK;
 }
@@ -385,8 +497,10 @@ int ol_h5_put_config(hid_t loc, const char *file, const ol_config *cfg) {
 int ol_h5_open_dataset(hid_t loc, const char *file, const char *name, const char *what,
                        hid_t *dset) {
   *dset = H5I_INVALID_HID;
-  if (H5Lexists(loc, name, H5P_DEFAULT) <= 0)
-    return ol_error("%s: missing dataset '%s'", file, what);
+  htri_t exists = H5Lexists(loc, name, H5P_DEFAULT);
+  if (exists < 0)
+    return ol_error("%s: cannot look up dataset '%s' (the file is corrupt)", file, what);
+  if (exists == 0) return ol_error("%s: missing dataset '%s'", file, what);
   *dset = H5Dopen2(loc, name, H5P_DEFAULT);
   if (*dset < 0) return ol_error("%s: '%s' is not a readable dataset", file, what);
   return OL_OK;
@@ -399,19 +513,78 @@ static void shape_str(char *buf, size_t size, int ndim, const size_t *shape) {
   if (used < size) snprintf(buf + used, size - used, "]");
 }
 
+/* Filters other than the Fletcher32 checksum: 1 when the data is stored compressed. */
+static int is_compressed(hid_t dset) {
+  hid_t dcpl = H5Dget_create_plist(dset);
+  int n = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0, compressed = 0;
+  for (int i = 0; i < n; i++) {
+    unsigned flags;
+    size_t n_values = 0;
+    if (H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL, 0, NULL, NULL) !=
+        H5Z_FILTER_FLETCHER32)
+      compressed = 1;
+  }
+  ol_h5_free(dcpl);
+  return compressed;
+}
+
+/* The size of the file that holds object `id`, in bytes (0 when unknown). */
+static uint64_t file_size_of(hid_t id) {
+  hid_t f = H5Iget_file_id(id);
+  hsize_t size = 0;
+  if (f < 0 || H5Fget_filesize(f, &size) < 0) size = 0;
+  ol_h5_free(f);
+  return size;
+}
+
+int ol_h5_dataset_extent(hid_t dset, const char *file, const char *what, int max_ndim, int *ndim,
+                         size_t *dims, size_t *numel) {
+  hid_t space = H5Dget_space(dset), type = H5Dget_type(dset);
+  hsize_t hdims[H5S_MAX_RANK];  /* (nd,) */
+  int nd = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
+  if (nd >= 0 && nd <= H5S_MAX_RANK && H5Sget_simple_extent_dims(space, hdims, NULL) < 0) nd = -1;
+  uint64_t elem = type >= 0 ? H5Tget_size(type) : 0;
+  ol_h5_free(type);
+  ol_h5_free(space);
+  if (nd < 0 || elem == 0)
+    return ol_error("%s: cannot read the shape of dataset '%s' (the file is corrupt)", file, what);
+  if (nd > max_ndim)
+    return ol_error("%s: dataset '%s' has %d dimensions, expected at most %d", file, what, nd,
+                    max_ndim);
+  uint64_t bytes = elem;  /* of all the values, checked against overflow dimension by dimension */
+  for (int i = 0; i < nd; i++) {
+    if (hdims[i] > OL_H5_MAX_DIM)
+      return ol_error("%s: dataset '%s' has dimension %d of size %llu, more than 2^40", file,
+                      what, i, (unsigned long long)hdims[i]);
+    if (hdims[i] > 0 && bytes > OL_H5_MAX_BYTES / hdims[i])
+      return ol_error("%s: dataset '%s' declares more than 2^50 bytes of values", file, what);
+    bytes *= hdims[i];
+  }
+  uint64_t file_bytes = file_size_of(dset);
+  int compressed = is_compressed(dset);
+  uint64_t room = compressed ? file_bytes * OL_H5_MAX_INFLATE : file_bytes;
+  if (bytes > room)
+    return ol_error("%s: dataset '%s' declares %llu bytes of values, more than the file (%llu "
+                    "bytes) can hold: the file is truncated or corrupt", file, what,
+                    (unsigned long long)bytes, (unsigned long long)file_bytes);
+  uint64_t stored = H5Dget_storage_size(dset);
+  if (!compressed && stored < bytes)
+    return ol_error("%s: dataset '%s' stores %llu of its %llu bytes: the file is truncated or "
+                    "corrupt", file, what, (unsigned long long)stored, (unsigned long long)bytes);
+  *ndim = nd;
+  for (int i = 0; i < nd; i++) dims[i] = (size_t)hdims[i];
+  *numel = (size_t)(bytes / elem);
+  return OL_OK;
+}
+
 int ol_h5_check_shape(hid_t dset, const char *file, const char *what, int ndim,
                       const size_t *shape) {
-  hid_t space = H5Dget_space(dset);
-  hsize_t dims[H5S_MAX_RANK];  /* (nd,) */
-  int nd = space >= 0 ? H5Sget_simple_extent_ndims(space) : -1;
-  if (nd >= 0) H5Sget_simple_extent_dims(space, dims, NULL);
-  ol_h5_free(space);
-  if (nd < 0) return ol_error("%s: cannot read the shape of dataset '%s'", file, what);
+  size_t found[H5S_MAX_RANK], numel;  /* (nd,) */
+  int nd;
+  OL_TRY(ol_h5_dataset_extent(dset, file, what, H5S_MAX_RANK, &nd, found, &numel));
   int same = nd == ndim;
-  for (int i = 0; same && i < nd; i++) same = dims[i] == (hsize_t)shape[i];
+  for (int i = 0; same && i < nd; i++) same = found[i] == shape[i];
   if (same) return OL_OK;
-  size_t found[H5S_MAX_RANK];  /* (nd,) */
-  for (int i = 0; i < nd; i++) found[i] = (size_t)dims[i];
   char want_s[128], found_s[128];
   shape_str(want_s, sizeof want_s, ndim, shape);
   shape_str(found_s, sizeof found_s, nd, found);
@@ -437,19 +610,23 @@ static int float_kind_of(hid_t ftype, const char *file, const char *what, float_
   if (cls != H5T_FLOAT)
     return ol_error("%s: dataset '%s' is %s type, expected float32 or float16", file, what,
                     cls == H5T_INTEGER ? "an integer" : "a non-float");
-  if (size == 4 || size == 8) {
+  if (H5Tequal(ftype, H5T_IEEE_F32LE) > 0 || H5Tequal(ftype, H5T_IEEE_F32BE) > 0 ||
+      H5Tequal(ftype, H5T_IEEE_F64LE) > 0 || H5Tequal(ftype, H5T_IEEE_F64BE) > 0) {
     *kind = FLOAT_NATIVE;
     return OL_OK;
   }
   size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
   if (size == 2) H5Tget_fields(ftype, &spos, &epos, &esize, &mpos, &msize);
   size_t ebias = size == 2 ? H5Tget_ebias(ftype) : 0;
-  if (size == 2 && spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 &&
+  /* all 16 bits used, the hidden leading 1 of normal numbers */
+  int plain = size == 2 && H5Tget_precision(ftype) == 16 && H5Tget_offset(ftype) == 0 &&
+              H5Tget_norm(ftype) == H5T_NORM_IMPLIED;
+  if (plain && spos == 15 && epos == 10 && esize == 5 && mpos == 0 && msize == 10 &&
       ebias == 15) {
     *kind = FLOAT_F16;
     return OL_OK;
   }
-  if (size == 2 && spos == 15 && epos == 7 && esize == 8 && mpos == 0 && msize == 7 &&
+  if (plain && spos == 15 && epos == 7 && esize == 8 && mpos == 0 && msize == 7 &&
       ebias == 127) {
     *kind = FLOAT_BF16;
     return OL_OK;

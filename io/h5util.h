@@ -11,7 +11,17 @@
 #include "onelora/config.h"
 #include "onelora/io.h"
 
+/* ---- limits on what a file may declare, checked before anything is sized by it ---- */
+#define OL_H5_MAX_STR 4096                      /* bytes of a fixed-length string attribute */
+#define OL_H5_MAX_DIM ((uint64_t)1 << 40)       /* one dimension of a dataset */
+#define OL_H5_MAX_BYTES ((uint64_t)1 << 50)     /* a dataset's values (1 PiB) */
+#define OL_H5_MAX_INFLATE 1032                  /* deflate's best ratio: compressed data may be
+                                                 * this much larger than the file */
+
 /* ---- files ---- */
+/* Files are written in the HDF5 1.10 format (H5F_LIBVER_V110 and up): every metadata block but
+ * the global heap of string values carries a checksum, so corrupt metadata is refused by HDF5
+ * before it is decoded. Readers take any format. */
 /* Opens an existing HDF5 file read-only; distinguishes missing, not-HDF5 and corrupt files. */
 int ol_h5_open_read(const char *path, hid_t *file);
 /* Creates (truncates) an HDF5 file for writing; its close fails while objects are still open. */
@@ -48,7 +58,14 @@ int ol_h5_put_config(hid_t loc, const char *file, const ol_config *cfg);
 /* Opens dataset `name` of loc; errors say "missing dataset '<what>'" and name `file`. */
 int ol_h5_open_dataset(hid_t loc, const char *file, const char *name, const char *what,
                        hid_t *dset);
-/* Checks that dataset `dset` (shown as `what`) has exactly the shape (ndim, shape). */
+/* Reads dataset `dset`'s shape (ndim <= max_ndim dims, numel values; `what` names it in errors)
+ * and checks it against the file before anything is sized by it: every dimension and the
+ * values' bytes bounded without overflow, those bytes no larger than the file (OL_H5_MAX_INFLATE
+ * times for compressed data), and every byte of uncompressed data stored. */
+int ol_h5_dataset_extent(hid_t dset, const char *file, const char *what, int max_ndim, int *ndim,
+                         size_t *dims, size_t *numel);
+/* Checks that dataset `dset` (shown as `what`) has exactly the shape (ndim, shape), after the
+ * checks of ol_h5_dataset_extent. */
 int ol_h5_check_shape(hid_t dset, const char *file, const char *what, int ndim,
                       const size_t *shape);
 /* Reads the selection fspace of a float dataset (f32/f64, or f16/bf16 stored as 2-byte floats)

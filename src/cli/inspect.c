@@ -90,7 +90,9 @@ static int entry_cmp(const void *a, const void *b) {
   return strcmp(((const entry *)a)->name, ((const entry *)b)->name);
 }
 
-/* The datasets of group g, sorted by name with strcmp (the merge below relies on that order). */
+/* The datasets of group g, sorted by name with strcmp (the merge below relies on that order).
+ * Their count and shapes come from the file; the reader has bounded both by the file's size
+ * (io/checkpoint.c), so the buffers sized by them here and in read_entry are too. */
 static int list_group(ckpt_file *f, ol_ckpt_group g, entry **out, size_t *n) {
   *out = NULL;
   OL_TRY(ol_ckpt_count(f->c, g, n));

@@ -3,6 +3,7 @@
  * (config.json + model.safetensors). */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "onelora/io.h"
@@ -33,6 +34,28 @@ static void mark_new_biases(ol_model *m, const ol_config *src) {
     }
 }
 
+/* The model is built from the checkpoint's method and rank before any tensor is read, so a
+ * corrupt rank must not size it: it is at most the model's widest layer, and the checkpoint
+ * holds every trainable value (4 bytes each, in group params). */
+static int check_ckpt_fits(const char *ckpt_path, const ol_config *cfg, const ol_method *method,
+                           uint64_t seed) {
+  int64_t widest = cfg->dim > cfg->ffn_dim ? cfg->dim : cfg->ffn_dim;
+  if (method->rank > widest)
+    return ol_error("%s: rank %lld is more than the model's widest layer (%lld): the file is "
+                    "corrupt", ckpt_path, (long long)method->rank, (long long)widest);
+  struct stat st;
+  if (stat(ckpt_path, &st) != 0) return ol_error("%s: cannot stat the checkpoint", ckpt_path);
+  ol_model plan = {0};
+  OL_TRY(ol_model_layout(&plan, cfg, method, seed));
+  size_t trainable = ol_model_trainable(&plan);
+  ol_model_free(&plan);
+  if ((double)trainable * sizeof(float) > (double)st.st_size)
+    return ol_error("%s: method '%s' trains %zu values, more than the file's %lld bytes hold: "
+                    "the file is truncated or corrupt", ckpt_path, method->text, trainable,
+                    (long long)st.st_size);
+  return OL_OK;
+}
+
 static int merge(const char *model_path, const char *ckpt_path, const char *out, ol_dtype dtype,
                  int hf) {
   ol_ckpt *c = NULL;
@@ -52,8 +75,9 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
   if (rc == OL_OK) {
     merged_cfg = cfg;
     bitfit_bias_flags(&method, &merged_cfg);
-    rc = ol_model_build(&m, &merged_cfg, &method, meta.seed);
+    rc = check_ckpt_fits(ckpt_path, &merged_cfg, &method, meta.seed);
   }
+  if (rc == OL_OK) rc = ol_model_build(&m, &merged_cfg, &method, meta.seed);
   if (rc == OL_OK) {
     mark_new_biases(&m, &cfg);
     rc = ol_model_load(&m, mf);

@@ -198,6 +198,24 @@ def main():
         f.create_dataset(qname, data=np.zeros((q.shape[0], q.shape[1] + 1), dtype=q.dtype))
     expect_error(bin_, "model with a wrong-shaped q_proj", train(model=bad_shape), [qname])
 
+    # bad bytes: sizes no allocation may follow, and flipped metadata bytes (tests/fuzz does more)
+    for attr, value in [("n_layers", 1 << 40), ("vocab_size", 1 << 30)]:
+        huge = os.path.join(wd, "model_huge_%s.h5" % attr)
+        shutil.copyfile(good_model, huge)
+        with h5py.File(huge, "r+") as f:
+            f.attrs[attr] = np.int64(value)
+        expect_error(bin_, "model whose %s is %d" % (attr, value), train(model=huge), [attr, huge])
+    ckpt = os.path.join(wd, "ckpt%02d" % 0, "step-00000001.h5")  # the baseline run's
+    with open(ckpt, "rb") as f:
+        blob = f.read()
+    headers = [i for i in range(len(blob)) if blob[i:i + 4] == b"OHDR"]
+    for k, at in enumerate(headers[:4]):
+        flipped = os.path.join(wd, "ckpt_flipped_header%d.h5" % k)
+        with open(flipped, "wb") as f:
+            f.write(blob[:at + 24] + bytes([blob[at + 24] ^ 0x5A]) + blob[at + 25:])
+        expect_error(bin_, "checkpoint with a flipped object-header byte (%d)" % k, ["inspect", flipped],
+                     [flipped])
+
     big_vocab = os.path.join(wd, "data_big_vocab.h5")
     write_data(big_vocab, V, vocab_attr=4 * V)
     expect_error(bin_, "data vocab_size larger than the model's", train(data=big_vocab),

@@ -35,7 +35,15 @@ static int setup(void **state) {
   return 0;
 }
 
+/* The same, writing files in the earliest HDF5 format (h5py's default): without metadata
+ * checksums, so that byte patches of attribute and link names make files HDF5 still reads. */
+static int setup_earliest(void **state) {
+  setenv("ONELORA_HDF5_FORMAT", "earliest", 1);
+  return setup(state);
+}
+
 static int teardown(void **state) {
+  unsetenv("ONELORA_HDF5_FORMAT");
   fixture *f = *state;
   DIR *d = opendir(f->dir);
   struct dirent *e;
@@ -62,6 +70,14 @@ static const char *tpath(fixture *f, int k, const char *name) {
 static ol_config tiny_config(void) {
   ol_config c = {.dim = 8, .n_layers = 2, .n_heads = 2, .n_kv_heads = 1, .ffn_dim = 12,
                  .vocab_size = 300, .max_seq_len = 64, .norm_eps = 1e-5, .rope_theta = 10000.0};
+  return c;
+}
+
+/* The config of the small model files below: the file holds a byte per weight it implies
+ * (16 x 8 embedding + one layer: 608 values), as the reader requires. */
+static ol_config model_config(void) {
+  ol_config c = tiny_config();
+  c.n_layers = 1, c.vocab_size = 16, c.max_seq_len = 12345;
   return c;
 }
 
@@ -177,7 +193,7 @@ static void expect_error(int rc, const char *a, const char *b, const char *c) {
 #define A_ROWS 6
 #define A_COLS 8
 static void write_model(const char *path, ol_dtype dtype, float *a, float *b) {
-  ol_config cfg = tiny_config();
+  ol_config cfg = model_config();
   fill_normal(a, A_ROWS * A_COLS, 2.0f, 1);
   fill_normal(b, A_COLS, 1.0f, 2);
   ol_h5model *m;
@@ -213,7 +229,7 @@ static void test_model_f32_roundtrip(void **state) {
   assert_false(exists(tpath(f, 1, "m.h5.tmp")));
 
   ol_h5model *m;
-  ol_config cfg, want = tiny_config();
+  ol_config cfg, want = model_config();
   assert_int_equal(ol_h5model_open(path, &m, &cfg), OL_OK);
   assert_memory_equal(&cfg, &want, sizeof cfg);
   assert_true(ol_h5model_has(m, "a"));
@@ -546,6 +562,7 @@ static ol_ckpt_meta test_meta(void) {
   m.loss = 2.718281828459045;
   m.rank = 4, m.alpha_x1000 = 16000;
   m.data_cursor = 987654321012ull;
+  m.global_batch = 8, m.seq_len = 16, m.shuffle = 1;
   return m;
 }
 
@@ -758,6 +775,172 @@ static void test_model_string_attr(void **state) {
                "attribute 'n_heads' is a string, expected an integer", NULL);
 }
 
+/* ---- limits: sizes and counts a file declares are checked before anything is sized by them -- */
+
+/* Replaces the one 8-byte little-endian field holding `from` by `to` (asserts it is unique). */
+static void patch_u64(const char *path, uint64_t from, uint64_t to) {
+  assert_int_equal(patch(path, &from, &to, sizeof from), 1);
+}
+
+static void test_limits_model(void **state) {
+  fixture *f = *state;
+  int fds = fd_count();
+  float a[A_ROWS * A_COLS], b[A_COLS];
+  ol_h5model *m = NULL;
+  ol_config cfg;
+  /* a config field above its limit (max_seq_len 12345 patched to 2^40) */
+  const char *big = tpath(f, 0, "big.h5");
+  write_model(big, OL_DTYPE_F32, a, b);
+  patch_u64(big, 12345, (uint64_t)1 << 40);
+  expect_error(ol_h5model_open(big, &m, &cfg), big,
+               "attribute 'max_seq_len' is 1099511627776, more than the 2147483648", NULL);
+  /* a config whose weights the file cannot hold (4099 x 8 embedding, a 3 KB file) */
+  const char *wide = tpath(f, 0, "wide.h5");
+  ol_config cfg_wide = model_config();
+  cfg_wide.vocab_size = 4099;
+  ol_h5model *w;
+  size_t sa[2] = {A_ROWS, A_COLS};
+  assert_int_equal(ol_h5model_create(wide, &cfg_wide, &w), OL_OK);
+  assert_int_equal(ol_h5model_write(w, "a", 2, sa, a, OL_DTYPE_F32), OL_OK);
+  assert_int_equal(ol_h5model_finish(w), OL_OK);
+  expect_error(ol_h5model_open(wide, &m, &cfg), wide, "describes 33272 weights",
+               "truncated or corrupt");
+  assert_null(m);
+  assert_int_equal(fd_count(), fds);
+}
+
+static void test_limits_ckpt(void **state) {
+  fixture *f = *state;
+  int fds = fd_count();
+  ol_ckpt_meta meta = test_meta(), got;
+  meta.rank = 4242;
+  float x[1000] = {0};
+  size_t shape[1] = {1000};
+  ol_ckpt *c;
+  const char *path = tpath(f, 0, "c.h5"), *bad = tpath(f, 1, "bad.h5");
+  assert_int_equal(ol_ckpt_create(path, &meta, NULL, &c), OL_OK);
+  assert_int_equal(ol_ckpt_write(c, OL_GROUP_PARAMS, "x", 1, shape, x), OL_OK);
+  assert_int_equal(ol_ckpt_finish(c), OL_OK);
+  size_t n;
+
+  /* a rank outside [0, 2^16] */
+  copy_prefix(path, bad, (size_t)file_size(path));
+  patch_u64(bad, 4242, (uint64_t)1 << 20);
+  expect_error(ol_ckpt_open(bad, &c, &got), bad, "attribute 'rank' is 1048576, outside [0, 65536]",
+               NULL);
+  /* a dataset longer than the file (its dataspace: the extent, then the maximum extent) */
+  copy_prefix(path, bad, (size_t)file_size(path));
+  uint64_t from[2] = {1000, 1000}, to[2] = {(uint64_t)1 << 33, (uint64_t)1 << 33};
+  assert_int_equal(patch(bad, from, to, sizeof from), 1);
+  assert_int_equal(ol_ckpt_open(bad, &c, &got), OL_OK);
+  expect_error(ol_ckpt_count(c, OL_GROUP_PARAMS, &n), bad, "dataset 'params/x' declares 34359738368",
+               "more than the file");
+  ol_ckpt_close(c);
+  /* one dimension above 2^40 */
+  copy_prefix(path, bad, (size_t)file_size(path));
+  to[0] = to[1] = (uint64_t)1 << 41;
+  assert_int_equal(patch(bad, from, to, sizeof from), 1);
+  assert_int_equal(ol_ckpt_open(bad, &c, &got), OL_OK);
+  expect_error(ol_ckpt_count(c, OL_GROUP_PARAMS, &n), bad, "'params/x' has dimension 0", "2^40");
+  ol_ckpt_close(c);
+  /* a string with a control character (it would split the error line that quotes it) */
+  copy_prefix(path, bad, (size_t)file_size(path));
+  assert_int_equal(patch(bad, "1lora,norms", "1lora\nnorms", 11), 1);
+  expect_error(ol_ckpt_open(bad, &c, &got), bad, "attribute 'method' holds control character 0x0a",
+               NULL);
+  assert_int_equal(fd_count(), fds);
+}
+
+/* The global heap holds the strings; HDF5 1.10 trusts its sizes, so the reader checks them. */
+static void test_limits_global_heap(void **state) {
+  fixture *f = *state;
+  int fds = fd_count();
+  ol_ckpt_meta meta = test_meta(), got;
+  ol_ckpt *c;
+  const char *path = tpath(f, 0, "c.h5"), *bad = tpath(f, 1, "bad.h5");
+  write_ckpt(path, &meta);
+  size_t size;
+  unsigned char *bytes = read_all(path, &size);
+  size_t at = 0;
+  while (at + 4 <= size && memcmp(bytes + at, "GCOL", 4) != 0) at++;
+  assert_true(at + 4096 <= size);
+  const struct {
+    size_t offset;  /* from the collection's start */
+    uint64_t value;
+    const char *message;
+  } cases[] = {
+      {8, 100, "fewer than HDF5 writes"},             /* the collection's size */
+      {8, (uint64_t)1 << 40, "past the end of the file"},
+      {16 + 8, (uint64_t)1 << 40, "object 1 of the global heap"},  /* the first string's size */
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    uint64_t good;
+    memcpy(&good, bytes + at + cases[k].offset, 8);
+    memcpy(bytes + at + cases[k].offset, &cases[k].value, 8);
+    write_all(bad, bytes, size);
+    memcpy(bytes + at + cases[k].offset, &good, 8);
+    int saved = stderr_to(tpath(f, 2, "stderr.txt"));
+    int rc = ol_ckpt_open(bad, &c, &got);
+    assert_int_equal(stderr_back(saved, f->buf[2]), 0);
+    expect_error(rc, bad, cases[k].message, "corrupt");
+  }
+  /* the free space's size 0 (HDF5 1.10 would loop forever): the object after the last string */
+  size_t p = at + 16;
+  for (int i = 0; i < 8 && (bytes[p] | bytes[p + 1]); i++) {  /* objects 1, 2, ... then 0 */
+    uint64_t len;
+    memcpy(&len, bytes + p + 8, 8);
+    p += 16 + (len + 7) / 8 * 8;
+  }
+  memset(bytes + p + 8, 0, 8);
+  write_all(bad, bytes, size);
+  expect_error(ol_ckpt_open(bad, &c, &got), bad, "object 0 of the global heap", "corrupt");
+  free(bytes);
+  assert_int_equal(fd_count(), fds);
+}
+
+/* Files are written in the checksummed 1.10 format: a flipped metadata byte is refused with
+ * one error line, and HDF5 prints nothing of its own. */
+static void test_metadata_checksums(void **state) {
+  fixture *f = *state;
+  int fds = fd_count();
+  ol_ckpt_meta meta = test_meta(), got;
+  const char *path = tpath(f, 0, "c.h5"), *bad = tpath(f, 1, "bad.h5");
+  write_ckpt(path, &meta);
+  size_t size;
+  unsigned char *bytes = read_all(path, &size);
+  assert_int_equal(bytes[8], 3);  /* superblock version 3: HDF5 1.10 */
+  /* every object header ("OHDR"), a byte of its body flipped */
+  int headers = 0;
+  for (size_t at = 0; at + 64 <= size; at++) {
+    if (memcmp(bytes + at, "OHDR", 4) != 0) continue;
+    headers++;
+    bytes[at + 40] ^= 0x5a;
+    write_all(bad, bytes, size);
+    bytes[at + 40] ^= 0x5a;
+    ol_ckpt *c = NULL;
+    int saved = stderr_to(tpath(f, 2, "stderr.txt"));
+    int rc = ol_ckpt_open(bad, &c, &got);
+    size_t n, total = 0;
+    for (int g = 0; rc == OL_OK && g < OL_GROUP_COUNT; g++) {
+      rc = ol_ckpt_count(c, (ol_ckpt_group)g, &n);
+      for (size_t i = 0; rc == OL_OK && i < n; i++) {
+        char name[256];
+        int ndim;
+        size_t shape[OL_MAX_DIMS];
+        rc = ol_ckpt_info(c, (ol_ckpt_group)g, i, name, sizeof name, &ndim, shape);
+        total += rc == OL_OK;
+      }
+    }
+    if (c) ol_ckpt_close(c);
+    assert_int_equal(stderr_back(saved, f->buf[2]), 0);
+    if (rc == OL_OK) fail_msg("a flipped byte of the object header at byte %zu was accepted", at);
+    expect_error(rc, bad, NULL, NULL);
+  }
+  assert_true(headers >= 5);
+  free(bytes);
+  assert_int_equal(fd_count(), fds);
+}
+
 /* ---- metrics -------------------------------------------------------------------------------- */
 
 static void test_metrics(void **state) {
@@ -804,17 +987,21 @@ int main(void) {
       cmocka_unit_test(test_dtype),
       cmocka_unit_test_setup_teardown(test_model_f32_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_f16_roundtrip, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_model_open_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_model_open_errors, setup_earliest, teardown),
       cmocka_unit_test_setup_teardown(test_model_read_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_write_errors, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_model_string_attr, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_model_string_attr, setup_earliest, teardown),
       cmocka_unit_test_setup_teardown(test_data_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_data_empty_val, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_data_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_data_errors, setup_earliest, teardown),
       cmocka_unit_test_setup_teardown(test_ckpt_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ckpt_atomic, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ckpt_corruption, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_ckpt_open_errors, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ckpt_open_errors, setup_earliest, teardown),
+      cmocka_unit_test_setup_teardown(test_limits_model, setup_earliest, teardown),
+      cmocka_unit_test_setup_teardown(test_limits_ckpt, setup_earliest, teardown),
+      cmocka_unit_test_setup_teardown(test_limits_global_heap, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_metadata_checksums, setup, teardown),
       cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
