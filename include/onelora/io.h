@@ -100,6 +100,10 @@ int ol_ckpt_close_written(ol_ckpt *c);
  * inside a collective write, from which parallel HDF5 cannot recover. Where the file system
  * cannot reserve, the free space is checked instead. */
 int ol_ckpt_reserve(const char *path, size_t bytes);
+/* Every writing process, before the collective writes: an error when its own file size limit
+ * (RLIMIT_FSIZE) is below `bytes`. fallocate ignores that limit, and a write past it would fail
+ * with EFBIG on that rank alone, inside HDF5's collective calls, where the others would wait. */
+int ol_ckpt_check_size_limit(const char *path, size_t bytes);
 /* Makes a closed temporary file the checkpoint (giving back the unused reservation): fsync, rename to path, fsync the directory.
  * Called by one process, once every writer closed successfully. */
 int ol_ckpt_commit(const char *path);

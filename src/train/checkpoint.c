@@ -121,7 +121,9 @@ int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
   ol_ckpt *c = NULL;
   if (rc == OL_OK) rc = ol_ckpt_create(path, meta, ol_grid_io_comm(g), &c);
   rc = ol_grid_agree(g, rc);
-  if (rc == OL_OK) rc = ol_grid_agree(g, g->world_rank == 0 ? ol_ckpt_reserve(path, checkpoint_bytes(&plan)) : OL_OK);
+  const size_t bytes = checkpoint_bytes(&plan);
+  if (rc == OL_OK) rc = ol_grid_agree(g, ol_ckpt_check_size_limit(path, bytes));
+  if (rc == OL_OK) rc = ol_grid_agree(g, g->world_rank == 0 ? ol_ckpt_reserve(path, bytes) : OL_OK);
   if (rc == OL_OK) {
     char first[1024] = "";  // the write's error outlives the close's
     if (write_all(c, &plan, m, g, meta->step) != OL_OK) ol_strlcpy(first, ol_last_error(), sizeof first);

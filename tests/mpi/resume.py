@@ -4,14 +4,18 @@
 - exact resume: N steps, then --resume auto for N more, equals 2N steps in one go bit for bit
   (params, adam_m, adam_v and every logged loss), on 1 rank and on TP=2 x PP=2 (4 ranks);
 - elastic resume: a checkpoint written under one layout continues under another (TP=2 -> DP=2,
-  PP=2 -> 1 rank) and matches the uninterrupted one-rank run within the float32 reordering
-  tolerance of tests/mpi/layouts.py;
+  PP=2 -> TP=2 x DP=2): the step a layout takes from a shared checkpoint has the gradient and loss
+  of the one-rank run's step from it, within the error model of tests/mpi/equivalence.py;
 - crash safety: SIGKILL of one rank mid-training, and inside a checkpoint write (the test hook
   ONELORA_TEST_CKPT_PAUSE holds the writers), then --resume auto reaches the final state of a
   run that was never killed, bit for bit;
 - signals: SIGUSR1 or SIGTERM to one rank makes every rank stop with a checkpoint and exit 75;
 - --keep, and bad input: a truncated or bit-flipped checkpoint, one from another model or method,
-  an unwritable --ckpt-dir and a full disk each give one clear error and damage no checkpoint.
+  an unwritable --ckpt-dir and a checkpoint over the file size limit (RLIMIT_FSIZE, no privileges
+  needed) each give one clear error and damage no checkpoint; after the limit, --resume auto
+  continues bit for bit.
+--full-disk-only (ctest mpi.resume.full_disk): a real full disk, a small tmpfs that fills after a
+  few checkpoints. Mounting it needs CAP_SYS_ADMIN; without it the script exits 77 (skipped).
 Prints PASS/FAIL per check; exits nonzero on any failure."""
 
 import argparse
@@ -25,6 +29,9 @@ import time
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import equivalence as eq  # noqa: E402
 
 failures = 0
 
@@ -143,19 +150,6 @@ def identical(a, b):
                                             for k in sa)
 
 
-def close(a, b, scale):
-    """Relative difference per tensor within the tolerances of tests/mpi/layouts.py x scale."""
-    tol = {"params": 5e-5, "adam_m": 1e-5, "adam_v": 5e-5}
-    sa, sb = states(a), states(b)
-    if sorted(sa) != sorted(sb):
-        return float("inf")
-    worst = 0.0
-    for k in sa:
-        x, y = sa[k].astype(np.float64), sb[k].astype(np.float64)
-        worst = max(worst, np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30) / (tol[k.split("/")[0]] * scale))
-    return worst
-
-
 def ckpt(d, step):
     return os.path.join(d, "step-%08d.h5" % step)
 
@@ -170,12 +164,129 @@ def one_error_line(err):
     return lines[0] if len(lines) == 1 else None
 
 
+# Runs argv[2:] with RLIMIT_FSIZE = argv[1] bytes and SIGXFSZ ignored (so that a write past the
+# limit fails with EFBIG instead of killing the process; an ignored disposition survives exec). It
+# sits between mpirun and each rank: on mpirun itself the limit breaks its PMIx shared-memory store
+# (ftruncate past the limit: "PMIX ERROR: OUT-OF-RESOURCE"), and mpirun resets the signals of the
+# ranks it starts to the default, which for SIGXFSZ kills them.
+FSIZE_WRAPPER = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                 "n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); "
+                 "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def run_limited(R, ranks, args, limit, seconds=120):
+    """R.run(ranks, args) with a file size limit of `limit` bytes on every rank. Open MPI's
+    shared-memory transport sizes its 4 MiB segment with ftruncate, which the limit refuses, so the
+    ranks use another transport (ob1 over TCP). Returns (exit status or "hung", stdout, stderr)."""
+    env = dict(R.env, OMPI_MCA_btl="^vader", OMPI_MCA_pml="ob1")
+    p = subprocess.Popen([R.mpirun, "-np", str(ranks), sys.executable, "-c", FSIZE_WRAPPER, str(limit),
+                          R.bin] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=seconds)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.terminate()  # mpirun takes its ranks down with it
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        rc = "hung"
+    return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def file_size_limit(R, train, w):
+    """A checkpoint over the file size limit: the earlier checkpoints (step 2, written without the
+    limit) are kept, the run resumes from step 2 under a limit below the real size of a checkpoint,
+    and the step-4 checkpoint must be refused by the writer's reservation (io/checkpoint.c
+    ol_ckpt_reserve) before any collective write, with one error line naming the file and the limit.
+    No step-4 file, no temporary file, step 2 untouched; then --resume auto without the limit ends
+    bit-identical to a run that never hit it."""
+    ref, d = w("fsize-ref"), w("fsize")
+    rc, _, err = R.run(2, train(6, ref, ["--ckpt-every", "2"], dp=2))
+    if not check("bad.file_size_limit.reference", rc == 0, err[-300:]):
+        return
+    os.makedirs(d)
+    shutil.copy(ckpt(ref, 2), d)
+    with open(ckpt(d, 2), "rb") as f:
+        before = f.read()
+    limit = os.path.getsize(ckpt(ref, 4)) * 3 // 4  # the step-4 checkpoint really does not fit
+    args = train(6, d, ["--ckpt-every", "2", "--resume", "auto"], dp=2)
+    t0 = time.time()
+    rc, out, err = run_limited(R, 2, args, limit)
+    line = one_error_line(err)
+    check("bad.file_size_limit", rc not in (0, 75, "hung") and line is not None and ckpt(d, 4) in line
+          and "file size limit" in line and "at step 2 " in out,
+          "limit %d bytes: exit %s in %.1f s: %s" % (limit, rc, time.time() - t0, line or (out + err)[-600:]))
+    check("bad.file_size_limit.refused_before_writing", "File too large" not in err,
+          "no write failed with EFBIG (that would happen inside HDF5's collective calls)")
+    with open(ckpt(d, 2), "rb") as f:
+        after = f.read()
+    tmps = [n for n in os.listdir(d) if n.endswith(".tmp")]
+    check("bad.file_size_limit.no_damage", complete_steps(d) == [2] and not tmps and after == before
+          and identical(ckpt(ref, 2), ckpt(d, 2)),
+          "complete checkpoints %s, temporary files %s, step 2 %s and verifies" % (
+              complete_steps(d), tmps, "unchanged" if after == before else "CHANGED"))
+    rc, out, err = R.run(2, args)
+    lr, ld = logged(ref + ".jsonl")[2:], logged(d + ".jsonl")[-4:]
+    check("bad.file_size_limit.resumed", rc == 0 and "at step 2 " in out and complete_steps(d) == [2, 4, 6]
+          and identical(ckpt(ref, 6), ckpt(d, 6)) and lr == ld,
+          "without the limit: exit %d, checkpoints %s, step 6 bit-identical to the uninterrupted run, "
+          "losses %s vs %s %s" % (rc, complete_steps(d), ld, lr, err[-300:] if rc else ""))
+
+
+def full_disk_tmpfs(R, train, w):
+    """A real full disk (ENOSPC): a 1600 KiB tmpfs holds a few checkpoints, then the writer's
+    reservation of the next fails. Returns the exit status: 77 (skipped) where no tmpfs can be
+    mounted, which needs CAP_SYS_ADMIN."""
+    mnt = w("small-disk")
+    os.makedirs(mnt)
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", mnt],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if m.returncode != 0:
+        print("SKIP mpi.resume.full_disk: cannot mount a tmpfs (%s); that needs CAP_SYS_ADMIN, which "
+              "this environment lacks. mpi.resume's bad.file_size_limit tests the same refusal "
+              "without privileges." % " ".join(m.stdout.decode(errors="replace").split()))
+        return 77
+    try:
+        ref, d, steps = w("disk-ref"), os.path.join(mnt, "ckpt"), 12
+        args = train(steps, d, ["--ckpt-every", "1"], dp=2)
+        rc, _, err = R.run(2, train(steps, ref, ["--ckpt-every", "1"], dp=2))
+        check("bad.full_disk.reference", rc == 0, err[-300:])
+        rc, out, err = R.run(2, args)
+        line = one_error_line(err)
+        done = complete_steps(d)
+        n = len(done)
+        readable = all(identical(ckpt(ref, s), ckpt(d, s)) for s in done)
+        leftovers = [x for x in os.listdir(d) if x.endswith(".tmp")]
+        check("bad.full_disk", rc not in (0, 75) and line is not None and "disk space" in line
+              and ckpt(d, n + 1) in line and 0 < n < steps and done == list(range(1, n + 1)) and readable
+              and not leftovers,
+              "exit %d: %s; complete checkpoints %s, all verify and equal the reference's; temporary "
+              "files left: %s" % (rc, line or err[-300:], done, leftovers))
+        # room again: --resume auto continues from the newest and ends as the uninterrupted run
+        subprocess.run(["mount", "-o", "remount,size=16m", mnt], check=True)
+        rc, out, err = R.run(2, train(steps, d, ["--ckpt-every", "1", "--resume", "auto"], dp=2))
+        check("bad.full_disk.resumed", rc == 0 and ("at step %d " % n) in out
+              and identical(ckpt(ref, steps), ckpt(d, steps)),
+              "exit %d; step %d bit-identical to the uninterrupted run %s" % (rc, steps, (out + err)[-300:] if rc else ""))
+    finally:
+        subprocess.run(["umount", mnt])
+    print("%d failed" % failures)
+    return 1 if failures else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--onelora", required=True)
     ap.add_argument("--mpirun", default="mpirun")
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--full-disk-only", action="store_true",
+                    help="only the tmpfs full-disk test (exits 77 where no tmpfs can be mounted)")
     a = ap.parse_args()
+    if a.full_disk_only:  # a tmpfs left mounted by a killed run would block the clean-up below
+        subprocess.run(["umount", os.path.join(a.workdir, "small-disk")], stderr=subprocess.DEVNULL)
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)
     R = Runner(a, a.workdir)
@@ -197,6 +308,9 @@ def main():
                 "--micro-batches", str(4 // dp), "--lr", "0.01", "--clip", "1", "--seed", "5",
                 "--ckpt-dir", ckdir, "--log", ckdir + ".jsonl"] + extra
 
+    if a.full_disk_only:
+        return full_disk_tmpfs(R, train, w)
+
     # ---- exact resume: 3 + 3 steps equal 6 in one go, bit for bit --------------------------
     for name, ranks, layout in (("1rank", 1, []), ("tp2pp2", 4, ["--tp", "2", "--pp", "2"])):
         ref, part = w("ref6-" + name), w("resumed-" + name)
@@ -214,25 +328,48 @@ def main():
               "%s vs %s" % (logged(ref + ".jsonl")[3:], logged(part + ".jsonl")))
 
     # ---- elastic resume: written under one layout, continued under another -----------------
+    # Compared by well-conditioned quantities (tests/mpi/equivalence.py): the writer layout
+    # resumes the one-rank run's step-3 checkpoint for one step and writes step 4 from its
+    # shards; that step's gradient (from adam_m) and loss must match the one-rank run's step 4
+    # from the same checkpoint. Then the reader layout resumes the writer's step 4 for one step,
+    # against the one-rank run from that same file. Each within the bound of its layout.
     ref = w("ref6-1rank")
-    for name, (wr, wl, rr, rl, rdp) in {
-            "tp2_to_dp2": (2, ["--tp", "2"], 2, [], 2),
-            "pp2_to_1rank": (2, ["--pp", "2"], 1, [], 1)}.items():
-        first, second = w("el-first-" + name), w("el-second-" + name)
-        rc, _, err = R.run(wr, train(6, first, wl + ["--ckpt-every", "3"]))
-        if not check("elastic.%s.write" % name, rc == 0, err[-300:]):
+    cfg = eq.model_config(ckpt(ref, 3))
+    tokens = 4 * 16  # the global batch: 4 sequences of 16
+
+    def one_step(ranks, start, ckdir, layout, dp):
+        """One step resumed from checkpoint `start`; its (gradient, loss) or an error string."""
+        rc, _, err = R.run(ranks, train(int(os.path.basename(start)[5:13]) + 1, ckdir,
+                                        layout + ["--resume", start], dp=dp))
+        if rc != 0:
+            return None, err.strip()[-300:]
+        step = int(os.path.basename(start)[5:13]) + 1
+        return (eq.gradient(ckpt(ckdir, step), start), logged(ckdir + ".jsonl")[-1]), ""
+
+    def same_step(name, got, want, tp):
+        eps = eq.layout_eps(cfg, tp, tokens)
+        d, worst, _ = eq.compare_gradients(want[0], got[0], eps)
+        dl = eq.compare_losses([want[1]], [got[1]], eq.layout_eps(cfg, tp, tokens, True))
+        check(name, d <= 1 and dl <= 1, "gradient %.3f of its bound (%s), loss %.3f of its bound"
+              % (d, worst, dl))
+
+    for name, (wr, wl, wdp, rr, rl, rdp) in {
+            "tp2_to_dp2": (2, ["--tp", "2"], 1, 2, [], 2),
+            "pp2_to_tp2dp2": (2, ["--pp", "2"], 1, 4, ["--tp", "2"], 2)}.items():
+        written, err = one_step(wr, ckpt(ref, 3), w("el-write-" + name), wl, wdp)
+        want, err1 = one_step(1, ckpt(ref, 3), w("el-write-ref-" + name), [], 1)
+        if not check("elastic.%s.write" % name, written is not None and want is not None, err + err1):
             continue
-        os.makedirs(second)
-        shutil.copy(ckpt(first, 3), second)
-        rc, out, err = R.run(rr, train(6, second, rl + ["--resume", "auto"], dp=rdp))
-        with h5py.File(ckpt(first, 3), "r") as f:
-            written = (int(f.attrs["tp"]), int(f.attrs["pp"]), int(f.attrs["dp"]))
-        d = close(ckpt(ref, 6), ckpt(second, 6), 2) if rc == 0 else float("inf")
-        lr, le = logged(ref + ".jsonl")[3:], logged(second + ".jsonl")
-        dl = max(abs(x - y) / abs(x) for x, y in zip(lr, le)) if len(lr) == len(le) == 3 else 1
-        check("elastic.%s" % name, rc == 0 and d <= 1 and dl < 1e-5,
-              "written by tp/pp/dp %s; step-6 state %.2f of tolerance, loss rel diff %.1e %s"
-              % (written, d, dl, err[-300:] if rc else ""))
+        with h5py.File(ckpt(w("el-write-" + name), 4), "r") as f:
+            layout = (int(f.attrs["tp"]), int(f.attrs["pp"]), int(f.attrs["dp"]))
+        same_step("elastic.%s.written_step" % name, written, want, int(wl[1]) if wl[0] == "--tp" else 1)
+        start = ckpt(w("el-write-" + name), 4)
+        got, err = one_step(rr, start, w("el-read-" + name), rl, rdp)
+        want, err1 = one_step(1, start, w("el-read-ref-" + name), [], 1)
+        if not check("elastic.%s.read" % name, got is not None and want is not None,
+                     "written by tp/pp/dp %s %s" % (layout, err + err1)):
+            continue
+        same_step("elastic.%s.read_step" % name, got, want, int(rl[1]) if rl else 1)
 
     # ---- crash safety and signals: 2 ranks (DP=2), against an uninterrupted 2-rank run -------
     long_steps = 40
@@ -346,27 +483,8 @@ def main():
     args[args.index("--log") + 1] = w("unwritable.jsonl")
     refused("bad.unwritable_dir", args, "--ckpt-dir", blocker)
 
-    # a full disk: a small tmpfs fills after a few checkpoints
-    mnt = w("small-disk")
-    os.makedirs(mnt)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", mnt],
-                      stderr=subprocess.DEVNULL).returncode != 0:
-        print("NOTE bad.full_disk not run: mounting a tmpfs needs CAP_SYS_ADMIN, which this "
-              "environment lacks (docs/FORMATS.md describes the behaviour)")
-    else:
-        try:
-            d = os.path.join(mnt, "ckpt")
-            rc, out, err = R.run(2, train(30, d, ["--ckpt-every", "1"], dp=2))
-            line = one_error_line(err)
-            steps = complete_steps(d)
-            readable = all(states(ckpt(d, s)) is not None for s in steps)
-            leftovers = [n for n in os.listdir(d) if n.endswith(".tmp")]
-            check("bad.full_disk", rc not in (0, 75) and line is not None and "disk space" in line and steps and
-                  readable and not leftovers,
-                  "exit %d: %s; %d complete checkpoints all readable; temporary files left: %s"
-                  % (rc, line, len(steps), leftovers))
-        finally:
-            subprocess.run(["umount", mnt])
+    # a checkpoint over the file size limit (a real full disk: mpi.resume.full_disk)
+    file_size_limit(R, train, w)
 
     print("%d failed" % failures)
     return 1 if failures else 0
