@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Long fuzz runs of onelora's readers of outside bytes (tests/fuzz: checkpoint, model, data).
+# Long fuzz runs of onelora's readers of outside bytes (tests/fuzz: checkpoint, model, data,
+# safetensors).
 #
-#   jobs/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      default: 600 s each, all three targets
+#   jobs/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]      default: 600 s each, all four targets
 #
 # With clang and libFuzzer (Debian: clang-14 and libclang-rt-14-dev, installed when missing) the
 # targets are built with -fsanitize=fuzzer,address,undefined into build-fuzz/ and libFuzzer runs
@@ -16,7 +17,7 @@ source "$(dirname "$0")/setup.sh"
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(checkpoint model data)
+[ ${#targets[@]} -gt 0 ] || targets=(checkpoint model data safetensors)
 out="$ONELORA_ROOT/jobs/out/fuzz"
 build="$ONELORA_ROOT/build-fuzz"
 mkdir -p "$out"
@@ -71,7 +72,8 @@ seeds_of() {
     checkpoint) echo "$out/seeds/ckpt-1lora.h5 $out/seeds/ckpt-lora.h5 $out/seeds/ckpt-vera.h5" ;;
     model) echo "$out/seeds/model-f32.h5 $out/seeds/model-f16.h5" ;;
     data) echo "$out/seeds/data.h5" ;;
-    *) echo "fuzz: unknown target '$1' (checkpoint, model, data)" >&2; exit 2 ;;
+    safetensors) echo "$out/seeds/model-f32.safetensors $out/seeds/model-f16.safetensors" ;;
+    *) echo "fuzz: unknown target '$1' (checkpoint, model, data, safetensors)" >&2; exit 2 ;;
   esac
 }
 

@@ -13,7 +13,7 @@ ONELORA_SLURM_PKGS=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins libpmi
 
 onelora_install() {
   local pkgs=(build-essential cmake libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-              libopenblas-dev libopenblas-openmp-dev libcmocka-dev "$@")
+              libopenblas-dev libopenblas-openmp-dev libcmocka-dev libjansson-dev "$@")
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

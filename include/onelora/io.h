@@ -167,6 +167,18 @@ int ol_safetensors_finish(ol_safetensors *s);
 /* Abandons a writer without finishing: the tmp file is removed. */
 void ol_safetensors_close(ol_safetensors *s);
 
+/* Reading one safetensors file (docs/FORMATS.md, "Hugging Face input"). open validates the
+ * whole header (length <= 100 MiB and the file, JSON object, dtype F32/F16/BF16, shape rank <=
+ * OL_MAX_DIMS, prod(shape) * dtype size = end - begin, offsets inside the data, no overlaps);
+ * errors read "FILE: tensor 'NAME': ...". read takes a 1-D or 2-D slice exactly like
+ * ol_h5model_read, preads only its rows and converts them to f32. */
+typedef struct ol_st_reader ol_st_reader;
+int ol_st_open(const char *path, ol_st_reader **out);
+int ol_st_has(const ol_st_reader *r, const char *name);
+int ol_st_read(ol_st_reader *r, const char *name, int ndim, const size_t *shape,
+               const size_t *start, const size_t *count, float *dst);
+void ol_st_close(ol_st_reader *r);
+
 /* Writes a Hugging Face LlamaForCausalLM config.json for cfg (tmp + rename); dtype (f32 or f16)
  * becomes torch_dtype. */
 int ol_hf_config_write(const char *path, const ol_config *cfg, ol_dtype dtype);

@@ -3,7 +3,7 @@
 #   make_seeds.sh ONELORA OUTDIR
 # OUTDIR gets model-f32.h5 and model-f16.h5 (a small random model), data.h5 (tokenized text) and
 # ckpt-1lora.h5, ckpt-lora.h5, ckpt-vera.h5 (checkpoints after one training step; vera adds the
-# `frozen` group, lora 2-D tensors). A few seconds; the files are 10-100 KB each.
+# `frozen` group, lora 2-D tensors), model-f32.safetensors and model-f16.safetensors (merged). A few seconds; the files are 10-100 KB each.
 set -euo pipefail
 onelora=$1
 out=$2
@@ -23,5 +23,10 @@ train=(train --model model-f32.h5 --data data.h5 --steps 1 --micro-batch 2 --seq
 "$onelora" "${train[@]}" --method lora --rank 2 --targets q,v --ckpt-dir ck-lora >/dev/null
 "$onelora" "${train[@]}" --method vera --rank 2 --targets attn --ckpt-dir ck-vera >/dev/null
 for m in 1lora lora vera; do mv "ck-$m/step-00000001.h5" "ckpt-$m.h5" && rmdir "ck-$m"; done
+# safetensors: the merged model (the reader's input), f32 and f16
+for t in f32 f16; do
+  "$onelora" merge --model model-f32.h5 --ckpt ckpt-1lora.h5 --dtype $t --out st-$t/model.safetensors >/dev/null
+  mv st-$t/model.safetensors model-$t.safetensors && rm -r st-$t
+done
 rm text.txt
 ls -l
