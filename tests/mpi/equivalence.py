@@ -110,6 +110,18 @@ def gradient(ckpt, prev=None):
     return g, rec
 
 
+def scales(g_ref):
+    """Each tensor's magnitude scale: max(||g_T,ref||, ||g_ref|| sqrt(n_T / n_all)) (module
+    docstring), and whether the tensor is held to its own norm (the first term is the larger)."""
+    n_all = sum(v.size for v in g_ref.values())
+    norm_all = math.sqrt(sum(float(np.sum(v * v)) for v in g_ref.values()))
+    out = {}
+    for k, v in g_ref.items():
+        own, floor = np.linalg.norm(v), norm_all * math.sqrt(v.size / max(n_all, 1))
+        out[k] = (max(own, floor), own >= floor)
+    return out
+
+
 def compare_gradients(ref, par, eps):
     """ref and par are (g, recovery) pairs. Returns (worst, name, table): worst is the largest
     ||g_T - g_T,ref|| / bound_T over the tensors (<= 1 passes; inf when the tensors or shapes
@@ -117,11 +129,8 @@ def compare_gradients(ref, par, eps):
     (g_ref, r_ref), (g_par, r_par) = ref, par
     if sorted(g_ref) != sorted(g_par) or any(g_ref[k].shape != g_par[k].shape for k in g_ref):
         return math.inf, "(different tensors or shapes)", {}
-    n_all = sum(v.size for v in g_ref.values())
-    norm_all = math.sqrt(sum(float(np.sum(v * v)) for v in g_ref.values()))
     table = {}
-    for k in g_ref:
-        scale = max(np.linalg.norm(g_ref[k]), norm_all * math.sqrt(g_ref[k].size / max(n_all, 1)))
+    for k, (scale, _) in scales(g_ref).items():
         bound = eps * scale + r_ref[k] + r_par[k]
         diff = np.linalg.norm(g_par[k] - g_ref[k])
         table[k] = diff / bound if bound > 0 else (0.0 if diff == 0 else math.inf)
@@ -152,13 +161,11 @@ def self_test(ref, eps, shard_rows=2):
     number of perturbations tried."""
     g_ref, r_ref = ref
     missed, tried = [], 0
-    n_all = sum(v.size for v in g_ref.values())
-    norm_all = math.sqrt(sum(float(np.sum(v * v)) for v in g_ref.values()))
-    for k, v in g_ref.items():
-        if np.linalg.norm(v) < norm_all * math.sqrt(v.size / max(n_all, 1)):
+    for k, (_, own_norm) in scales(g_ref).items():
+        if not own_norm:
             continue  # held to the whole gradient's scale: 1e-3 of its own norm is below that
         wrong = dict(g_ref)
-        wrong[k] = v * (1 + 1e-3)
+        wrong[k] = g_ref[k] * (1 + 1e-3)
         tried += 1
         if compare_gradients(ref, (wrong, r_ref), eps)[0] <= 1:
             missed.append("%s x (1 + 1e-3)" % k)
