@@ -8,8 +8,8 @@
 #include "onelora/core.h"
 #include "onelora/io.h"
 
-/* f16 datasets are converted and written this many elements at a time. */
-#define F16_BLOCK ((size_t)1 << 22)
+/* 2-byte datasets are converted and written this many elements at a time. */
+#define HALF_BLOCK ((size_t)1 << 22)
 
 struct ol_h5model {
   hid_t file;
@@ -42,12 +42,9 @@ static void model_free(ol_h5model *m) {
 
 /* A model is built (allocated) from its config before any tensor is read, so the config must
  * describe a model the file can hold: at least one byte per value of the embedding and the
- * layers' projections (f16 takes 2, f32 4; the slack admits compressed files). ol_h5_get_config
- * bounds every field, so the count cannot overflow. */
+ * layers' projections (f16 takes 2, f32 4; the slack admits compressed files). */
 static int check_config_fits(hid_t file, const char *path, const ol_config *c) {
-  uint64_t d = (uint64_t)c->dim, kv = d / (uint64_t)c->n_heads * (uint64_t)c->n_kv_heads;
-  uint64_t per_layer = 2 * d * d + 2 * d * kv + 3 * d * (uint64_t)c->ffn_dim;  /* q o, k v, mlp */
-  uint64_t values = (uint64_t)c->vocab_size * d + (uint64_t)c->n_layers * per_layer;
+  uint64_t values = ol_config_min_values(c);
   hsize_t size = 0;
   if (H5Fget_filesize(file, &size) < 0) return ol_error("%s: cannot read the file's size", path);
   if (values > size)
@@ -80,6 +77,22 @@ int ol_h5model_has(ol_h5model *m, const char *name) {
   int is_dataset = obj >= 0 && H5Iget_type(obj) == H5I_DATASET;
   ol_h5_free(obj);
   return is_dataset;
+}
+
+int ol_h5model_check(ol_h5model *m, const char *name, int ndim, const size_t *shape) {
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
+  int rc = ol_h5_check_shape(dset, m->path, name, ndim, shape);
+  ol_h5_free(dset);
+  return rc;
+}
+
+int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out) {
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
+  int rc = ol_h5_dataset_dtype(dset, m->path, name, out);
+  ol_h5_free(dset);
+  return rc;
 }
 
 int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *shape,
@@ -118,18 +131,21 @@ int ol_h5model_create(const char *path, const ol_config *cfg, ol_h5model **out) 
   return OL_OK;
 }
 
-/* Converts src to f16 and writes it in blocks of whole rows (dim 0); the temporary stays small. */
-static int write_f16(hid_t dset, hid_t ftype, int ndim, const hsize_t *dims, const float *src) {
+/* Converts src to f16 or bf16 (ftype's layout) and writes it in blocks of whole rows (dim 0);
+ * the temporary stays small. */
+static int write_half(hid_t dset, hid_t ftype, ol_dtype dtype, int ndim, const hsize_t *dims,
+                      const float *src) {
   size_t row = 1;  /* elements per index of dim 0 */
   for (int i = 1; i < ndim; i++) row *= (size_t)dims[i];
-  size_t rows_per = row >= F16_BLOCK ? 1 : F16_BLOCK / row;
+  size_t rows_per = row >= HALF_BLOCK ? 1 : HALF_BLOCK / row;
   if (rows_per > dims[0]) rows_per = (size_t)dims[0];
   uint16_t *buf = ol_calloc(rows_per * row, sizeof *buf);  /* (rows_per, row) */
   hid_t fspace = H5Dget_space(dset);
   int ok = fspace >= 0;
   for (size_t r0 = 0; ok && r0 < dims[0]; r0 += rows_per) {
     size_t nr = dims[0] - r0 < rows_per ? (size_t)dims[0] - r0 : rows_per;
-    for (size_t i = 0; i < nr * row; i++) buf[i] = ol_f32_to_f16(src[r0 * row + i]);
+    for (size_t i = 0; i < nr * row; i++)
+      buf[i] = dtype == OL_DTYPE_F16 ? ol_f32_to_f16(src[r0 * row + i]) : ol_f32_to_bf16(src[r0 * row + i]);
     hsize_t start[OL_MAX_DIMS] = {r0}, count[OL_MAX_DIMS] = {nr};  /* (ndim,) */
     for (int i = 1; i < ndim; i++) count[i] = dims[i];
     hid_t mspace = H5Screate_simple(ndim, count, NULL);
@@ -148,9 +164,6 @@ int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *sh
   OL_CHECK(m && m->tmp);
   OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
   OL_TRY(ol_h5_check_name(m->path, name));
-  if (dtype != OL_DTYPE_F32 && dtype != OL_DTYPE_F16)
-    return ol_error("%s: dataset '%s': model files store f32 or f16, not %s", m->path, name,
-                    ol_dtype_name(dtype));
   if (H5Lexists(m->file, name, H5P_DEFAULT) > 0)
     return ol_error("%s: dataset '%s' written twice", m->path, name);
   hsize_t dims[OL_MAX_DIMS];  /* (ndim,) */
@@ -159,12 +172,14 @@ int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *sh
     dims[i] = shape[i];
     n *= shape[i];
   }
-  hid_t ftype = dtype == OL_DTYPE_F16 ? ol_h5_f16_type() : H5Tcopy(H5T_IEEE_F32LE);
+  hid_t ftype = dtype == OL_DTYPE_F16    ? ol_h5_f16_type()
+                : dtype == OL_DTYPE_BF16 ? ol_h5_bf16_type()
+                                         : H5Tcopy(H5T_IEEE_F32LE);
   hid_t space = H5Screate_simple(ndim, dims, NULL);
   hid_t dset = H5Dcreate2(m->file, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   int rc = dset >= 0 ? OL_OK : OL_ERR;
   if (rc == OL_OK && n > 0)
-    rc = dtype == OL_DTYPE_F16 ? write_f16(dset, ftype, ndim, dims, src)
+    rc = dtype != OL_DTYPE_F32 ? write_half(dset, ftype, dtype, ndim, dims, src)
          : H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) >= 0 ? OL_OK
                                                                                      : OL_ERR;
   char why[300] = "";

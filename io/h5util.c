@@ -421,11 +421,6 @@ int ol_h5_put_str(hid_t loc, const char *file, const char *name, const char *v) 
 /* The integer fields' upper limits (whatever a file says, nothing larger is sized by it;
  * LLaMA-3-405B has dim 16384, 126 layers, ffn 53248): positive values up to them are left to
  * ol_config_validate, and a model file must also hold the weights they imply (h5model.c). */
-#define MAX_WIDTH ((int64_t)1 << 20)      /* dim, heads */
-#define MAX_LAYERS ((int64_t)1 << 14)
-#define MAX_FFN ((int64_t)1 << 22)
-#define MAX_VOCAB ((int64_t)1 << 31)      /* token ids are int32 */
-#define MAX_SEQ_LEN ((int64_t)1 << 31)
 
 static const struct {
   const char *name;
@@ -433,13 +428,13 @@ static const struct {
   int is_float;
   int64_t max;  /* integer fields: the largest value accepted */
 } config_fields[] = {
-    {"dim", offsetof(ol_config, dim), 0, MAX_WIDTH},
-    {"n_layers", offsetof(ol_config, n_layers), 0, MAX_LAYERS},
-    {"n_heads", offsetof(ol_config, n_heads), 0, MAX_WIDTH},
-    {"n_kv_heads", offsetof(ol_config, n_kv_heads), 0, MAX_WIDTH},
-    {"ffn_dim", offsetof(ol_config, ffn_dim), 0, MAX_FFN},
-    {"vocab_size", offsetof(ol_config, vocab_size), 0, MAX_VOCAB},
-    {"max_seq_len", offsetof(ol_config, max_seq_len), 0, MAX_SEQ_LEN},
+    {"dim", offsetof(ol_config, dim), 0, OL_MAX_WIDTH},
+    {"n_layers", offsetof(ol_config, n_layers), 0, OL_MAX_LAYERS},
+    {"n_heads", offsetof(ol_config, n_heads), 0, OL_MAX_WIDTH},
+    {"n_kv_heads", offsetof(ol_config, n_kv_heads), 0, OL_MAX_WIDTH},
+    {"ffn_dim", offsetof(ol_config, ffn_dim), 0, OL_MAX_FFN},
+    {"vocab_size", offsetof(ol_config, vocab_size), 0, OL_MAX_VOCAB},
+    {"max_seq_len", offsetof(ol_config, max_seq_len), 0, OL_MAX_SEQ_LEN},
     {"norm_eps", offsetof(ol_config, norm_eps), 1, 0},
     {"rope_theta", offsetof(ol_config, rope_theta), 1, 0},
 };
@@ -600,6 +595,7 @@ static hid_t h5_half_type(int mant_bits, int exp_bits, size_t ebias) {
 }
 
 hid_t ol_h5_f16_type(void) { return h5_half_type(10, 5, 15); }
+hid_t ol_h5_bf16_type(void) { return h5_half_type(7, 8, 127); }
 
 typedef enum { FLOAT_NATIVE, FLOAT_F16, FLOAT_BF16 } float_kind;
 
@@ -632,6 +628,20 @@ static int float_kind_of(hid_t ftype, const char *file, const char *what, float_
     return OL_OK;
   }
   return ol_error("%s: dataset '%s' has an unsupported %zu-byte float type", file, what, size);
+}
+
+int ol_h5_dataset_dtype(hid_t dset, const char *file, const char *what, ol_dtype *out) {
+  hid_t ftype = H5Dget_type(dset);
+  float_kind kind = FLOAT_NATIVE;
+  int rc = ftype >= 0 ? float_kind_of(ftype, file, what, &kind)
+                      : ol_error("%s: cannot read the type of dataset '%s'", file, what);
+  int f32 = ftype >= 0 && H5Tequal(ftype, H5T_IEEE_F32LE) > 0;
+  ol_h5_free(ftype);
+  OL_TRY(rc);
+  if (kind == FLOAT_NATIVE && !f32)
+    return ol_error("%s: dataset '%s' is not little-endian float32, float16 or bfloat16", file, what);
+  *out = kind == FLOAT_F16 ? OL_DTYPE_F16 : kind == FLOAT_BF16 ? OL_DTYPE_BF16 : OL_DTYPE_F32;
+  return OL_OK;
 }
 
 /* After a failed read: 1 when the dataset has a Fletcher32 checksum and the same read succeeds

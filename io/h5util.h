@@ -80,6 +80,9 @@ int ol_h5_read_slice(hid_t dset, const char *file, const char *what, int ndim,
                      const size_t *start, const size_t *count, float *dst);
 /* The IEEE half type as h5py/numpy write it (little-endian); close with H5Tclose. */
 hid_t ol_h5_f16_type(void);
+hid_t ol_h5_bf16_type(void);   /* bfloat16: sign 15, exponent 7..14 (bias 127), mantissa 0..6 */
+/* The on-disk value type of a float dataset: little-endian f32, IEEE half or bfloat16. */
+int ol_h5_dataset_dtype(hid_t dset, const char *file, const char *what, ol_dtype *out);
 /* Checks that a name is usable as one dataset name (non-empty, no '/'). */
 int ol_h5_check_name(const char *file, const char *name);
 

@@ -187,6 +187,12 @@ static const st_entry *find(const ol_st_reader *r, const char *name) {
 
 int ol_st_has(const ol_st_reader *r, const char *name) { return find(r, name) != NULL; }
 
+uint64_t ol_st_data_bytes(const ol_st_reader *r) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < r->n; i++) sum += r->entries[i].end - r->entries[i].begin;
+  return sum;
+}
+
 static float to_f32(ol_dtype t, const unsigned char *p) {
   if (t == OL_DTYPE_F32) {
     float f;
@@ -198,18 +204,48 @@ static float to_f32(ol_dtype t, const unsigned char *p) {
   return t == OL_DTYPE_F16 ? ol_f16_to_f32(h) : ol_bf16_to_f32(h);
 }
 
-int ol_st_read(ol_st_reader *r, const char *name, int ndim, const size_t *shape,
-               const size_t *start, const size_t *count, float *dst) {
+/* "[a, b, ...]" */
+static void shape_text(char *buf, size_t size, int ndim, const size_t *shape) {
+  size_t n = (size_t)snprintf(buf, size, "[");
+  for (int i = 0; i < ndim && n < size; i++)
+    n += (size_t)snprintf(buf + n, size - n, "%s%zu", i ? ", " : "", shape[i]);
+  if (n < size) snprintf(buf + n, size - n, "]");
+}
+
+/* The entry of tensor `name`, which must have the expected shape; errors name file and tensor. */
+static int find_checked(const ol_st_reader *r, const char *name, int ndim, const size_t *shape,
+                        const st_entry **out) {
   OL_CHECK(ndim >= 1 && ndim <= 2);
   const st_entry *e = find(r, name);
   if (!e) return ol_error("%s: missing tensor '%s'", r->path, name);
   int same = e->ndim == ndim;
   for (int i = 0; same && i < ndim; i++) same = e->shape[i] == shape[i];
-  if (!same)
-    return ol_error("%s: tensor '%s' has shape [%zu%s%zu], expected [%zu%s%zu]", r->path, name,
-                    e->ndim ? e->shape[0] : 0, e->ndim > 1 ? ", " : "",
-                    e->ndim > 1 ? e->shape[1] : 0, shape[0], ndim > 1 ? ", " : "",
-                    ndim > 1 ? shape[1] : 0);
+  if (!same) {
+    char found[96], want[96];
+    shape_text(found, sizeof found, e->ndim, e->shape);
+    shape_text(want, sizeof want, ndim, shape);
+    return ol_error("%s: tensor '%s' has shape %s, expected %s", r->path, name, found, want);
+  }
+  *out = e;
+  return OL_OK;
+}
+
+int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out) {
+  const st_entry *e = find(r, name);
+  if (!e) return ol_error("%s: missing tensor '%s'", r->path, name);
+  *out = e->dtype;
+  return OL_OK;
+}
+
+int ol_st_check(const ol_st_reader *r, const char *name, int ndim, const size_t *shape) {
+  const st_entry *e;
+  return find_checked(r, name, ndim, shape, &e);
+}
+
+int ol_st_read(ol_st_reader *r, const char *name, int ndim, const size_t *shape,
+               const size_t *start, const size_t *count, float *dst) {
+  const st_entry *e;
+  OL_TRY(find_checked(r, name, ndim, shape, &e));
   for (int i = 0; i < ndim; i++)
     if (start[i] > shape[i] || count[i] > shape[i] - start[i])
       return ol_error("%s: tensor '%s': slice outside dimension %d", r->path, name, i);

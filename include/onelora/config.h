@@ -20,9 +20,21 @@ typedef struct {
   int64_t mlp_bias;       /* gate, up, down have one */
 } ol_config;
 
+/* The largest values a model file or config.json may declare (checked before anything is sized
+ * by them). */
+#define OL_MAX_WIDTH ((int64_t)1 << 20)   /* dim, heads */
+#define OL_MAX_LAYERS ((int64_t)1 << 14)
+#define OL_MAX_FFN ((int64_t)1 << 22)
+#define OL_MAX_VOCAB ((int64_t)1 << 31)   /* token ids are int32 */
+#define OL_MAX_SEQ_LEN ((int64_t)1 << 31)
+
 /* Checks the config for internal consistency; on failure records a message naming `what`
  * (a file or preset name) and the bad field. */
 int ol_config_validate(const ol_config *c, const char *what);
+/* The values of the embedding and the layers' projections: a lower bound on the weights a
+ * file of this config holds, checked before a model is sized by its config. Fields within the
+ * OL_MAX_* bounds cannot overflow it. */
+uint64_t ol_config_min_values(const ol_config *c);
 /* Checks that a (e.g. a checkpoint's) has the same shape as b (the model); errors name `what`. */
 int ol_config_match(const ol_config *a, const ol_config *b, const char *what);
 

@@ -21,19 +21,43 @@ typedef struct ol_h5model ol_h5model;
 
 /* Opens an existing model file and reads + validates its config attributes. */
 int ol_h5model_open(const char *path, ol_h5model **out, ol_config *cfg);
-/* Reads the slice [start, start+count) of dataset `name` (f32 or f16 on disk) into dst as f32,
+/* Reads the slice [start, start+count) of dataset `name` (f32, f16 or bf16) into dst as f32,
  * row-major. `shape` is the full shape the caller expects; a mismatch is an error naming the
  * dataset, the expected and the found shape. dst holds prod(count) floats. */
 int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *shape,
                     const size_t *start, const size_t *count, float *dst);
 int ol_h5model_has(ol_h5model *m, const char *name);
+/* The dtype dataset `name` is stored in (f32, f16 or bf16). */
+int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out);
+/* An error naming the dataset unless it exists with this shape. */
+int ol_h5model_check(ol_h5model *m, const char *name, int ndim, const size_t *shape);
 void ol_h5model_close(ol_h5model *m);
 
 /* Writes a new model file: written to "<path>.tmp", renamed over path by finish. */
 int ol_h5model_create(const char *path, const ol_config *cfg, ol_h5model **out);
 int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *shape,
-                     const float *src, ol_dtype dtype);  /* dtype: f32 or f16 on disk */
+                     const float *src, ol_dtype dtype);  /* f32, f16 or bf16 on disk; each
+                                                          * dataset contiguous and unfiltered,
+                                                          * so a reader of that dtype can map it */
 int ol_h5model_finish(ol_h5model *m);                     /* closes; frees m even on error */
+
+/* ---- a model's weights, whatever the format: what training, merging and converting read ---- */
+/* A directory is a Hugging Face model (config.json, model.safetensors or the shards of
+ * model.safetensors.index.json; F32/F16/BF16), anything else an onelora model file (HDF5).
+ * Every JSON file and safetensors header is validated at open (docs/FORMATS.md). */
+typedef struct ol_weights ol_weights;
+int ol_weights_open(const char *path, ol_weights **out, ol_config *cfg);
+int ol_weights_has(ol_weights *w, const char *name);
+/* 1 for a Hugging Face model with tie_word_embeddings: lm_head.weight is the embedding. */
+int ol_weights_tied(const ol_weights *w);
+/* An error naming the file and the tensor unless it is present with this shape. */
+int ol_weights_check(ol_weights *w, const char *name, int ndim, const size_t *shape);
+/* As ol_h5model_read: this rank's slice as f32, reading only its bytes. */
+int ol_weights_read(ol_weights *w, const char *name, int ndim, const size_t *shape,
+                    const size_t *start, const size_t *count, float *dst);
+/* The dtype tensor `name` is stored in. */
+int ol_weights_dtype(ol_weights *w, const char *name, ol_dtype *out);
+void ol_weights_close(ol_weights *w);
 
 /* ---- data file (HDF5): datasets "train" and "val", 1-D uint16/uint32, attr vocab_size ---- */
 typedef struct ol_dataset ol_dataset;
@@ -175,6 +199,11 @@ void ol_safetensors_close(ol_safetensors *s);
 typedef struct ol_st_reader ol_st_reader;
 int ol_st_open(const char *path, ol_st_reader **out);
 int ol_st_has(const ol_st_reader *r, const char *name);
+/* The bytes of all its tensors (disjoint, so at most the file's size). */
+uint64_t ol_st_data_bytes(const ol_st_reader *r);
+/* An error naming the file and the tensor unless it is present with this shape. */
+int ol_st_check(const ol_st_reader *r, const char *name, int ndim, const size_t *shape);
+int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out);
 int ol_st_read(ol_st_reader *r, const char *name, int ndim, const size_t *shape,
                const size_t *start, const size_t *count, float *dst);
 void ol_st_close(ol_st_reader *r);

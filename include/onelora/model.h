@@ -143,9 +143,10 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
  * d(input) in a->dres. */
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
-/* Reads every tensor of the model (this rank's slices) from an open model file. */
-struct ol_h5model;
-int ol_model_load(ol_model *m, struct ol_h5model *f);
+/* Reads every tensor of the model (this rank's slices) from open weights (a model file or a
+ * Hugging Face directory), after checking that each is present with its shape. */
+struct ol_weights;
+int ol_model_load(ol_model *m, struct ol_weights *f);
 /* Writes the model's weights as a model file (f32 or f16 on disk). */
 int ol_model_save(const ol_model *m, const char *path, int dtype);
 /* Writes the model for Hugging Face with the model file's tensor names (f32 or f16): OUT is a

@@ -59,7 +59,7 @@ static int check_ckpt_fits(const char *ckpt_path, const ol_config *cfg, const ol
 static int merge(const char *model_path, const char *ckpt_path, const char *out, ol_dtype dtype,
                  int hf) {
   ol_ckpt *c = NULL;
-  ol_h5model *mf = NULL;
+  ol_weights *mf = NULL;
   ol_ckpt_meta meta;
   ol_config cfg, merged_cfg;
   ol_method method;
@@ -67,7 +67,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
   char what[4200];
   snprintf(what, sizeof what, "checkpoint %s", ckpt_path);
   int rc = ol_ckpt_open(ckpt_path, &c, &meta);
-  if (rc == OL_OK) rc = ol_h5model_open(model_path, &mf, &cfg);
+  if (rc == OL_OK) rc = ol_weights_open(model_path, &mf, &cfg);
   if (rc == OL_OK) rc = ol_config_match(&meta.cfg, &cfg, what);
   if (rc == OL_OK)
     rc = ol_method_parse(meta.method, meta.targets, meta.rank, (double)meta.alpha_x1000 / 1000.0,
@@ -91,7 +91,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
     ol_info("merged %s (method %s, step %lld) into %s -> %s (%s%s)", ckpt_path, meta.method,
             (long long)meta.step, model_path, out, hf ? "Hugging Face directory, " : "",
             ol_dtype_name(dtype));
-  if (mf) ol_h5model_close(mf);
+  ol_weights_close(mf);
   if (c) ol_ckpt_close(c);
   ol_model_free(&m);
   return rc;
@@ -100,7 +100,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
 int ol_cmd_merge(int argc, char **argv) {
   const char *model = NULL, *ckpt = NULL, *out = NULL, *dtype_s = "f32";
   const ol_arg args[] = {
-      {"--model", OL_ARG_STR, &model, "M.h5", "the model file the checkpoint was trained from"},
+      {"--model", OL_ARG_STR, &model, "M.h5|DIR", "the model the checkpoint was trained from (file or HF directory)"},
       {"--ckpt", OL_ARG_STR, &ckpt, "C.h5", "checkpoint file"},
       {"--out", OL_ARG_STR, &out, "OUT", "OUT.h5, OUT.safetensors or a Hugging Face directory"},
       {"--dtype", OL_ARG_STR, &dtype_s, "T", "f32 | f16 on disk (f32)"},

@@ -72,7 +72,7 @@ int ol_cmd_plan(int argc, char **argv) {
   int csv = 0;
   ol_shape_args shape;
   ol_arg args[6 + OL_SHAPE_NARGS] = {
-      {"--model", OL_ARG_STR, &model, "M.h5", "read the shape from a model file instead of --preset"},
+      {"--model", OL_ARG_STR, &model, "M.h5|DIR", "read the shape from a model file or HF directory instead of --preset"},
       {"--method", OL_ARG_STR, &method_s, "LIST", "PEFT method(s), comma-combined (1lora)"},
       {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
       {"--rank", OL_ARG_INT, &rank, "R", "adapter rank (1)"},
@@ -90,9 +90,9 @@ int ol_cmd_plan(int argc, char **argv) {
   ol_method method;
   int rc = ol_method_parse(method_s, targets, rank, alpha, &method);
   if (rc == OL_OK && model) {
-    ol_h5model *f;
-    rc = ol_h5model_open(model, &f, &cfg);
-    if (rc == OL_OK) ol_h5model_close(f);
+    ol_weights *f;
+    rc = ol_weights_open(model, &f, &cfg);
+    if (rc == OL_OK) ol_weights_close(f);
   } else if (rc == OL_OK) {
     rc = ol_shape_config(&shape, &cfg);
   }

@@ -22,7 +22,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
   int no_shuffle = 0;
   const ol_arg files[] = {
-      {"--model", OL_ARG_STR, &model, "M.h5", "model file (HDF5)"},
+      {"--model", OL_ARG_STR, &model, "M.h5|DIR", "model file (HDF5) or Hugging Face directory (config.json + safetensors)"},
       {"--data", OL_ARG_STR, &data, "D.h5", "token data file (HDF5, from onelora tokenize)"},
   };
   const ol_arg common[] = {

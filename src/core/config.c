@@ -29,6 +29,12 @@ int ol_config_validate(const ol_config *c, const char *what) {
   return OL_OK;
 }
 
+uint64_t ol_config_min_values(const ol_config *c) {
+  uint64_t d = (uint64_t)c->dim, kv = d / (uint64_t)c->n_heads * (uint64_t)c->n_kv_heads;
+  uint64_t per_layer = 2 * d * d + 2 * d * kv + 3 * d * (uint64_t)c->ffn_dim;  /* q o, k v, mlp */
+  return (uint64_t)c->vocab_size * d + (uint64_t)c->n_layers * per_layer;
+}
+
 int ol_config_match(const ol_config *a, const ol_config *b, const char *what) {
   const int64_t va[] = {a->dim, a->n_layers, a->n_heads, a->n_kv_heads, a->ffn_dim, a->vocab_size};
   const int64_t vb[] = {b->dim, b->n_layers, b->n_heads, b->n_kv_heads, b->ffn_dim, b->vocab_size};

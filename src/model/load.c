@@ -9,7 +9,12 @@ static size_t tensor_numel(const ol_tensor *t) {
   return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
-int ol_model_load(ol_model *m, ol_h5model *f) {
+int ol_model_load(ol_model *m, ol_weights *f) {
+  // every tensor present with its shape before any is read: a file that lacks one fails at
+  // once, naming it, not after minutes of reading
+  for (size_t i = 0; i < m->n_tensors; i++)
+    if (!m->tensors[i]->not_in_file)
+      OL_TRY(ol_weights_check(f, m->tensors[i]->name, m->tensors[i]->ndim, m->tensors[i]->shape));
   for (size_t i = 0; i < m->n_tensors; i++) {
     const ol_tensor *t = m->tensors[i];
     if (t->not_in_file) {  // its config says the file has none: never read a stray dataset
@@ -17,7 +22,7 @@ int ol_model_load(ol_model *m, ol_h5model *f) {
       continue;
     }
     // this rank's slice only: rows of column-parallel and vocab tensors, columns of row-parallel
-    OL_TRY(ol_h5model_read(f, t->name, t->ndim, t->shape, t->start, t->count, t->data));
+    OL_TRY(ol_weights_read(f, t->name, t->ndim, t->shape, t->start, t->count, t->data));
   }
   return OL_OK;
 }

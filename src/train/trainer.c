@@ -427,7 +427,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   trainer t = {0};
   t.o = o;
   t.B = (size_t)o->micro_batch, t.T = (size_t)o->seq_len, t.M = (size_t)o->micro_batches;
-  ol_h5model *mf = NULL;
+  ol_weights *mf = NULL;
   ol_config cfg;
   ol_grid *g = o->grid;
   int rc = ol_grid_layout(g, o->tp, o->pp);
@@ -437,7 +437,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   } else if (o->synthetic) {
     cfg = *o->synthetic;
   } else {
-    rc = ol_h5model_open(o->model_path, &mf, &cfg);
+    rc = ol_weights_open(o->model_path, &mf, &cfg);
     if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
     if (rc == OL_OK) rc = check_inputs(&t, &cfg);
   }
@@ -445,6 +445,10 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
                   (long long)cfg.n_layers);
   if (rc == OL_OK) rc = check_tp_method(o);
+  if (rc == OL_OK && mf && ol_weights_tied(mf) && o->method.full)
+    rc = ol_error("--method full on %s: its embedding and LM head are tied "
+                  "(tie_word_embeddings), which onelora trains as two tensors; use another method",
+                  o->model_path);
   if (rc == OL_OK && (size_t)o->micro_batches > OL_PP_MAX_SLOTS)
     rc = ol_error("--micro-batches %lld: at most %d", (long long)o->micro_batches, OL_PP_MAX_SLOTS);
   if (rc == OL_OK) {
@@ -455,7 +459,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   }
   if (rc == OL_OK && o->synthetic) ol_model_randomize(&t.model, o->seed);
   if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);
-  if (mf) ol_h5model_close(mf);
+  ol_weights_close(mf);
   rc = ol_grid_agree(o->grid, rc);  // every rank stops here when one could not set up
   ol_model whole = {0};  // the whole model's layout, for its trainable count
   if (rc == OL_OK) rc = ol_model_layout(&whole, &cfg, &o->method, o->seed);

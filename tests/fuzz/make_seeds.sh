@@ -3,7 +3,8 @@
 #   make_seeds.sh ONELORA OUTDIR
 # OUTDIR gets model-f32.h5 and model-f16.h5 (a small random model), data.h5 (tokenized text) and
 # ckpt-1lora.h5, ckpt-lora.h5, ckpt-vera.h5 (checkpoints after one training step; vera adds the
-# `frozen` group, lora 2-D tensors), model-f32.safetensors and model-f16.safetensors (merged). A few seconds; the files are 10-100 KB each.
+# `frozen` group, lora 2-D tensors), model-f32.safetensors and model-f16.safetensors (merged), hf-config.json and hf-config-index.bin
+# (fuzz_hf's input: config.json, NUL, the index). A few seconds; the files are 10-100 KB each.
 set -euo pipefail
 onelora=$1
 out=$2
@@ -26,7 +27,11 @@ for m in 1lora lora vera; do mv "ck-$m/step-00000001.h5" "ckpt-$m.h5" && rmdir "
 # safetensors: the merged model (the reader's input), f32 and f16
 for t in f32 f16; do
   "$onelora" merge --model model-f32.h5 --ckpt ckpt-1lora.h5 --dtype $t --out st-$t/model.safetensors >/dev/null
-  mv st-$t/model.safetensors model-$t.safetensors && rm -r st-$t
+  mv st-$t/model.safetensors model-$t.safetensors
+  [ $t = f32 ] && mv st-$t/config.json hf-config.json
+  rm -r st-$t
 done
+# a Hugging Face directory's JSON: config.json alone, and config.json NUL index.json
+{ cat hf-config.json; printf '\0{"metadata": {}, "weight_map": {"pad": "a.safetensors"}}'; } >hf-config-index.bin
 rm text.txt
 ls -l

@@ -264,44 +264,56 @@ static void test_model_f32_roundtrip(void **state) {
   ol_h5model_close(m);
 }
 
-static void test_model_f16_roundtrip(void **state) {
-  fixture *f = *state;
-  const char *path = tpath(f, 0, "m16.h5");
-  /* (2049, 2048): more than one f16 conversion block of the writer */
+/* A 2-byte model dataset (f16 or bf16) reads back as the rounded values, whole and sliced. */
+static void half_roundtrip(fixture *f, ol_dtype dtype) {
+  const int bf16 = dtype == OL_DTYPE_BF16;
+  const char *path = tpath(f, 0, bf16 ? "mbf16.h5" : "m16.h5");
+  /* (2049, 2048): more than one conversion block of the writer */
   const size_t rows = 2049, cols = 2048, n = rows * cols;
   float *w = malloc(n * sizeof *w), *got = malloc(n * sizeof *got);
   fill_normal(w, n, 3.0f, 7);
   w[0] = 1e-6f;    /* f16 subnormal */
-  w[1] = -7e-8f;   /* rounds to 0 or the smallest subnormal */
+  w[1] = -7e-8f;   /* rounds to 0 or the smallest f16 subnormal */
   w[2] = 60000.0f; /* near the f16 maximum */
   ol_config cfg = tiny_config();
   ol_h5model *m;
   size_t shape[2] = {rows, cols};
   assert_int_equal(ol_h5model_create(path, &cfg, &m), OL_OK);
-  assert_int_equal(ol_h5model_write(m, "w", 2, shape, w, OL_DTYPE_F16), OL_OK);
+  assert_int_equal(ol_h5model_write(m, "w", 2, shape, w, dtype), OL_OK);
   assert_int_equal(ol_h5model_finish(m), OL_OK);
   /* stored as 2 bytes per value (plus a few KiB of metadata) */
   assert_true(file_size(path) < (long)(n * 2 + 65536));
 
   assert_int_equal(ol_h5model_open(path, &m, &cfg), OL_OK);
+  ol_dtype stored;
+  assert_int_equal(ol_h5model_dtype(m, "w", &stored), OL_OK);
+  assert_int_equal(stored, dtype);
   size_t start[2] = {0, 0};
   assert_int_equal(ol_h5model_read(m, "w", 2, shape, start, shape, got), OL_OK);
+  /* round to nearest: relative error <= 2^-11 (f16: 11 significant bits; absolute 2^-25 in its
+   * subnormal range) or 2^-8 (bf16: 8 significant bits, f32's exponent range) */
+  const float rel = bf16 ? 0x1p-8f : 0x1p-11f, abs_floor = bf16 ? 0.0f : 0x1p-25f;
   for (size_t i = 0; i < n; i++) {
-    float want = ol_f16_to_f32(ol_f32_to_f16(w[i]));
+    float want = bf16 ? ol_bf16_to_f32(ol_f32_to_bf16(w[i])) : ol_f16_to_f32(ol_f32_to_f16(w[i]));
     if (got[i] != want) fail_msg("w[%zu]: got %g, want %g", i, got[i], want);
-    /* round to nearest: relative error <= 2^-11, absolute <= 2^-25 in the subnormal range */
-    assert_true(fabsf(got[i] - w[i]) <= fabsf(w[i]) * 0x1p-11f + 0x1p-25f);
+    assert_true(fabsf(got[i] - w[i]) <= fabsf(w[i]) * rel + abs_floor);
   }
-  /* a column slice of f16 data */
+  /* a column slice */
   size_t s2[2] = {5, 1000}, c2[2] = {7, 24};
   assert_int_equal(ol_h5model_read(m, "w", 2, shape, s2, c2, got), OL_OK);
   for (size_t r = 0; r < 7; r++)
-    for (size_t c = 0; c < 24; c++)
-      assert_true(got[r * 24 + c] == ol_f16_to_f32(ol_f32_to_f16(w[(5 + r) * cols + 1000 + c])));
+    for (size_t c = 0; c < 24; c++) {
+      float x = w[(5 + r) * cols + 1000 + c];
+      assert_true(got[r * 24 + c] ==
+                  (bf16 ? ol_bf16_to_f32(ol_f32_to_bf16(x)) : ol_f16_to_f32(ol_f32_to_f16(x))));
+    }
   ol_h5model_close(m);
   free(w);
   free(got);
 }
+
+static void test_model_f16_roundtrip(void **state) { half_roundtrip(*state, OL_DTYPE_F16); }
+static void test_model_bf16_roundtrip(void **state) { half_roundtrip(*state, OL_DTYPE_BF16); }
 
 static void test_model_open_errors(void **state) {
   fixture *f = *state;
@@ -401,7 +413,6 @@ static void test_model_write_errors(void **state) {
   assert_int_equal(ol_h5model_write(m, "x", 1, shape, x, OL_DTYPE_F32), OL_OK);
   expect_error(ol_h5model_write(m, "x", 1, shape, x, OL_DTYPE_F32), "'x' written twice", NULL,
                NULL);
-  expect_error(ol_h5model_write(m, "y", 1, shape, x, OL_DTYPE_BF16), "'y'", "bf16", NULL);
   expect_error(ol_h5model_write(m, "a/b", 1, shape, x, OL_DTYPE_F32), "'a/b'", NULL, NULL);
   ol_h5model_close(m);  /* closing a writer without finish discards it */
   assert_false(exists(tmp));
@@ -986,6 +997,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dtype),
       cmocka_unit_test_setup_teardown(test_model_f32_roundtrip, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_model_bf16_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_f16_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_open_errors, setup_earliest, teardown),
       cmocka_unit_test_setup_teardown(test_model_read_errors, setup, teardown),
