@@ -11,6 +11,7 @@ int ol_cmd_init(int argc, char **argv);
 int ol_cmd_tokenize(int argc, char **argv);
 int ol_cmd_bench(int argc, char **argv, ol_grid *grid);
 int ol_cmd_merge(int argc, char **argv);
+int ol_cmd_convert(int argc, char **argv);
 int ol_cmd_plan(int argc, char **argv);
 int ol_cmd_inspect(int argc, char **argv);
 

@@ -20,6 +20,7 @@ static const command commands[] = {
     {"tokenize", ol_cmd_tokenize, NULL, "byte-level tokenizer: text files to a data file"},
     {"bench", NULL, ol_cmd_bench, "measure training throughput and memory on a random model"},
     {"merge", ol_cmd_merge, NULL, "fold a checkpoint into the model weights"},
+    {"convert", ol_cmd_convert, NULL, "Hugging Face directory to an onelora model file"},
     {"plan", ol_cmd_plan, NULL, "count what a method trains on a model (before running it)"},
     {"inspect", ol_cmd_inspect, NULL, "tensor and per-layer norms of a checkpoint; verifies checksums"},
 };
