@@ -1,6 +1,7 @@
 /* onelora backend: the numeric kernels behind one table of function pointers.
  * cpu.c implements it with CBLAS + OpenMP; cuda/ will implement it with cuBLAS.
- * All tensors are f32, row-major, contiguous, in memory the backend owns (host memory for cpu).
+ * All tensors are f32 (frozen weights may be 2-byte: gemm_half), row-major, contiguous, in
+ * memory the backend owns (host memory for cpu).
  * Shapes are given in comments; N = number of tokens (B*T), D = width, F = ffn width,
  * H = query heads, Hkv = kv heads, hd = head dim, V = vocab. "+=" means the op accumulates. */
 #ifndef ONELORA_BACKEND_H
@@ -17,6 +18,18 @@ typedef struct {
   void (*gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
                const float *A, size_t lda, const float *B, size_t ldb, float beta, float *C,
                size_t ldc);
+  /* The same with a 2-byte matrix W (bf16 when w_bf16, else IEEE f16), row-major with row
+   * stride ldw: C(M,N) = alpha * X(M,K) op(W) + beta * C, where trans_w: W is stored (N,K)
+   * (y = x W^T), else (K,N) (dx = dy W). Frozen weights kept at 2 bytes use it: the CPU widens
+   * column blocks of op(W) (never splitting the K sum) into f32 scratch of
+   * gemm_half_scratch_floats(N, K) floats for the f32 GEMM. */
+  void (*gemm_half)(int trans_w, size_t M, size_t N, size_t K, float alpha, const float *X,
+                    size_t ldx, const uint16_t *W, size_t ldw, int w_bf16, float beta, float *C,
+                    size_t ldc, float *scratch);
+  size_t (*gemm_half_scratch_floats)(size_t N, size_t K);
+  /* dst(rows, cols) = src widened to f32; src 2-byte (bf16 when bf16) with row stride ld */
+  void (*widen)(float *dst, const uint16_t *src, size_t rows, size_t cols, size_t ld, int bf16);
+
   /* y(M) = alpha * op(A) x + beta * y; A is (M,N) stored row-major, or (N,M) when trans. */
   void (*gemv)(int trans, size_t M, size_t N, float alpha, const float *A, size_t lda,
                const float *x, float beta, float *y);

@@ -10,7 +10,6 @@
 #include "onelora/config.h"
 #include "onelora/core.h"
 
-typedef enum { OL_DTYPE_F32 = 0, OL_DTYPE_F16 = 1, OL_DTYPE_BF16 = 2 } ol_dtype;
 const char *ol_dtype_name(ol_dtype t);
 int ol_dtype_parse(const char *s, ol_dtype *out);  /* "f32" | "f16" | "bf16" */
 

@@ -20,7 +20,9 @@ typedef struct {
   size_t shape[2];         /* full shape on disk */
   size_t start[2];         /* this rank's slice of it (TP shard; 0 without TP) */
   size_t count[2];         /* the slice's extent (= shape without TP) */
-  float *data;             /* this rank's storage (frozen arena or flat trainable buffer) */
+  float *data;             /* this rank's storage (frozen arena or flat trainable buffer), or
+                            * NULL when the tensor is kept at 2 bytes in `half` */
+  uint16_t *half;          /* a frozen matrix kept as f16/bf16 (the model's weights_dtype) */
   long param;              /* entry in the trainable table, or -1 when frozen */
   int not_in_file;         /* the file loaded from has no such tensor (a bias that merging
                             * BitFit adds to a model without biases): ol_model_load zeroes it */
@@ -40,6 +42,8 @@ typedef struct {
   size_t first_layer, n_layers;
   int has_embed, has_head;
   int tp, tp_rank;         /* tensor-parallel shards of every layer and this rank's (0 = 1, 0) */
+  ol_dtype weights_dtype;  /* frozen matrices in memory: f32 (0), or f16/bf16 at 2 bytes; norms,
+                            * biases and everything trainable stay f32 */
 } ol_stage;
 /* Stage pp_rank of pp: contiguous layer ranges, the first L mod pp stages one layer longer. */
 ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank);
@@ -60,8 +64,10 @@ typedef struct {
   size_t n_tensors;
   ol_params params;        /* the flat trainable state */
   ol_frozen generated;     /* frozen tensors the methods generate (checkpoint group `frozen`) */
-  float *frozen;           /* one arena for every frozen tensor */
+  float *frozen;           /* one arena for every frozen f32 tensor */
   size_t frozen_floats;
+  uint16_t *frozen_half;   /* one arena for the frozen matrices kept at 2 bytes */
+  size_t frozen_halves;
 } ol_model;
 
 /* Lays out the model for a method: every tensor, the trainable table and the generated frozen
@@ -83,6 +89,9 @@ void ol_model_randomize(ol_model *m, uint64_t seed);
 /* The same for one tensor, into data (numel floats): init streams big models through it. */
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
 size_t ol_tensor_numel(const ol_tensor *t);
+/* Rounds rows [row0, row0 + rows) of this rank's slice, src (rows, count[1]) f32, into t->half
+ * (round to nearest even). */
+void ol_tensor_store_half(const ol_tensor *t, const float *src, size_t row0, size_t rows, ol_dtype dtype);
 void ol_model_free(ol_model *m);
 /* Number of trainable values */
 size_t ol_model_trainable(const ol_model *m);
@@ -121,6 +130,7 @@ typedef struct {
   float *ce_mx, *ce_zt;    /* (head_chunk) row maxima and target logits of the chunk */
   double *ce_sum;          /* (head_chunk) row sums of exp(logit - max) */
   float *lin_work;         /* (N, max out) scratch of rescaling adapters, NULL when none */
+  float *wide;             /* gemm_half scratch: f32 tiles of 2-byte weights, NULL when none */
   float *rope_cos, *rope_sin; /* (T, hd/2) */
   float *attn_scratch;     /* attention_scratch_floats(T) */
   size_t head_chunk;       /* tokens per LM-head chunk */

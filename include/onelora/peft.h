@@ -181,7 +181,10 @@ typedef struct ol_linear {
   int tp_rank;              /* this rank in the TP group (0 without TP) */
   struct ol_grid *grid;     /* the TP collectives' grid (NULL on one rank), set by the model */
   ol_par_kind par;
-  float *W;                 /* (out, in) frozen or trainable weight shard */
+  float *W;                 /* (out, in) frozen or trainable f32 weight shard, or NULL when W16 */
+  const uint16_t *W16;      /* (out, in) a frozen shard kept at 2 bytes (--weights-dtype) */
+  int w_bf16;               /* W16 is bf16 (else IEEE f16) */
+  float *wide;              /* scratch for widening W16 (gemm_half), from ol_acts */
   long w_param;             /* entry index when W is trainable, else -1 */
   float *dW;                /* (out, in) its gradient when trainable, else NULL */
   float *bias;              /* (out) bias when the model file has one, else NULL */

@@ -173,6 +173,50 @@ static void cpu_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, flo
               to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
 }
 
+/* Columns of op(W) widened per block: about 16 MiB of f32 scratch whatever K. */
+#define HALF_TILE_FLOATS ((size_t)1 << 22)
+
+static size_t half_tile_cols(size_t K) {
+  size_t n = K ? HALF_TILE_FLOATS / K : HALF_TILE_FLOATS;
+  return n < 16 ? 16 : n;
+}
+
+static size_t cpu_gemm_half_scratch_floats(size_t N, size_t K) {
+  const size_t tn = half_tile_cols(K);
+  return (N < tn ? N : tn) * K;
+}
+
+static inline float half_to_f32(uint16_t h, int bf16) {
+  if (!bf16) return ol_f16_to_f32(h);
+  uint32_t bits = (uint32_t)h << 16;  // bf16 is f32's upper half: inlined, it vectorises
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static void cpu_widen(float *dst, const uint16_t *src, size_t rows, size_t cols, size_t ld,
+                      int bf16) {
+#pragma omp parallel for schedule(static) if (rows * cols > 65536)
+  for (size_t i = 0; i < rows; i++)
+    for (size_t j = 0; j < cols; j++) dst[i * cols + j] = half_to_f32(src[i * ld + j], bf16);
+}
+
+static void cpu_gemm_half(int trans_w, size_t M, size_t N, size_t K, float alpha, const float *X,
+                          size_t ldx, const uint16_t *W, size_t ldw, int w_bf16, float beta,
+                          float *C, size_t ldc, float *scratch) {
+  const size_t tn = half_tile_cols(K);
+  for (size_t n0 = 0; n0 < N; n0 += tn) {
+    const size_t n = N - n0 < tn ? N - n0 : tn;
+    if (trans_w) {  // rows [n0, n0 + n) of W (N, K): a (n, K) tile, used transposed
+      cpu_widen(scratch, W + n0 * ldw, n, K, ldw, w_bf16);
+      cpu_gemm(0, 1, M, n, K, alpha, X, ldx, scratch, K, beta, C + n0, ldc);
+    } else {        // columns [n0, n0 + n) of W (K, N): a (K, n) tile
+      cpu_widen(scratch, W + n0, K, n, ldw, w_bf16);
+      cpu_gemm(0, 0, M, n, K, alpha, X, ldx, scratch, n, beta, C + n0, ldc);
+    }
+  }
+}
+
 static void cpu_gemv(int trans, size_t M, size_t N, float alpha, const float *A, size_t lda,
                      const float *x, float beta, float *y) {
   if (M == 0) return;
@@ -775,6 +819,9 @@ static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, fl
 static const ol_backend cpu_backend = {
     .name = "cpu",
     .gemm = cpu_gemm,
+    .gemm_half = cpu_gemm_half,
+    .gemm_half_scratch_floats = cpu_gemm_half_scratch_floats,
+    .widen = cpu_widen,
     .gemv = cpu_gemv,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,

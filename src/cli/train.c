@@ -45,7 +45,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
       {"--tp", OL_ARG_INT, &tp, "N", "tensor-parallel ranks (1)"},
       {"--pp", OL_ARG_INT, &pp, "N", "pipeline stages (1)"},
       {"--pp-schedule", OL_ARG_STR, &pp_schedule, "S", "1f1b | gpipe (1f1b)"},
-      {"--weights-dtype", OL_ARG_STR, &wdtype, "T", "frozen weights in memory: f32 (f32)"},
+      {"--weights-dtype", OL_ARG_STR, &wdtype, "T",
+       "frozen weights in memory: f32 | f16 | bf16, 2 bytes a value, widened per GEMM tile (f32)"},
       {"--device", OL_ARG_STR, &device, "D", "cpu (cpu)"},
       {"--eval-every", OL_ARG_INT, &eval_every, "N", "validation loss every N steps, 0 = never (0)"},
       {"--eval-batches", OL_ARG_INT, &eval_batches, "N", "global batches per validation (4)"},
@@ -93,8 +94,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   else if (pp <= 0) rc = ol_error("--pp must be positive, got %lld", (long long)pp);
   else if (strcmp(pp_schedule, "1f1b") != 0 && strcmp(pp_schedule, "gpipe") != 0)
     rc = ol_error("--pp-schedule: expected 1f1b or gpipe, got '%s'", pp_schedule);
-  else if (strcmp(wdtype, "f32") != 0)
-    rc = ol_error("--weights-dtype %s: the cpu backend keeps frozen weights in f32 only", wdtype);
+  else if (ol_dtype_parse(wdtype, &o.weights_dtype) != OL_OK)
+    rc = ol_error("--weights-dtype: expected f32, f16 or bf16, got '%s'", wdtype);
   else if (strcmp(device, "cpu") != 0)
     rc = ol_error("--device %s: this build has only the cpu backend", device);
   if (rc == OL_OK) rc = ol_method_parse(method, targets, rank, alpha, &o.method);

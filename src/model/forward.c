@@ -15,6 +15,8 @@
 
 #define HEAD_CHUNK 256
 
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
 void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   memset(a, 0, sizeof *a);
   const ol_config *c = &m->cfg;
@@ -74,6 +76,19 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
           a->lin_work = ol_calloc(N * (D > F ? D : F), sizeof(float));
           work += N * (D > F ? D : F);
         }
+  if (m->frozen_halves) {  // f32 tiles of the 2-byte weights: the largest any GEMM with them needs
+    size_t wide = 0;
+    const size_t pairs[2][2] = {{V, D}, {D, V}};  // the LM head's (N, K), forward and backward
+    for (int i = 0; i < 2; i++) wide = max_size(wide, ol_bk->gemm_half_scratch_floats(pairs[i][0], pairs[i][1]));
+    for (size_t l = 0; l < L; l++)
+      for (int p = 0; p < OL_PROJ_COUNT; p++) {
+        const ol_linear *lin = &m->blocks[l].lin[p];
+        wide = max_size(wide, ol_bk->gemm_half_scratch_floats(lin->out, lin->in));
+        wide = max_size(wide, ol_bk->gemm_half_scratch_floats(lin->in, lin->out));
+      }
+    a->wide = ol_calloc(wide, sizeof(float));
+    work += wide;
+  }
   a->bytes_kept = kept * sizeof(float);
   a->bytes_total = (kept + work) * sizeof(float);
 }
@@ -91,7 +106,7 @@ void ol_acts_free(ol_acts *a) {
   ol_free(a->xn), ol_free(a->att), ol_free(a->h);
   ol_free(a->dq), ol_free(a->dk), ol_free(a->dv), ol_free(a->dres);
   ol_free(a->logits), ol_free(a->rope_cos), ol_free(a->rope_sin), ol_free(a->attn_scratch);
-  ol_free(a->lin_work);
+  ol_free(a->lin_work), ol_free(a->wide);
   ol_free(a->ce_mx), ol_free(a->ce_zt), ol_free(a->ce_sum);
   memset(a, 0, sizeof *a);
 }
@@ -102,6 +117,7 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
   for (size_t l = 0; l < a->L; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       m->blocks[l].lin[p].work = a->lin_work;
+      m->blocks[l].lin[p].wide = a->wide;
       m->blocks[l].lin[p].grid = m->grid;
     }
 }
@@ -178,16 +194,19 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
  * outside them give zero rows, and the all-reduce over TP sums the shards' rows. */
 static void embed_forward(ol_model *m, float *out, const int32_t *tokens, size_t N) {
   const size_t D = (size_t)m->cfg.dim;
-  if (m->tp == 1) {
+  const uint16_t *half = m->embed.half;  // (Vl, D) when kept at 2 bytes
+  if (m->tp == 1 && !half) {
     ol_bk->embedding_forward(out, tokens, m->embed.data, N, D);
     return;
   }
+  const int bf16 = m->stage.weights_dtype == OL_DTYPE_BF16;
   for (size_t n = 0; n < N; n++) {  // out (N, D)
     const int64_t t = (int64_t)tokens[n] - (int64_t)m->v0;
-    if (t >= 0 && t < (int64_t)m->Vl) memcpy(out + n * D, m->embed.data + (size_t)t * D, D * sizeof(float));
-    else memset(out + n * D, 0, D * sizeof(float));
+    if (t < 0 || t >= (int64_t)m->Vl) memset(out + n * D, 0, D * sizeof(float));
+    else if (half) ol_bk->widen(out + n * D, half + (size_t)t * D, 1, D, D, bf16);
+    else memcpy(out + n * D, m->embed.data + (size_t)t * D, D * sizeof(float));
   }
-  ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
+  if (m->tp > 1) ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
 }
 
 /* d(table) (Vl, D) += the rows of dout (N, D) whose tokens lie in this rank's shard. */
@@ -224,6 +243,19 @@ static double head_loss(ol_model *m, ol_acts *a, float *logits, const int32_t *t
   return loss;
 }
 
+/* The LM head's products with its weight (V/TP, D), f32 or kept at 2 bytes: logits (n, V/TP) =
+ * xn (n, D) W^T (trans_w), or dxn (n, D) = dlogits (n, V/TP) W. */
+static void head_gemm(const ol_model *m, ol_acts *a, int trans_w, size_t n, const float *x,
+                      float *C) {
+  const size_t D = (size_t)m->cfg.dim, V = m->Vl;
+  const size_t cols = trans_w ? V : D, K = trans_w ? D : V;
+  if (m->lm_head.half)
+    ol_bk->gemm_half(trans_w, n, cols, K, 1.0f, x, K, m->lm_head.half, D,
+                     m->stage.weights_dtype == OL_DTYPE_BF16, 0.0f, C, cols, a->wide);
+  else
+    ol_bk->gemm(0, trans_w, n, cols, K, 1.0f, x, K, m->lm_head.data, D, 0.0f, C, cols);
+}
+
 double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
                         float grad_scale) {
   const ol_config *c = &m->cfg;
@@ -245,10 +277,10 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   for (size_t t0 = 0; t0 < N; t0 += a->head_chunk) {
     size_t n = N - t0 < a->head_chunk ? N - t0 : a->head_chunk;
     float *logits = a->logits;  // (n, V/TP)
-    ol_bk->gemm(0, 1, n, V, D, 1.0f, xn + t0 * D, D, m->lm_head.data, D, 0.0f, logits, V);
+    head_gemm(m, a, 1, n, xn + t0 * D, logits);
     loss += head_loss(m, a, logits, targets + t0, n, grad_scale);
     if (grad_scale == 0.0f) continue;
-    ol_bk->gemm(0, 0, n, D, V, 1.0f, logits, V, m->lm_head.data, D, 0.0f, dxn + t0 * D, D);
+    head_gemm(m, a, 0, n, logits, dxn + t0 * D);
     if (dhead) ol_bk->gemm(1, 0, V, D, n, 1.0f, logits, V, xn + t0 * D, D, 1.0f, dhead, D);
   }
   if (grad_scale != 0.0f) {

@@ -55,6 +55,8 @@ static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
   if (trainable)
     t->param = (long)ol_params_declare_slice(&m->params, t->name, t->ndim, t->shape, t->start,
                                              t->count);
+  else if (t->ndim == 2 && m->stage.weights_dtype != OL_DTYPE_F32)
+    m->frozen_halves += tensor_numel(t);  // a frozen matrix at 2 bytes
   else
     m->frozen_floats += tensor_numel(t);
   m->tensors[m->n_tensors++] = t;
@@ -79,7 +81,7 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
   OL_TRY(ol_config_validate(cfg, "model config"));
   m->cfg = *cfg;
   m->method = *method;
-  ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1, 1, 0};
+  ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1, 1, 0, OL_DTYPE_F32};
   m->stage = stage ? *stage : whole;
   OL_CHECK(m->stage.first_layer + m->stage.n_layers <= (size_t)cfg->n_layers);
   const int tp = m->stage.tp > 1 ? m->stage.tp : 1, tpr = tp > 1 ? m->stage.tp_rank : 0;
@@ -178,11 +180,15 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
   // storage: trainables in the flat buffer, everything else in one frozen arena
   ol_params_alloc(&m->params);
   m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
-  size_t off = 0;
+  m->frozen_half = m->frozen_halves ? ol_calloc(m->frozen_halves, sizeof(uint16_t)) : NULL;
+  size_t off = 0, off_half = 0;
   for (size_t i = 0; i < m->n_tensors; i++) {
     ol_tensor *t = m->tensors[i];
     if (t->param >= 0) {
       t->data = ol_params_value(&m->params, (size_t)t->param);
+    } else if (t->ndim == 2 && m->stage.weights_dtype != OL_DTYPE_F32) {
+      t->half = m->frozen_half + off_half;
+      off_half += tensor_numel(t);
     } else {
       t->data = m->frozen + off;
       off += tensor_numel(t);
@@ -193,6 +199,8 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
       ol_block *b = &m->blocks[l];
       ol_linear *lin = &b->lin[p];
       lin->W = b->w[p].data;
+      lin->W16 = b->w[p].half;
+      lin->w_bf16 = m->stage.weights_dtype == OL_DTYPE_BF16;
       lin->dW = ol_model_grad(m, &b->w[p]);
       lin->bias = b->bias[p].ndim ? b->bias[p].data : NULL;
       lin->dbias = lin->bias ? ol_model_grad(m, &b->bias[p]) : NULL;
@@ -214,7 +222,7 @@ ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank) {
   size_t L = (size_t)cfg->n_layers, base = L / (size_t)pp, extra = L % (size_t)pp;
   size_t r = (size_t)pp_rank;
   ol_stage s = {r * base + (r < extra ? r : extra), base + (r < extra ? 1 : 0), pp_rank == 0,
-                pp_rank == pp - 1, 1, 0};
+                pp_rank == pp - 1, 1, 0, OL_DTYPE_F32};
   return s;
 }
 
@@ -256,7 +264,24 @@ void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
 }
 
 void ol_model_randomize(ol_model *m, uint64_t seed) {
-  for (size_t i = 0; i < m->n_tensors; i++) ol_tensor_randomize(m->tensors[i], m->tensors[i]->data, seed);
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    ol_tensor *t = m->tensors[i];
+    if (t->data) {
+      ol_tensor_randomize(t, t->data, seed);
+      continue;
+    }
+    float *tmp = ol_calloc(tensor_numel(t), sizeof(float));  // (numel) generated, then rounded
+    ol_tensor_randomize(t, tmp, seed);
+    ol_tensor_store_half(t, tmp, 0, t->count[0], m->stage.weights_dtype);
+    ol_free(tmp);
+  }
+}
+
+void ol_tensor_store_half(const ol_tensor *t, const float *src, size_t row0, size_t rows, ol_dtype dtype) {
+  const size_t cols = t->count[1];
+  uint16_t *dst = t->half + row0 * cols;  // (rows, cols) of this rank's (count[0], count[1])
+  for (size_t i = 0; i < rows * cols; i++)
+    dst[i] = dtype == OL_DTYPE_BF16 ? ol_f32_to_bf16(src[i]) : ol_f32_to_f16(src[i]);
 }
 
 size_t ol_model_trainable(const ol_model *m) { return m->params.total; }
@@ -312,6 +337,7 @@ void ol_model_free(ol_model *m) {
   ol_frozen_free(&m->generated);
   ol_free(m->tensors);
   ol_free(m->frozen);
+  ol_free(m->frozen_half);
   ol_params_free(&m->params);
   memset(m, 0, sizeof *m);
 }

@@ -22,6 +22,18 @@ size_t ol_linear_saved_per_token(const ol_linear *lin) {
   return n;
 }
 
+/* C(N, cols) = x(N, K) op(W) + beta * C: y = x W^T (trans_w) or dx = dy W, with W in f32 or
+ * kept at 2 bytes (widened in tiles into lin->wide). */
+static void gemm_w(const ol_linear *lin, int trans_w, size_t N, const float *x, float beta,
+                   float *C) {
+  const size_t cols = trans_w ? lin->out : lin->in, K = trans_w ? lin->in : lin->out;
+  if (lin->W16)
+    ol_bk->gemm_half(trans_w, N, cols, K, 1.0f, x, K, lin->W16, lin->in, lin->w_bf16, beta, C,
+                     cols, lin->wide);
+  else
+    ol_bk->gemm(0, trans_w, N, cols, K, 1.0f, x, K, lin->W, lin->in, beta, C, cols);
+}
+
 static ol_adapter *rescaler(ol_linear *lin) {
   for (int i = 0; i < lin->n_adapters; i++)
     if (lin->adapters[i].ops->rescale_forward) return &lin->adapters[i];
@@ -42,7 +54,7 @@ static float *additive_forward(ol_linear *lin, const float *x, float *z, size_t 
     a->ops->forward(a, lin, x, z, N, beta, slot);
     slot += N * a->ops->saved_per_token(a, lin);
   }
-  ol_bk->gemm(0, 1, N, lin->out, lin->in, 1.0f, x, lin->in, lin->W, lin->in, beta, z, lin->out);
+  gemm_w(lin, 1, N, x, beta, z);
   return slot;
 }
 
@@ -98,5 +110,5 @@ void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, fl
     a->ops->backward(a, lin, dy, dx, N, beta, slot);
     slot += N * a->ops->saved_per_token(a, lin);
   }
-  ol_bk->gemm(0, 0, N, lin->in, lin->out, 1.0f, dy, lin->out, lin->W, lin->in, beta, dx, lin->in);
+  gemm_w(lin, 0, N, dy, beta, dx);
 }

@@ -24,7 +24,7 @@ static float *state_buffer(const ol_params *p, int g) { return g == 0 ? p->data 
 
 /* The whole model's layout at this TP degree, shard 0: full shapes and shard extents. */
 static int plan_layout(ol_model *plan, const ol_model *m, uint64_t seed) {
-  ol_stage all = {0, (size_t)m->cfg.n_layers, 1, 1, m->stage.tp ? m->stage.tp : 1, 0};
+  ol_stage all = {0, (size_t)m->cfg.n_layers, 1, 1, m->stage.tp ? m->stage.tp : 1, 0, OL_DTYPE_F32};
   return ol_model_layout_stage(plan, &m->cfg, &m->method, seed, &all);
 }
 

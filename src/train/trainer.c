@@ -415,7 +415,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
-    res->frozen_bytes = m->frozen_floats * sizeof(float);
+    res->frozen_bytes = m->frozen_floats * sizeof(float) + m->frozen_halves * sizeof(uint16_t);
     res->kept_bytes = t->acts[0].bytes_kept * (size_t)t->n_slots;
     res->trainable = ol_model_trainable(m);  // this rank's share: the memory minimum
   }
@@ -445,6 +445,9 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
                   (long long)cfg.n_layers);
   if (rc == OL_OK) rc = check_tp_method(o);
+  if (rc == OL_OK && o->weights_dtype != OL_DTYPE_F32 && (o->method.adapters & 1u << OL_AD_DORA))
+    rc = ol_error("--weights-dtype %s: dora reads the rows of W for its norms; use f32",
+                  ol_dtype_name(o->weights_dtype));
   if (rc == OL_OK && mf && ol_weights_tied(mf) && o->method.full)
     rc = ol_error("--method full on %s: its embedding and LM head are tied "
                   "(tie_word_embeddings), which onelora trains as two tensors; use another method",
@@ -454,6 +457,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK) {
     stage = ol_pipeline_stage(&cfg, g->pp, g->pp_rank);
     stage.tp = g->tp, stage.tp_rank = g->tp_rank;
+    stage.weights_dtype = o->weights_dtype;
     rc = ol_model_build_stage(&t.model, &cfg, &o->method, o->seed, &stage);
     t.model.grid = g;
   }

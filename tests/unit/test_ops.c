@@ -137,6 +137,63 @@ static void test_gemm_transposes(void **state) {
     }
 }
 
+/* gemm_half against double sums of X and the widened W. The widening is exact, so the only error
+ * is f32 GEMM rounding: |C - C_ref| <= gamma_K sum_p |alpha x w| + u |beta c| + u |C_ref| with
+ * gamma_K = K u / (1 - K u), u = 2^-24 (the deterministic bound, whatever the BLAS kernel). The
+ * shapes cross the widening tiles: with K = 4096 a tile holds 1024 columns of op(W), and N = 1100
+ * needs two; ldw > the row pads W. A wrong dtype flag (bf16 bits read as f16) must exceed the
+ * bound. */
+static double half_gemm_worst(int trans_w, int bf16, int read_bf16) {
+  ol_rng r;
+  ol_rng_seed(&r, 11);
+  const size_t M = 3, N = 1100, K = 4096, pad = 5;
+  const size_t w_rows = trans_w ? N : K, w_cols = trans_w ? K : N, ldw = w_cols + pad;
+  float *X = fvec(M * K), *C = fvec(M * N), *C0 = fvec(M * N);
+  uint16_t *W = ol_calloc(w_rows * ldw, sizeof(uint16_t));  // (w_rows, ldw)
+  double *Wd = dvec(w_rows * w_cols);                       // the widened values
+  fill_normal(X, M * K, &r, 1.0f);
+  fill_normal(C, M * N, &r, 1.0f);
+  memcpy(C0, C, M * N * sizeof(float));
+  for (size_t i = 0; i < w_rows; i++)
+    for (size_t j = 0; j < w_cols; j++) {
+      float v = 0.05f * ol_rng_normal(&r);
+      W[i * ldw + j] = bf16 ? ol_f32_to_bf16(v) : ol_f32_to_f16(v);
+      Wd[i * w_cols + j] = bf16 ? ol_bf16_to_f32(W[i * ldw + j]) : ol_f16_to_f32(W[i * ldw + j]);
+    }
+  const float alpha = 1.5f, beta = 0.5f;
+  float *scratch = fvec(ol_bk->gemm_half_scratch_floats(N, K));
+  ol_bk->gemm_half(trans_w, M, N, K, alpha, X, K, W, ldw, read_bf16, beta, C, N, scratch);
+  const double u = 0x1p-24, gamma = K * u / (1 - K * u);
+  double worst = 0.0;
+  for (size_t i = 0; i < M; i++)
+    for (size_t j = 0; j < N; j++) {
+      double acc = 0.0, mag = 0.0;
+      for (size_t p = 0; p < K; p++) {
+        double w = trans_w ? Wd[j * w_cols + p] : Wd[p * w_cols + j];
+        acc += X[i * K + p] * w;
+        mag += fabs(X[i * K + p] * w);
+      }
+      double want = alpha * acc + beta * C0[i * N + j];
+      double bound = gamma * fabs(alpha) * mag + u * fabs(beta * C0[i * N + j]) + u * fabs(want);
+      double e = fabs(want - C[i * N + j]) / bound;
+      if (e > worst) worst = e;
+    }
+  ol_free(X), ol_free(C), ol_free(C0), ol_free(W), ol_free(Wd), ol_free(scratch);
+  return worst;
+}
+
+static void test_gemm_half(void **state) {
+  (void)state;
+  for (int trans_w = 0; trans_w < 2; trans_w++)
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+      double worst = half_gemm_worst(trans_w, bf16, bf16);
+      printf("  gemm_half trans_w=%d %s: worst error %.3g of the bound\n", trans_w,
+             bf16 ? "bf16" : "f16", worst);
+      assert_true(worst <= 1.0);
+    }
+  assert_true(half_gemm_worst(1, 1, 0) > 1.0);  // bf16 bits read as f16: caught
+}
+
 static void test_gemv_transposes(void **state) {
   (void)state;
   ol_rng r;
@@ -788,7 +845,8 @@ static void test_adamw(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_gemm_transposes), cmocka_unit_test(test_gemv_transposes),
+      cmocka_unit_test(test_gemm_transposes), cmocka_unit_test(test_gemm_half),
+      cmocka_unit_test(test_gemv_transposes),
       cmocka_unit_test(test_embedding),       cmocka_unit_test(test_rmsnorm),
       cmocka_unit_test(test_rope),            cmocka_unit_test(test_attention_mha),
       cmocka_unit_test(test_attention_gqa),   cmocka_unit_test(test_attention_peaked),
