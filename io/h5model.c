@@ -1,6 +1,7 @@
 /* Model files (DESIGN §6): the config as root attributes, one f32 or f16 dataset per tensor
  * at the root under its Hugging Face name. Readers take hyperslabs so a rank reads only its
  * shard; writers go through "<path>.tmp" and a rename. */
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -91,6 +92,33 @@ int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out) {
   hid_t dset;
   OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
   int rc = ol_h5_dataset_dtype(dset, m->path, name, out);
+  ol_h5_free(dset);
+  return rc;
+}
+
+int ol_h5model_locate(ol_h5model *m, const char *name, ol_dtype *dtype, uint64_t *offset,
+                      char *why, size_t why_size) {
+  *offset = UINT64_MAX;
+  hid_t dset;
+  OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
+  int rc = ol_h5_dataset_dtype(dset, m->path, name, dtype);
+  hid_t dcpl = rc == OL_OK ? H5Dget_create_plist(dset) : H5I_INVALID_HID;
+  hid_t fcpl = rc == OL_OK ? H5Fget_create_plist(m->file) : H5I_INVALID_HID;
+  hsize_t userblock = 0;
+  if (rc != OL_OK) {
+  } else if (dcpl < 0 || fcpl < 0 || H5Pget_userblock(fcpl, &userblock) < 0) {
+    rc = ol_error("%s: dataset '%s': cannot read its storage properties", m->path, name);
+  } else if (H5Pget_layout(dcpl) != H5D_CONTIGUOUS) {
+    snprintf(why, why_size, "dataset '%s' is chunked", name);
+  } else if (H5Pget_nfilters(dcpl) != 0) {
+    snprintf(why, why_size, "dataset '%s' is filtered", name);
+  } else {
+    haddr_t addr = H5Dget_offset(dset);
+    if (addr == HADDR_UNDEF) snprintf(why, why_size, "dataset '%s' has no storage", name);
+    else *offset = (uint64_t)addr + (uint64_t)userblock;
+  }
+  ol_h5_free(fcpl);
+  ol_h5_free(dcpl);
   ol_h5_free(dset);
   return rc;
 }

@@ -272,6 +272,14 @@ int ol_hf_dtype(ol_hf *h, const char *name, ol_dtype *out) {
   return ol_st_dtype(s, name, out);
 }
 
+int ol_hf_locate(ol_hf *h, const char *name, const char **path, ol_dtype *dtype,
+                 uint64_t *offset) {
+  ol_st_reader *s = shard_of(h, &name);
+  if (!s) return ol_error("%s: missing tensor '%s' (in no shard)", h->dir, name);
+  *path = ol_st_path(s);
+  return ol_st_locate(s, name, dtype, offset);
+}
+
 void ol_hf_close(ol_hf *h) {
   if (!h) return;
   for (size_t i = 0; i < h->n_shards; i++) {

@@ -23,6 +23,9 @@ int ol_hf_check(ol_hf *h, const char *name, int ndim, const size_t *shape);
 int ol_hf_read(ol_hf *h, const char *name, int ndim, const size_t *shape, const size_t *start,
                const size_t *count, float *dst);
 int ol_hf_dtype(ol_hf *h, const char *name, ol_dtype *out);
+/* The shard file that holds tensor `name`, its dtype and the file offset of its first byte. */
+int ol_hf_locate(ol_hf *h, const char *name, const char **path, ol_dtype *dtype,
+                 uint64_t *offset);
 void ol_hf_close(ol_hf *h);
 
 #endif

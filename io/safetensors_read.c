@@ -237,6 +237,16 @@ int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out) {
   return OL_OK;
 }
 
+int ol_st_locate(const ol_st_reader *r, const char *name, ol_dtype *dtype, uint64_t *offset) {
+  const st_entry *e = find(r, name);
+  if (!e) return ol_error("%s: missing tensor '%s'", r->path, name);
+  *dtype = e->dtype;
+  *offset = r->data_start + e->begin;
+  return OL_OK;
+}
+
+const char *ol_st_path(const ol_st_reader *r) { return r->path; }
+
 int ol_st_check(const ol_st_reader *r, const char *name, int ndim, const size_t *shape) {
   const st_entry *e;
   return find_checked(r, name, ndim, shape, &e);

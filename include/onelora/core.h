@@ -54,6 +54,8 @@ float ol_rng_normal(ol_rng *r);             /* N(0, 1) */
 /* ---- timers and memory ------------------------------------------------------ */
 double ol_now(void);                        /* seconds, monotonic */
 size_t ol_peak_rss_bytes(void);             /* VmHWM of this process */
+size_t ol_pss_bytes(void);                  /* its proportional set size now (smaps_rollup):
+                                             * pages shared with other processes count a share */
 size_t ol_rss_bytes(void);                  /* VmRSS of this process */
 
 /* ---- half precision --------------------------------------------------------- */

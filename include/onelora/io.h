@@ -28,6 +28,11 @@ int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *sha
 int ol_h5model_has(ol_h5model *m, const char *name);
 /* The dtype dataset `name` is stored in (f32, f16 or bf16). */
 int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out);
+/* Where dataset `name`'s values sit in the file: *offset is the file offset of its first byte
+ * when it is contiguous and unfiltered (as onelora writes), else UINT64_MAX with the reason in
+ * why. */
+int ol_h5model_locate(ol_h5model *m, const char *name, ol_dtype *dtype, uint64_t *offset,
+                      char *why, size_t why_size);
 /* An error naming the dataset unless it exists with this shape. */
 int ol_h5model_check(ol_h5model *m, const char *name, int ndim, const size_t *shape);
 void ol_h5model_close(ol_h5model *m);
@@ -54,6 +59,20 @@ int ol_weights_check(ol_weights *w, const char *name, int ndim, const size_t *sh
 /* As ol_h5model_read: this rank's slice as f32, reading only its bytes. */
 int ol_weights_read(ol_weights *w, const char *name, int ndim, const size_t *shape,
                     const size_t *start, const size_t *count, float *dst);
+/* A read-only mapping of part of a weights file. */
+typedef struct {
+  void *base;
+  size_t length;
+} ol_map;
+/* Maps this rank's slice [start, start + count) of the 2-D tensor `name` (full shape `shape`)
+ * read-only (MAP_SHARED: the ranks of a node share the page cache's one copy) when it is stored
+ * in `dtype`, little-endian and contiguous: *ptr then points at element (start[0], start[1]) and
+ * rows lie shape[1] values apart. When it cannot be mapped, *ptr = NULL (OL_OK) and `why` says
+ * why; errors are for unreadable files only. */
+int ol_weights_map(ol_weights *w, const char *name, const size_t *shape, const size_t *start,
+                   const size_t *count, ol_dtype dtype, ol_map *map, const void **ptr, char *why,
+                   size_t why_size);
+void ol_unmap(ol_map *map);
 /* The dtype tensor `name` is stored in. */
 int ol_weights_dtype(ol_weights *w, const char *name, ol_dtype *out);
 void ol_weights_close(ol_weights *w);
@@ -203,6 +222,9 @@ uint64_t ol_st_data_bytes(const ol_st_reader *r);
 /* An error naming the file and the tensor unless it is present with this shape. */
 int ol_st_check(const ol_st_reader *r, const char *name, int ndim, const size_t *shape);
 int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out);
+/* Tensor `name`'s dtype and the file offset of its first byte; the file's path. */
+int ol_st_locate(const ol_st_reader *r, const char *name, ol_dtype *dtype, uint64_t *offset);
+const char *ol_st_path(const ol_st_reader *r);
 int ol_st_read(ol_st_reader *r, const char *name, int ndim, const size_t *shape,
                const size_t *start, const size_t *count, float *dst);
 void ol_st_close(ol_st_reader *r);

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "onelora/config.h"
+#include "onelora/io.h"
 #include "onelora/peft.h"
 
 /* Named shapes: tiny, small, llama2-7b, llama2-13b. */
@@ -23,6 +24,8 @@ typedef struct {
   float *data;             /* this rank's storage (frozen arena or flat trainable buffer), or
                             * NULL when the tensor is kept at 2 bytes in `half` */
   uint16_t *half;          /* a frozen matrix kept as f16/bf16 (the model's weights_dtype) */
+  size_t ld;               /* row stride of data/half in values: count[1], or shape[1] when mapped */
+  int mapped;              /* data/half point into a read-only mapping of the weights file */
   long param;              /* entry in the trainable table, or -1 when frozen */
   int not_in_file;         /* the file loaded from has no such tensor (a bias that merging
                             * BitFit adds to a model without biases): ol_model_load zeroes it */
@@ -68,6 +71,9 @@ typedef struct {
   size_t frozen_floats;
   uint16_t *frozen_half;   /* one arena for the frozen matrices kept at 2 bytes */
   size_t frozen_halves;
+  ol_map *maps;            /* (n_tensors) the mappings of mapped frozen matrices */
+  size_t mapped_tensors, mapped_bytes; /* how many frozen matrices are mapped, and their bytes */
+  char map_why[160];       /* why the first unmapped frozen matrix is not mapped ("" = all are) */
 } ol_model;
 
 /* Lays out the model for a method: every tensor, the trainable table and the generated frozen
@@ -81,6 +87,12 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
                           uint64_t seed, const ol_stage *stage);
 int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
                          uint64_t seed, const ol_stage *stage);
+/* The same, mapping read-only from `weights` (DESIGN §4) each frozen matrix whose file dtype is
+ * the stage's weights_dtype and whose bytes are contiguous, instead of allocating it: the ranks
+ * of a node then share one copy in the page cache. The others are allocated (map_why says why)
+ * and ol_model_load reads them. */
+int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *method,
+                          uint64_t seed, const ol_stage *stage, struct ol_weights *weights);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
 /* Random weights: normal(0, 0.02) per matrix, ones for norms and biases; each tensor's stream
@@ -155,7 +167,6 @@ void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
 /* Reads every tensor of the model (this rank's slices) from open weights (a model file or a
  * Hugging Face directory), after checking that each is present with its shape. */
-struct ol_weights;
 int ol_model_load(ol_model *m, struct ol_weights *f);
 /* Writes the model's weights as a model file (f32 or f16 on disk). */
 int ol_model_save(const ol_model *m, const char *path, int dtype);

@@ -40,6 +40,8 @@ int ol_grid_agree(ol_grid *g, int status);
 int ol_grid_any(ol_grid *g, int flag);
 /* x (n) maximum over every rank, in place (peak memory, bytes sent, for reports). */
 void ol_grid_max(ol_grid *g, double *x, int n);
+/* x (n) summed over every rank, in place (the memory of all ranks of a node, for reports). */
+void ol_grid_sum(ol_grid *g, double *x, int n);
 /* World rank 0's string buf (size bytes, NUL-terminated) copied to every rank. */
 void ol_grid_bcast_str(ol_grid *g, char *buf, size_t size);
 /* The communicator for collective file I/O over every rank (an MPI_Comm *), or NULL on one

@@ -183,6 +183,7 @@ typedef struct ol_linear {
   ol_par_kind par;
   float *W;                 /* (out, in) frozen or trainable f32 weight shard, or NULL when W16 */
   const uint16_t *W16;      /* (out, in) a frozen shard kept at 2 bytes (--weights-dtype) */
+  size_t ldw;               /* row stride of W or W16: in, or in_full when mapped from a file */
   int w_bf16;               /* W16 is bf16 (else IEEE f16) */
   float *wide;              /* scratch for widening W16 (gemm_half), from ol_acts */
   long w_param;             /* entry index when W is trainable, else -1 */

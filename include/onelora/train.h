@@ -84,6 +84,7 @@ typedef struct {
   int tp, pp;              /* layout; DP = ranks / (tp * pp) */
   int gpipe;               /* pipeline schedule: GPipe instead of 1F1B */
   ol_dtype weights_dtype;  /* frozen matrices in memory (--weights-dtype) */
+  int map_weights;         /* map frozen matrices from the model file when it can (not --no-map) */
   ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 
@@ -97,7 +98,10 @@ typedef struct {
   double flops_per_step;      /* matrix-product FLOPs a step issues (ol_model_flops) */
   double final_loss;
   size_t peak_rss_bytes;      /* VmHWM at the end of the run */
-  size_t frozen_bytes;        /* frozen weights */
+  size_t frozen_bytes;        /* frozen weights, mapped ones included */
+  size_t pss_bytes;           /* proportional set size at the end of the run: shared pages count
+                               * a share each */
+  double pss_sum_bytes;       /* PSS summed over every rank (the job's memory on one node) */
   size_t kept_bytes;          /* activations forward keeps for backward */
   size_t trainable;           /* trainable values this rank holds */
 } ol_train_result;

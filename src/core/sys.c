@@ -11,8 +11,9 @@ double ol_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static size_t read_status_kb(const char *key) {
-  FILE *f = fopen("/proc/self/status", "r");
+/* The value of `key` (kB) in a /proc file of "Key:   value kB" lines; 0 when absent. */
+static size_t read_proc_kb(const char *path, const char *key) {
+  FILE *f = fopen(path, "r");
   if (!f) return 0;
   char line[256];
   size_t kb = 0, klen = strlen(key);
@@ -26,5 +27,7 @@ static size_t read_status_kb(const char *key) {
   return kb;
 }
 
-size_t ol_peak_rss_bytes(void) { return read_status_kb("VmHWM:") * 1024; }
-size_t ol_rss_bytes(void) { return read_status_kb("VmRSS:") * 1024; }
+size_t ol_pss_bytes(void) { return read_proc_kb("/proc/self/smaps_rollup", "Pss:") * 1024; }
+
+size_t ol_peak_rss_bytes(void) { return read_proc_kb("/proc/self/status", "VmHWM:") * 1024; }
+size_t ol_rss_bytes(void) { return read_proc_kb("/proc/self/status", "VmRSS:") * 1024; }

@@ -76,7 +76,9 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
           a->lin_work = ol_calloc(N * (D > F ? D : F), sizeof(float));
           work += N * (D > F ? D : F);
         }
-  if (m->frozen_halves) {  // f32 tiles of the 2-byte weights: the largest any GEMM with them needs
+  int any_half = 0;  // frozen matrices at 2 bytes, owned or mapped
+  for (size_t i = 0; i < m->n_tensors; i++) any_half |= m->tensors[i]->half != NULL;
+  if (any_half) {  // f32 tiles of the 2-byte weights: the largest any GEMM with them needs
     size_t wide = 0;
     const size_t pairs[2][2] = {{V, D}, {D, V}};  // the LM head's (N, K), forward and backward
     for (int i = 0; i < 2; i++) wide = max_size(wide, ol_bk->gemm_half_scratch_floats(pairs[i][0], pairs[i][1]));

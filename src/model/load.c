@@ -38,6 +38,7 @@ int ol_model_load(ol_model *m, ol_weights *f) {
       OL_TRY(ol_weights_check(f, m->tensors[i]->name, m->tensors[i]->ndim, m->tensors[i]->shape));
   for (size_t i = 0; i < m->n_tensors; i++) {
     const ol_tensor *t = m->tensors[i];
+    if (t->mapped) continue;  // its pages come from the file itself
     if (t->not_in_file) {  // its config says the file has none: never read a stray dataset
       memset(t->data, 0, tensor_numel(t) * sizeof(float));
       continue;

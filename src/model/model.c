@@ -174,11 +174,55 @@ int ol_model_layout(ol_model *m, const ol_config *cfg, const ol_method *method, 
   return ol_model_layout_stage(m, cfg, method, seed, NULL);
 }
 
-int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
-                         uint64_t seed, const ol_stage *stage) {
+/* Maps frozen matrix i of m from w when it can (tensor fields set, counted); else records why
+ * (the first reason only). */
+static int map_tensor(ol_model *m, size_t i, ol_weights *w) {
+  ol_tensor *t = m->tensors[i];
+  const ol_dtype dtype = m->stage.weights_dtype;
+  char why[160] = "";
+  const void *p = NULL;
+  if ((m->method.adapters & 1u << OL_AD_DORA) && t->count[1] != t->shape[1])
+    snprintf(why, sizeof why, "dora reads the rows of a row-parallel shard contiguously");
+  else
+    OL_TRY(ol_weights_map(w, t->name, t->shape, t->start, t->count, dtype, &m->maps[i], &p, why,
+                          sizeof why));
+  if (!p) {
+    if (!m->map_why[0]) ol_strlcpy(m->map_why, why, sizeof m->map_why);
+    return OL_OK;
+  }
+  if (dtype == OL_DTYPE_F32) t->data = (float *)(uintptr_t)p;  // read-only: frozen, never written
+  else t->half = (uint16_t *)(uintptr_t)p;
+  t->ld = t->shape[1];
+  t->mapped = 1;
+  m->mapped_tensors++;
+  m->mapped_bytes += tensor_numel(t) * (dtype == OL_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t));
+  return OL_OK;
+}
+
+int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *method,
+                          uint64_t seed, const ol_stage *stage, ol_weights *weights) {
   OL_TRY(ol_model_layout_stage(m, cfg, method, seed, stage));
-  // storage: trainables in the flat buffer, everything else in one frozen arena
+  // storage: trainables in the flat buffer, mapped frozen matrices in the file's pages,
+  // everything else in one frozen arena (f32) or, for matrices kept at 2 bytes, another
   ol_params_alloc(&m->params);
+  m->maps = ol_calloc(m->n_tensors, sizeof *m->maps);
+  const int half = m->stage.weights_dtype != OL_DTYPE_F32;
+  m->frozen_floats = m->frozen_halves = 0;
+  for (size_t i = 0; i < m->n_tensors; i++) {
+    ol_tensor *t = m->tensors[i];
+    t->ld = t->ndim == 2 ? t->count[1] : t->count[0];
+    if (t->param >= 0) continue;
+    if (weights && t->ndim == 2) {
+      int rc = map_tensor(m, i, weights);
+      if (rc != OL_OK) {
+        ol_model_free(m);
+        return rc;
+      }
+      if (t->mapped) continue;
+    }
+    if (t->ndim == 2 && half) m->frozen_halves += tensor_numel(t);
+    else m->frozen_floats += tensor_numel(t);
+  }
   m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
   m->frozen_half = m->frozen_halves ? ol_calloc(m->frozen_halves, sizeof(uint16_t)) : NULL;
   size_t off = 0, off_half = 0;
@@ -186,7 +230,8 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
     ol_tensor *t = m->tensors[i];
     if (t->param >= 0) {
       t->data = ol_params_value(&m->params, (size_t)t->param);
-    } else if (t->ndim == 2 && m->stage.weights_dtype != OL_DTYPE_F32) {
+    } else if (t->mapped) {
+    } else if (t->ndim == 2 && half) {
       t->half = m->frozen_half + off_half;
       off_half += tensor_numel(t);
     } else {
@@ -200,6 +245,7 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
       ol_linear *lin = &b->lin[p];
       lin->W = b->w[p].data;
       lin->W16 = b->w[p].half;
+      lin->ldw = b->w[p].ld;
       lin->w_bf16 = m->stage.weights_dtype == OL_DTYPE_BF16;
       lin->dW = ol_model_grad(m, &b->w[p]);
       lin->bias = b->bias[p].ndim ? b->bias[p].data : NULL;
@@ -211,6 +257,11 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
       }
     }
   return OL_OK;
+}
+
+int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *method,
+                         uint64_t seed, const ol_stage *stage) {
+  return ol_model_build_mapped(m, cfg, method, seed, stage, NULL);
 }
 
 int ol_model_build(ol_model *m, const ol_config *cfg, const ol_method *method, uint64_t seed) {
@@ -338,6 +389,8 @@ void ol_model_free(ol_model *m) {
   ol_free(m->tensors);
   ol_free(m->frozen);
   ol_free(m->frozen_half);
+  for (size_t i = 0; m->maps && i < m->n_tensors; i++) ol_unmap(&m->maps[i]);
+  ol_free(m->maps);
   ol_params_free(&m->params);
   memset(m, 0, sizeof *m);
 }

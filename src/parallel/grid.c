@@ -82,6 +82,10 @@ void ol_grid_max(ol_grid *g, double *x, int n) {
   if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
 }
 
+void ol_grid_sum(ol_grid *g, double *x, int n) {
+  if (g->world_size > 1) MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+}
+
 void ol_grid_bcast_str(ol_grid *g, char *buf, size_t size) {
   if (g->world_size == 1) return;
   MPI_Bcast(buf, (int)size, MPI_CHAR, 0, MPI_COMM_WORLD);

@@ -28,10 +28,10 @@ static void gemm_w(const ol_linear *lin, int trans_w, size_t N, const float *x, 
                    float *C) {
   const size_t cols = trans_w ? lin->out : lin->in, K = trans_w ? lin->in : lin->out;
   if (lin->W16)
-    ol_bk->gemm_half(trans_w, N, cols, K, 1.0f, x, K, lin->W16, lin->in, lin->w_bf16, beta, C,
+    ol_bk->gemm_half(trans_w, N, cols, K, 1.0f, x, K, lin->W16, lin->ldw, lin->w_bf16, beta, C,
                      cols, lin->wide);
   else
-    ol_bk->gemm(0, trans_w, N, cols, K, 1.0f, x, K, lin->W, lin->in, beta, C, cols);
+    ol_bk->gemm(0, trans_w, N, cols, K, 1.0f, x, K, lin->W, lin->ldw, beta, C, cols);
 }
 
 static ol_adapter *rescaler(ol_linear *lin) {

@@ -401,10 +401,15 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
   char evals[96] = "";
   if (o->eval_every > 0 && isfinite(val0)) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
   else if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f", val);
+  const size_t pss = ol_pss_bytes();
+  double mem[2] = {(double)ol_peak_rss_bytes(), (double)pss}, pss_sum = (double)pss;
+  ol_grid_max(o->grid, mem, 2);
+  ol_grid_sum(o->grid, &pss_sum, 1);
   ol_info("%s | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
-          "peak RSS %.0f MiB", stopped ? "stopped" : "done", (long long)done, ol_now() - t_start,
-          loss, evals, t->trainable, tokens_per_step / median,
-          (double)ol_peak_rss_bytes() / 1048576.0);
+          "peak RSS %.0f MiB | PSS %.0f MiB (max over ranks), %.0f MiB (sum)",
+          stopped ? "stopped" : "done", (long long)done, ol_now() - t_start, loss, evals,
+          t->trainable, tokens_per_step / median, mem[0] / 1048576.0, mem[1] / 1048576.0,
+          pss_sum / 1048576.0);
   OL_TRY(ol_grid_agree(o->grid, append_results(t, stopped ? "stopped" : "done", loss, val, median,
                                                ol_now() - t_run)));
   if (res) {
@@ -415,11 +420,31 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
-    res->frozen_bytes = m->frozen_floats * sizeof(float) + m->frozen_halves * sizeof(uint16_t);
+    res->frozen_bytes = m->frozen_floats * sizeof(float) + m->frozen_halves * sizeof(uint16_t) +
+                        m->mapped_bytes;
+    res->pss_bytes = pss;
+    res->pss_sum_bytes = pss_sum;
     res->kept_bytes = t->acts[0].bytes_kept * (size_t)t->n_slots;
     res->trainable = ol_model_trainable(m);  // this rank's share: the memory minimum
   }
   return OL_OK;
+}
+
+/* Rank 0's line on how its frozen matrices are held: mapped from the file or read into memory. */
+static void log_weight_storage(const ol_model *m, const ol_train_opts *o) {
+  size_t matrices = 0;
+  for (size_t i = 0; i < m->n_tensors; i++) matrices += m->tensors[i]->ndim == 2 && m->tensors[i]->param < 0;
+  const char *dtype = ol_dtype_name(o->weights_dtype);
+  if (!o->map_weights)
+    ol_info("frozen weights: %zu matrices read into memory as %s (--no-map)", matrices, dtype);
+  else if (m->mapped_tensors == matrices)
+    ol_info("frozen weights: all %zu matrices mapped read-only from %s as %s (%.1f MiB, shared "
+            "by the ranks of a node)", matrices, o->model_path, dtype,
+            (double)m->mapped_bytes / 1048576.0);
+  else
+    ol_info("frozen weights: %zu of %zu matrices mapped from %s (%.1f MiB), the rest read into "
+            "memory as %s: %s", m->mapped_tensors, matrices, o->model_path,
+            (double)m->mapped_bytes / 1048576.0, dtype, m->map_why);
 }
 
 int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
@@ -458,11 +483,13 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     stage = ol_pipeline_stage(&cfg, g->pp, g->pp_rank);
     stage.tp = g->tp, stage.tp_rank = g->tp_rank;
     stage.weights_dtype = o->weights_dtype;
-    rc = ol_model_build_stage(&t.model, &cfg, &o->method, o->seed, &stage);
+    rc = ol_model_build_mapped(&t.model, &cfg, &o->method, o->seed, &stage,
+                               o->map_weights ? mf : NULL);
     t.model.grid = g;
   }
   if (rc == OL_OK && o->synthetic) ol_model_randomize(&t.model, o->seed);
   if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);
+  if (rc == OL_OK && mf) log_weight_storage(&t.model, o);
   ol_weights_close(mf);
   rc = ol_grid_agree(o->grid, rc);  // every rank stops here when one could not set up
   ol_model whole = {0};  // the whole model's layout, for its trainable count

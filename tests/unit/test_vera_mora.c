@@ -186,7 +186,7 @@ static void single_init(single *s, ol_adapter_kind kind, size_t d, size_t k, int
                    OL_OK);
   ol_linear *lin = &s->lin;
   snprintf(lin->name, sizeof lin->name, "test.proj");
-  lin->out = d, lin->in = k, lin->w_param = -1;
+  lin->out = d, lin->in = k, lin->ldw = k, lin->w_param = -1;
   ol_peft_ctx ctx = {&s->params, &s->frozen, &s->method, seed, k_max, d_max};
   ol_adapter *a = &lin->adapters[lin->n_adapters++];
   a->ops = ol_adapter_lookup(kind);
