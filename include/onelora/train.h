@@ -83,6 +83,7 @@ typedef struct {
   int time_frozen;
   int tp, pp;              /* layout; DP = ranks / (tp * pp) */
   int gpipe;               /* pipeline schedule: GPipe instead of 1F1B */
+  int recompute;           /* --recompute: keep only each block's input, recompute in backward */
   ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 
