@@ -127,8 +127,11 @@ typedef struct {
 typedef struct {
   size_t B, T, N;          /* micro-batch, sequence length, N = B*T tokens */
   size_t L;                /* layers held */
+  int recompute;           /* --recompute: one block slot shared by the layers, refilled in
+                            * backward by re-running the blocks' forwards from xs */
+  size_t n_blocks;         /* block slots: L, or 1 with recompute */
   float *xs;               /* (L+1, N, D) residual stream at each block boundary */
-  ol_block_acts *blocks;   /* (L) */
+  ol_block_acts *blocks;   /* (n_blocks) layer l's, or with recompute the one every layer uses */
   float *rstd_final;       /* (N) */
   /* transient workspace, reused by every block */
   float *xn;               /* (N, D) normed input / its gradient */
@@ -146,11 +149,16 @@ typedef struct {
   float *rope_cos, *rope_sin; /* (T, hd/2) */
   float *attn_scratch;     /* attention_scratch_floats(T) */
   size_t head_chunk;       /* tokens per LM-head chunk */
-  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic) */
+  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic; with recompute
+                            * xs and the final norm's 1/rms: the shared slot is workspace) */
   size_t bytes_total;      /* all activation + workspace bytes */
 } ol_acts;
 
-void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T);
+/* Activations of one micro-batch of B sequences of T tokens on m's stage. recompute != 0 keeps
+ * only each block's input (xs) and one block slot, sized for the largest layer, that forward
+ * and the recomputation in backward share (DESIGN §4): the same results, bit for bit, for about
+ * one more forward of the blocks. */
+void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute);
 void ol_acts_free(ol_acts *a);
 
 /* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
@@ -162,7 +170,9 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
                         float grad_scale);
 /* Backward through the blocks and the embedding, accumulating trainable gradients. A stage
  * without the head starts from d(output) in a->dres (the caller fills it); every stage leaves
- * d(input) in a->dres. */
+ * d(input) in a->dres. Follows ol_model_forward of the same micro-batch on the same acts. With
+ * recompute it re-runs each block's forward but the last's (whose activations the shared slot
+ * still holds) from xs, TP collectives included, before that block's backward. */
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
 /* Reads every tensor of the model (this rank's slices) from open weights (a model file or a

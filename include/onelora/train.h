@@ -85,6 +85,7 @@ typedef struct {
   int gpipe;               /* pipeline schedule: GPipe instead of 1F1B */
   ol_dtype weights_dtype;  /* frozen matrices in memory (--weights-dtype) */
   int map_weights;         /* map frozen matrices from the model file when it can (not --no-map) */
+  int recompute;           /* --recompute: keep only each block's input, recompute in backward */
   ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 

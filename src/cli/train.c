@@ -20,7 +20,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   int64_t steps = 100, mb = 4, mbs = 1, seq = 256, warmup = 0, eval_every = 0, eval_batches = 4;
   int64_t ckpt_every = 0, keep = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
-  int no_shuffle = 0, no_map = 0;
+  int no_shuffle = 0, no_map = 0, recompute = 0;
   const ol_arg files[] = {
       {"--model", OL_ARG_STR, &model, "M.h5|DIR", "model file (HDF5) or Hugging Face directory (config.json + safetensors)"},
       {"--data", OL_ARG_STR, &data, "D.h5", "token data file (HDF5, from onelora tokenize)"},
@@ -50,6 +50,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
       {"--no-map", OL_ARG_FLAG, &no_map, NULL,
        "read frozen weights into memory instead of mapping them from the model file (mapped "
        "when its dtype is --weights-dtype's and the tensor is contiguous)"},
+      {"--recompute", OL_ARG_FLAG, &recompute, NULL,
+       "keep only each block's input; recompute the block in backward"},
       {"--device", OL_ARG_STR, &device, "D", "cpu (cpu)"},
       {"--eval-every", OL_ARG_INT, &eval_every, "N", "validation loss every N steps, 0 = never (0)"},
       {"--eval-batches", OL_ARG_INT, &eval_batches, "N", "global batches per validation (4)"},
@@ -120,6 +122,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   o.map_weights = !no_map;
   o.tp = (int)tp, o.pp = (int)pp;
   o.gpipe = strcmp(pp_schedule, "gpipe") == 0;
+  o.recompute = recompute;
   *out = o;
   return OL_OK;
 }

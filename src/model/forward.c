@@ -5,7 +5,12 @@
  *    probabilities in backward, instead of keeping the O(T^2) probability matrix;
  *  - SwiGLU keeps its two inputs g and u;
  *  - frozen linears keep nothing; adapters keep what their own backward needs.
- * The LM head runs in token chunks with its backward fused in, so logits are never kept. */
+ * The LM head runs in token chunks with its backward fused in, so logits are never kept.
+ * With --recompute only the block inputs xs and the final norm's 1/rms are kept: every layer
+ * writes one shared ol_block_acts, and backward re-runs a block's forward from its input to
+ * refill it. The recomputation runs the same kernels on the same inputs in the same order, so
+ * the results are bit-identical; under TP it repeats the forward all-reduces (o, down, DoRA's
+ * row norms) on every TP rank alike, and the TP byte counters include them. */
 #include <math.h>
 #include <string.h>
 
@@ -17,7 +22,7 @@
 
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
-void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
+void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute) {
   memset(a, 0, sizeof *a);
   const ol_config *c = &m->cfg;
   // this rank's heads, ffn rows and vocabulary rows (all of them without TP)
@@ -26,12 +31,14 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   const size_t H = (size_t)c->n_heads / tp, kvD = (size_t)c->n_kv_heads / tp * m->hd, V = m->Vl;
   const size_t qD = H * m->hd, N = B * T;
   a->B = B, a->T = T, a->N = N, a->L = L;
-  size_t kept = 0;
+  a->recompute = recompute != 0;
+  a->n_blocks = a->recompute ? 1 : L;
+  size_t kept = 0, work = 0;
   a->xs = ol_calloc((L + 1) * N * D, sizeof(float));
   kept += (L + 1) * N * D;
-  a->blocks = ol_calloc(L, sizeof *a->blocks);
-  for (size_t l = 0; l < L; l++) {
-    ol_block_acts *ba = &a->blocks[l];
+  a->blocks = ol_calloc(a->n_blocks, sizeof *a->blocks);
+  for (size_t i = 0; i < a->n_blocks; i++) {
+    ol_block_acts *ba = &a->blocks[i];
     ba->rstd1 = ol_calloc(N, sizeof(float));
     ba->q = ol_calloc(N * qD, sizeof(float));
     ba->k = ol_calloc(N * kvD, sizeof(float));
@@ -41,12 +48,20 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
     ba->rstd2 = ol_calloc(N, sizeof(float));
     ba->g = ol_calloc(N * F, sizeof(float));
     ba->u = ol_calloc(N * F, sizeof(float));
-    kept += 2 * N + N * qD + 2 * N * kvD + B * H * T + N * D + 2 * N * F;
+    size_t floats = 2 * N + N * qD + 2 * N * kvD + B * H * T + N * D + 2 * N * F;
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
-      size_t s = ol_linear_saved_per_token(&m->blocks[l].lin[p]);
-      ba->saved[p] = s ? ol_calloc(N * s, sizeof(float)) : NULL;
-      kept += N * s;
+      // floats per token of layer i's linear p; the shared slot: the most of any layer's
+      const size_t l0 = a->recompute ? 0 : i, l1 = a->recompute ? L : i + 1;
+      size_t s = 0;
+      for (size_t l = l0; l < l1; l++) {
+        const size_t sl = ol_linear_saved_per_token(&m->blocks[l].lin[p]);
+        if (sl > s) s = sl;
+      }
+      ba->saved[p] = s ? ol_calloc(N * s, sizeof(float)) : NULL;  // (N, s)
+      floats += N * s;
     }
+    if (a->recompute) work += floats;  // rewritten by every block: workspace, not kept
+    else kept += floats;
   }
   a->rstd_final = ol_calloc(N, sizeof(float));
   kept += N;
@@ -67,8 +82,8 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
   size_t scratch = ol_bk->attention_scratch_floats(T);
   a->attn_scratch = ol_calloc(scratch, sizeof(float));
   ol_bk->rope_table(a->rope_cos, a->rope_sin, T, m->hd, c->rope_theta);
-  size_t work = 4 * N * D + N * qD + N * F + 2 * N * kvD + a->head_chunk * (V + 4) + T * m->hd +
-                scratch;
+  work += 4 * N * D + N * qD + N * F + 2 * N * kvD + a->head_chunk * (V + 4) + T * m->hd +
+          scratch;
   for (size_t l = 0; l < L && !a->lin_work; l++)  // one scratch for every rescaling adapter
     for (int p = 0; p < OL_PROJ_COUNT; p++)
       for (int i = 0; i < m->blocks[l].lin[p].n_adapters; i++)
@@ -96,8 +111,8 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T) {
 }
 
 void ol_acts_free(ol_acts *a) {
-  for (size_t l = 0; a->blocks && l < a->L; l++) {
-    ol_block_acts *ba = &a->blocks[l];
+  for (size_t i = 0; a->blocks && i < a->n_blocks; i++) {
+    ol_block_acts *ba = &a->blocks[i];
     ol_free(ba->rstd1), ol_free(ba->q), ol_free(ba->k), ol_free(ba->v), ol_free(ba->lse);
     ol_free(ba->x2), ol_free(ba->rstd2), ol_free(ba->g), ol_free(ba->u);
     for (int p = 0; p < OL_PROJ_COUNT; p++) ol_free(ba->saved[p]);
@@ -124,14 +139,17 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
     }
 }
 
-/* x (N, D) -> out (N, D) through block l; fills a->blocks[l]. Under TP the attention runs on
+/* Layer l's activations: its own slot, or with recompute the one slot every layer shares */
+static ol_block_acts *block_acts(ol_acts *a, size_t l) { return &a->blocks[a->recompute ? 0 : l]; }
+
+/* x (N, D) -> out (N, D) through block l; fills its block_acts. Under TP the attention runs on
  * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
  * down sum their partial outputs over TP themselves (one all-reduce each, in ol_linear_forward)
  * and add them to the residual, which is the same on every rank. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
-  ol_block_acts *ba = &a->blocks[l];
+  ol_block_acts *ba = block_acts(a, l);
   const size_t tp = (size_t)m->tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
@@ -162,7 +180,7 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
 static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
-  ol_block_acts *ba = &a->blocks[l];
+  ol_block_acts *ba = block_acts(a, l);
   const size_t tp = (size_t)m->tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
@@ -297,7 +315,13 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
   const size_t N = a->N, D = (size_t)m->cfg.dim, L = m->stage.n_layers;
   set_linear_work(m, a);
-  for (size_t l = L; l-- > 0;) block_backward(m, a, l, a->xs + l * N * D);
+  for (size_t l = L; l-- > 0;) {
+    const float *x = a->xs + l * N * D;  // (N, D) block l's input
+    // the shared slot still holds the last block's activations from forward; every earlier
+    // block refills it (writing xs[l+1] again, with the values it already holds)
+    if (a->recompute && l + 1 < L) block_forward(m, a, l, x, a->xs + (l + 1) * N * D);
+    block_backward(m, a, l, x);
+  }
   float *dembed = ol_model_grad(m, &m->embed);
   if (m->stage.has_embed && dembed) embed_backward(m, dembed, tokens, a->dres, N);
 }

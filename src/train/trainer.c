@@ -500,7 +500,8 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     ol_model_init_adapters(&t.model, o->seed);
     t.n_slots = ol_pp_slots(g->pp, g->pp_rank, (int)t.M, o->gpipe);
     t.acts = ol_calloc((size_t)t.n_slots, sizeof *t.acts);
-    for (int s = 0; s < t.n_slots; s++) ol_acts_alloc(&t.acts[s], &t.model, t.B, t.T);
+    for (int s = 0; s < t.n_slots; s++)
+      ol_acts_alloc(&t.acts[s], &t.model, t.B, t.T, o->recompute);
     t.ops = ol_calloc(2 * t.M, sizeof *t.ops);
     t.n_ops = ol_pp_schedule(g->pp, g->pp_rank, (int)t.M, o->gpipe, t.ops);
     t.window = ol_calloc(t.T + 1, sizeof(int32_t));
@@ -510,11 +511,12 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     t.frozen_step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
             "targets %s | trainable %zu | batch %zux%zux%zux%d tokens (MxBxTxDP) | layout tp %d pp %d "
-            "dp %d | activations kept %.1f MiB",
+            "dp %d | activations kept %.1f MiB%s",
             o->model_path, (long long)cfg.dim, (long long)cfg.n_layers, (long long)cfg.n_heads,
             (long long)cfg.n_kv_heads, (long long)cfg.ffn_dim, (long long)cfg.vocab_size,
             o->method.text, o->method.targets_text, t.trainable, t.M, t.B, t.T,
-            g->dp, g->tp, g->pp, g->dp, (double)t.acts[0].bytes_kept * t.n_slots / 1048576.0);
+            g->dp, g->tp, g->pp, g->dp, (double)t.acts[0].bytes_kept * t.n_slots / 1048576.0,
+            o->recompute ? " (--recompute: block inputs only)" : "");
     rc = o->grid->world_rank == 0 ? ol_metrics_open(o->log_path, o->resume != NULL, &t.log) : OL_OK;
     rc = ol_grid_agree(o->grid, rc);
   }

@@ -30,7 +30,7 @@ void fixture_init(fixture *f, const fixture_spec *s) {
     for (size_t j = 0; j < t->shape[0] * t->shape[1]; j++) t->data[j] *= s->weight_scale;
   }
   ol_model_init_adapters(&f->m, s->seed);  // after the weights: DoRA's m = |W|_row reads them
-  ol_acts_alloc(&f->a, &f->m, s->B, s->T);
+  ol_acts_alloc(&f->a, &f->m, s->B, s->T, s->recompute);
   ol_rng r;
   ol_rng_seed(&r, s->seed + 7);
   for (int64_t i = 0; i < s->B * s->T; i++) {
@@ -146,8 +146,9 @@ void fixture_check_gradient_default(fixture *f, size_t n_coords) {
 double fixture_micro_batch_diff(fixture *whole, fixture *half) {
   const int64_t B = whole->B, T = whole->T;
   fixture_gradient(whole);
+  const int recompute = half->a.recompute;
   ol_acts_free(&half->a);
-  ol_acts_alloc(&half->a, &half->m, 1, T);
+  ol_acts_alloc(&half->a, &half->m, 1, T, recompute);
   memset(half->m.params.grad, 0, half->m.params.total * sizeof(float));
   for (int64_t mb = 0; mb < B; mb++) {
     ol_model_forward(&half->m, &half->a, whole->tokens + mb * T, whole->targets + mb * T,

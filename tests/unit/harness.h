@@ -22,6 +22,7 @@ typedef struct {
   double alpha;                  /* --alpha */
   float weight_scale;            /* every 2-D weight is this times ol_model_randomize's */
   uint64_t seed;                 /* model build, weights, adapters; the tokens use seed + 7 */
+  int recompute;                 /* ol_acts_alloc's --recompute */
 } fixture_spec;
 
 typedef struct {

@@ -29,7 +29,7 @@ static const double ALPHA = 3.0;  /* s = alpha / r = 1.5, so a missing s is caug
  * the adapters at their init, random tokens: see harness.h. */
 static void init(fixture *f, const char *methods, int64_t kv, int64_t bias, uint64_t seed) {
   const fixture_spec s = {B, T, fixture_tiny_config(kv, 64, bias), methods, "all", RANK, ALPHA,
-                          5.0f, seed};
+                          5.0f, seed, 0};
   fixture_init(f, &s);
 }
 

@@ -1,6 +1,6 @@
 /* Whole-model checks: the 1LoRA and full-fine-tuning gradients against central finite
  * differences of the loss, 1LoRA at b = 0 is the identity, a merged W + b 1^T equals the
- * adapter, and micro-batch accumulation equals one large batch. */
+ * adapter, micro-batch accumulation equals one large batch, and --recompute changes no bit. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,7 +21,7 @@ static ol_config tiny_config(int64_t kv_heads) { return fixture_tiny_config(kv_h
  * loss is sensitive to every parameter, random tokens: see harness.h. */
 static void fixture_init_config(fixture *f, const char *methods, const char *targets,
                                 ol_config c, uint64_t seed) {
-  const fixture_spec s = {B, T, c, methods, targets, 1, 1.0, 5.0f, seed};
+  const fixture_spec s = {B, T, c, methods, targets, 1, 1.0, 5.0f, seed, 0};
   fixture_init(f, &s);
 }
 
@@ -86,7 +86,7 @@ static void test_merge_random_and_bitfit(void **state) {
     memcpy(dst->data, src->data, n * sizeof(float));
   }
   merged.B = B, merged.T = T;
-  ol_acts_alloc(&merged.a, &merged.m, B, T);
+  ol_acts_alloc(&merged.a, &merged.m, B, T, 0);
   memcpy(merged.tokens, f.tokens, B * T * sizeof(int32_t));
   memcpy(merged.targets, f.targets, B * T * sizeof(int32_t));
   double plain = fixture_mean_loss(&merged);  // before folding: the adapters must matter
@@ -175,6 +175,36 @@ static void test_micro_batches_equal_one_batch(void **state) {
   fixture_free(&half);
 }
 
+/* --recompute runs the same kernels on the same inputs in the same order, so for every method
+ * the gradient and d(input) equal the kept-activation run's bit for bit (exact comparison is
+ * the right tolerance: any difference is a bug, not rounding), on 3 layers, so that two blocks
+ * are recomputed into the shared slot. It keeps xs (L+1, N, D) and 1/rms (N) of the final norm. */
+static void test_recompute_bit_identical(void **state) {
+  static const char *methods[] = {"1lora", "lora", "dora", "vera", "mora", "mora6", "bitfit",
+                                  "norms", "full", "1lora,norms", "1lora-random"};
+  ol_config c = tiny_config(2);
+  c.n_layers = 3;
+  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+    fixture f[2];
+    for (int r = 0; r < 2; r++) {
+      const fixture_spec s = {B, T, c, methods[i], "all", 2, 1.0, 5.0f, 11, r};
+      fixture_init(&f[r], &s);
+      fixture_randomize_trainables(&f[r], 0.05f, 4);  // LoRA's B and the like away from 0
+      fixture_gradient(&f[r]);
+    }
+    const ol_params *p0 = &f[0].m.params, *p1 = &f[1].m.params;
+    const size_t N = B * T, D = (size_t)c.dim, L = (size_t)c.n_layers;
+    printf("  %-12s kept %zu -> %zu bytes\n", methods[i], f[0].a.bytes_kept, f[1].a.bytes_kept);
+    assert_true(p0->total > 0 && p0->total == p1->total);
+    assert_memory_equal(p0->grad, p1->grad, p0->total * sizeof(float));
+    assert_memory_equal(f[0].a.dres, f[1].a.dres, N * D * sizeof(float));  // (N, D) d(input)
+    assert_int_equal(f[1].a.bytes_kept, ((L + 1) * N * D + N) * sizeof(float));
+    assert_true(f[1].a.bytes_kept < f[0].a.bytes_kept);
+    fixture_free(&f[0]);
+    fixture_free(&f[1]);
+  }
+}
+
 static int setup(void **state) {
   ol_backend_set(ol_backend_cpu());
   return 0;
@@ -192,6 +222,7 @@ int main(void) {
       cmocka_unit_test(test_onelora_zero_is_identity),
       cmocka_unit_test(test_onelora_merge_matches_adapter),
       cmocka_unit_test(test_micro_batches_equal_one_batch),
+      cmocka_unit_test(test_recompute_bit_identical),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

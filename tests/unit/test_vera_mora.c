@@ -28,7 +28,7 @@ static ol_config tiny_config(int64_t kv_heads) { return fixture_tiny_config(kv_h
  * their init, random tokens. */
 static void init(fixture *f, const char *methods, const char *targets, int64_t rank, int64_t kv,
                  uint64_t seed) {
-  const fixture_spec s = {B, T, tiny_config(kv), methods, targets, rank, 1.0, 5.0f, seed};
+  const fixture_spec s = {B, T, tiny_config(kv), methods, targets, rank, 1.0, 5.0f, seed, 0};
   fixture_init(f, &s);
 }
 
