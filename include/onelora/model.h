@@ -151,8 +151,15 @@ typedef struct {
   size_t head_chunk;       /* tokens per LM-head chunk */
   size_t bytes_kept;       /* bytes that forward keeps for backward (analytic; with recompute
                             * xs and the final norm's 1/rms: the shared slot is workspace) */
+  size_t bytes_logits;     /* the logits chunk's bytes (workspace) */
   size_t bytes_total;      /* all activation + workspace bytes */
 } ol_acts;
+
+/* What ol_acts_alloc would allocate, without allocating it (the planner). */
+typedef struct {
+  size_t kept_bytes, logits_bytes, total_bytes;
+} ol_acts_sizes;
+void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_sizes *out);
 
 /* Activations of one micro-batch of B sequences of T tokens on m's stage. recompute != 0 keeps
  * only each block's input (xs) and one block slot, sized for the largest layer, that forward
@@ -185,11 +192,15 @@ int ol_model_save(const ol_model *m, const char *path, int dtype);
  * ending in .safetensors, written with config.json beside it. */
 int ol_model_save_hf(const ol_model *m, const char *out, int dtype);
 
-/* Matrix-product FLOPs of one training step over `tokens` tokens of sequences of length T:
- * the linears (forward, dx, and dW where trainable), causal attention as the backend runs it
- * (forward 2TD, backward 5TD per token and layer, the recomputed scores included) and the LM
- * head. Adapters' O(d+k) work per token is not counted. */
+/* Matrix-product FLOPs of one training step of this rank over `tokens` tokens of sequences of
+ * length T: its linear shards (forward, dx, and dW where trainable), causal attention over its
+ * query heads as the backend runs it (forward 2 T qD, backward 5 T qD per token and layer, with
+ * qD = H/TP * hd; the recomputed scores included) and its V/TP rows of the LM head. Adapters'
+ * O(d+k) work per token is not counted. */
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T);
+/* The FLOPs a step issues: ol_model_flops, plus with recompute the forwards of the blocks it
+ * re-runs (all of the stage's but the last). */
+double ol_model_step_flops(const ol_model *m, size_t tokens, size_t T, int recompute);
 
 /* Detaches (on = 0) or reattaches (on = 1) every adapter: detached, forward and backward do
  * exactly --method none's work. For timing the adapters' cost within one run. */

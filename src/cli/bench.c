@@ -1,5 +1,6 @@
 /* onelora bench: training on a random model and random tokens, then a report of throughput
- * against this machine's measured sgemm rate and of peak memory against the analytic minimum. */
+ * against this machine's measured sgemm rate (FLOP/s and sgemm rates summed over the ranks) and
+ * of the largest rank's peak memory against the analytic minimum and the planner's prediction. */
 #include <stdio.h>
 #include <string.h>
 
@@ -7,6 +8,7 @@
 #include "onelora/backend.h"
 #include "onelora/core.h"
 #include "onelora/io.h"
+#include "onelora/train.h"
 
 /* Best rate of an n x n x n sgemm over a few repetitions, in FLOP/s. */
 static double sgemm_rate(size_t n) {
@@ -77,22 +79,30 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   o.model_path = "synthetic";
   ol_train_result r;
   if (ol_train_run(&o, &r) != OL_OK) return ol_cli_fail();
-  // measured after training, so its buffers do not count in the run's peak RSS
-  double peak_sgemm = sgemm_rate(2048);
-  double flops = r.flops_per_step / r.median_step_s;
+  // measured after training, so its buffers do not count in the run's peak RSS; every rank
+  // measures at once, so ranks sharing cores share them here too
+  double rates[2] = {r.flops_per_step / r.median_step_s, sgemm_rate(2048)};  // this rank's
+  ol_grid_sum(grid, rates, 2);  // achieved and sgemm FLOP/s of all ranks together
   // frozen weights, the four trainable buffers (values, gradients, Adam m and v), and the
   // activations backward keeps
   size_t minimum = r.frozen_bytes + 4 * r.trainable * sizeof(float) + r.kept_bytes;
+  ol_plan_inputs in = {&cfg, &o.method, grid->tp, grid->pp, grid->dp, o.micro_batch,
+                       o.micro_batches, o.seq_len, o.weights_dtype, o.recompute, 0, o.gpipe};
+  ol_plan plan;
+  if (ol_plan_layout(&in, &plan) != OL_OK) return ol_cli_fail();
+  double mem[2] = {(double)r.peak_rss_bytes, (double)minimum};  // the largest rank's
+  ol_grid_max(grid, mem, 2);
   char ratio[32] = "n/a";
   int frozen_itself = !o.method.adapters && !o.method.norms && !o.method.full;
   if (o.time_frozen || frozen_itself) snprintf(ratio, sizeof ratio, "%.4f", r.step_over_frozen);
-  ol_info("bench | method %s | trainable %zu | median step %.4f s | step/frozen %s | "
-          "%.0f tok/s | %.1f GFLOP/s | sgemm 2048^3 %.1f GFLOP/s | ratio %.3f | "
-          "peak RSS %.1f MiB | minimum %.1f MiB | RSS/minimum %.3f | kept %.2f MiB",
-          o.method.text, r.trainable, r.median_step_s, ratio,
-          r.tokens_per_step / r.median_step_s,
-          flops / 1e9, peak_sgemm / 1e9, flops / peak_sgemm, (double)r.peak_rss_bytes / 1048576.0,
-          (double)minimum / 1048576.0, (double)r.peak_rss_bytes / (double)minimum,
-          (double)r.kept_bytes / 1048576.0);
+  ol_info("bench | method %s | layout tp %d pp %d dp %d | weights %s%s | trainable %zu | median "
+          "step %.4f s | step/frozen %s | %.0f tok/s | %.1f GFLOP/s | sgemm 2048^3 %.1f GFLOP/s | "
+          "ratio %.3f | peak RSS %.1f MiB | minimum %.1f MiB | RSS/minimum %.3f | planned %.1f MiB "
+          "| RSS/planned %.3f | kept %.2f MiB",
+          o.method.text, grid->tp, grid->pp, grid->dp, ol_dtype_name(o.weights_dtype),
+          o.recompute ? ", recompute" : "", r.trainable, r.median_step_s, ratio,
+          r.tokens_per_step / r.median_step_s, rates[0] / 1e9, rates[1] / 1e9, rates[0] / rates[1],
+          mem[0] / 1048576.0, mem[1] / 1048576.0, mem[0] / mem[1], plan.total / 1048576.0,
+          mem[0] / plan.total, (double)r.kept_bytes / 1048576.0);
   return 0;
 }

@@ -348,7 +348,9 @@ ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
 }
 
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
-  const double D = (double)m->cfg.dim, V = (double)m->cfg.vocab_size;
+  // this rank's shards: its linears' (out, in), its H/TP query heads, its V/TP vocabulary rows
+  const double D = (double)m->cfg.dim, V = (double)m->Vl;
+  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->tp * m->hd);
   double per_token = 0;
   for (size_t l = 0; l < m->stage.n_layers; l++) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
@@ -356,10 +358,25 @@ double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
       double mac = (double)lin->out * (double)lin->in;
       per_token += 4 * mac + (lin->w_param >= 0 ? 2 * mac : 0);  // forward + dx (+ dW)
     }
-    per_token += 7 * (double)T * D;  // attention: forward 2TD, backward 5TD
+    per_token += 7 * (double)T * qD;  // attention: forward 2 T qD, backward 5 T qD
   }
   if (m->stage.has_head) per_token += 4 * D * V + (m->lm_head.param >= 0 ? 2 * D * V : 0);
   return per_token * (double)tokens;
+}
+
+double ol_model_step_flops(const ol_model *m, size_t tokens, size_t T, int recompute) {
+  const size_t L = m->stage.n_layers;
+  if (!recompute || L < 2) return ol_model_flops(m, tokens, T);
+  // the re-run forwards: every block of the stage but the last, whose activations are still
+  // in the shared slot when backward starts
+  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->tp * m->hd);
+  double per_token = 0;
+  for (size_t l = 0; l + 1 < L; l++) {
+    for (int p = 0; p < OL_PROJ_COUNT; p++)
+      per_token += 2 * (double)m->blocks[l].lin[p].out * (double)m->blocks[l].lin[p].in;
+    per_token += 2 * (double)T * qD;
+  }
+  return ol_model_flops(m, tokens, T) + per_token * (double)tokens;
 }
 
 void ol_model_attach_adapters(ol_model *m, int on) {

@@ -417,7 +417,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     res->median_step_s = median;
     res->step_over_frozen = o->time_frozen ? median_after_first(paired, done) : 1.0;
     res->tokens_per_step = tokens_per_step;
-    res->flops_per_step = ol_model_flops(m, t->G * t->T, t->T);
+    res->flops_per_step = ol_model_step_flops(m, t->B * t->M * t->T, t->T, o->recompute);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
     res->frozen_bytes = m->frozen_floats * sizeof(float) + m->frozen_halves * sizeof(uint16_t) +
