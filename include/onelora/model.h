@@ -77,10 +77,13 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
                          uint64_t seed, const ol_stage *stage);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
-/* Random weights: normal(0, 0.02) per matrix, ones for norms and biases; each tensor's stream
- * is seeded by hash(seed, its name), so any layout draws the same values. */
+/* Synthetic weights: normal(0, 0.02) per matrix, ones for norms and biases. Counter-based:
+ * element (r, c) of a matrix is 0.02 * ol_hash_normal(ol_counter_hash(key, r, c)) with key =
+ * hash(seed, FNV-1a of its name) (core.h), so every layout holds the same values and a rank
+ * computes only its own slice, in time proportional to the slice. */
 void ol_model_randomize(ol_model *m, uint64_t seed);
-/* The same for one tensor, into data (numel floats): init streams big models through it. */
+/* The same for one tensor's slice [start, start + count), into data (numel floats, row-major
+ * (count[0], count[1])): init streams big models through it a block of rows at a time. */
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
 size_t ol_tensor_numel(const ol_tensor *t);
 void ol_model_free(ol_model *m);

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "onelora/backend.h"
 #include "onelora/model.h"
 
 typedef struct {
@@ -234,25 +235,21 @@ void ol_model_init_adapters(ol_model *m, uint64_t seed) {
 
 size_t ol_tensor_numel(const ol_tensor *t) { return tensor_numel(t); }
 
+/* The key of a tensor's synthetic values: the seed hashed with the FNV-1a hash of its name. */
+static uint64_t tensor_key(const char *name, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull;
+  for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+  return ol_hash64(seed ^ h);
+}
+
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
-  size_t n = tensor_numel(t);  // this rank's slice
-  if (t->ndim == 1) {
-    for (size_t j = 0; j < n; j++) data[j] = 1.0f;
+  if (t->ndim == 1) {  // norm weights and biases: ones
+    for (size_t j = 0; j < t->count[0]; j++) data[j] = 1.0f;  // (count[0])
     return;
   }
-  ol_rng rng;  // seeded by the tensor's name: the same weights whatever the layout
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
-  ol_rng_seed(&rng, ol_hash64(seed ^ h));
-  // the full tensor's stream, keeping this rank's slice (the same values under any TP)
-  const size_t cols = t->shape[1];
-  for (size_t j = 0, k = 0; j < t->shape[0] * cols && k < n; j++) {
-    float x = 0.02f * ol_rng_normal(&rng);
-    size_t r = j / cols, c = j % cols;
-    if (r >= t->start[0] && r < t->start[0] + t->count[0] && c >= t->start[1] &&
-        c < t->start[1] + t->count[1])
-      data[k++] = x;
-  }
+  // (count[0], count[1]): only the slice's values are computed
+  ol_bk->counter_normal(data, t->count[0], t->count[1], tensor_key(t->name, seed), t->start[0],
+                        t->start[1], 0.02f);
 }
 
 void ol_model_randomize(ol_model *m, uint64_t seed) {
