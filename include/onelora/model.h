@@ -9,7 +9,7 @@
 #include "onelora/config.h"
 #include "onelora/peft.h"
 
-/* Named shapes: tiny, small, llama2-7b, llama2-13b. */
+/* Named shapes: tiny, small, llama2-7b, llama2-13b, llama2-70b (GQA, 8 kv heads). */
 int ol_preset(const char *name, ol_config *out);
 const char *ol_preset_names(void);
 

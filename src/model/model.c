@@ -17,6 +17,7 @@ static const preset presets[] = {
     {"small", {256, 4, 8, 4, 688, 256, 256, 1e-5, 10000.0, 0, 0}},
     {"llama2-7b", {4096, 32, 32, 32, 11008, 32000, 4096, 1e-5, 10000.0, 0, 0}},
     {"llama2-13b", {5120, 40, 40, 40, 13824, 32000, 4096, 1e-5, 10000.0, 0, 0}},
+    {"llama2-70b", {8192, 80, 64, 8, 28672, 32000, 4096, 1e-5, 10000.0, 0, 0}},
 };
 
 int ol_preset(const char *name, ol_config *out) {
@@ -28,7 +29,7 @@ int ol_preset(const char *name, ol_config *out) {
   return ol_error("--preset: unknown preset '%s' (known: %s)", name, ol_preset_names());
 }
 
-const char *ol_preset_names(void) { return "tiny, small, llama2-7b, llama2-13b"; }
+const char *ol_preset_names(void) { return "tiny, small, llama2-7b, llama2-13b, llama2-70b"; }
 
 static void tensor_set(ol_tensor *t, const char *name, size_t rows, size_t cols) {
   ol_strlcpy(t->name, name, sizeof t->name);

@@ -1,10 +1,11 @@
-/* Synthetic weights (ol_tensor_randomize, counter-based):
+/* Presets and their synthetic weights (ol_tensor_randomize, counter-based):
  * - every TP slice (column-parallel rows, row-parallel columns, vocabulary rows, and any
  *   rectangle) is exactly the same slice of the whole tensor generated on one rank, under any
  *   thread count;
  * - values are deterministic, and differ between seeds, tensor names and rows;
  * - a large tensor's mean, standard deviation, kurtosis and neighbour correlations are those of
- *   N(0, 0.02) within bounds derived from the sample size.
+ *   N(0, 0.02) within bounds derived from the sample size;
+ * - llama2-70b is LLaMA-2-70B's shape, with GQA k/v projections split across TP.
  * Each check is also run on a deliberately wrong input and must fail there. */
 #include <math.h>
 #include <omp.h>
@@ -253,6 +254,35 @@ static void test_statistics(void **state) {
   ol_free(x);
 }
 
+/* ---- the llama2-70b preset ---------------------------------------------------------------- */
+
+/* LLaMA-2-70B (Meta's config.json): 80 layers of width 8192, 64 query heads sharing 8 kv heads
+ * (GQA), SwiGLU width 28672. Under TP = 8 each rank holds one kv head of k and v. */
+static void test_llama2_70b(void **state) {
+  ol_config c;
+  assert_int_equal(ol_preset("llama2-70b", &c), OL_OK);
+  const ol_config want = {8192, 80, 64, 8, 28672, 32000, 4096, 1e-5, 10000.0, 0, 0};
+  assert_memory_equal(&c, &want, sizeof c);
+  assert_non_null(strstr(ol_preset_names(), "llama2-70b"));
+  ol_method none;
+  assert_int_equal(ol_method_parse("none", "all", 1, 1.0, &none), OL_OK);
+  ol_stage s = ol_pipeline_stage(&c, 1, 0);
+  s.tp = 8, s.tp_rank = 3;
+  ol_model m;
+  assert_int_equal(ol_model_layout_stage(&m, &c, &none, 0, &s), OL_OK);
+  const size_t hd = 8192 / 64, kv = 8 * hd;
+  const ol_tensor *k = ol_model_tensor(&m, "model.layers.79.self_attn.k_proj.weight");
+  const ol_tensor *q = ol_model_tensor(&m, "model.layers.79.self_attn.q_proj.weight");
+  assert_non_null(k);
+  assert_int_equal(k->shape[0], kv);
+  assert_int_equal(k->shape[1], 8192);
+  assert_int_equal(k->count[0], hd);  // one kv head per rank
+  assert_int_equal(k->start[0], 3 * hd);
+  assert_int_equal(q->count[0], 8 * hd);  // eight query heads per rank
+  assert_int_equal(m.blocks[0].lin[OL_K].out, hd);
+  ol_model_free(&m);
+}
+
 static int setup(void **state) {
   ol_backend_set(ol_backend_cpu());
   return 0;
@@ -265,6 +295,7 @@ int main(void) {
       cmocka_unit_test(test_off_by_one_slice_fails),
       cmocka_unit_test(test_deterministic_and_distinct),
       cmocka_unit_test(test_statistics),
+      cmocka_unit_test(test_llama2_70b),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }
