@@ -9,13 +9,18 @@
 #include "onelora/core.h"
 #include "onelora/io.h"
 
-/* 2-byte datasets are converted and written this many elements at a time. */
-#define HALF_BLOCK ((size_t)1 << 22)
+/* Datasets are written (and 2-byte ones rounded) this many elements at a time. */
+#define WRITE_BLOCK ((size_t)1 << 22)
 
 struct ol_h5model {
   hid_t file;
   char *path;  /* the name the user gave */
   char *tmp;   /* "<path>.tmp" while writing; NULL for a reader */
+  /* A writer's block buffers, kept from one dataset to the next: allocating them per dataset
+   * fragments the heap between HDF5's own allocations (a 7B init grew by 100 MB a layer). */
+  float *block;        /* (block_n) rows as f32 */
+  uint16_t *block_f16; /* (block_n) the same rounded to f16 or bf16, once such a dataset is written */
+  size_t block_n;
 };
 
 static char *str_dup(const char *s) {
@@ -34,6 +39,8 @@ static ol_h5model *model_new(const char *path, hid_t file, char *tmp) {
 }
 
 static void model_free(ol_h5model *m) {
+  ol_free(m->block);
+  ol_free(m->block_f16);
   ol_free(m->path);
   ol_free(m->tmp);
   ol_free(m);
@@ -159,36 +166,46 @@ int ol_h5model_create(const char *path, const ol_config *cfg, ol_h5model **out) 
   return OL_OK;
 }
 
-/* Converts src to f16 or bf16 (ftype's layout) and writes it in blocks of whole rows (dim 0);
- * the temporary stays small. */
-static int write_half(hid_t dset, hid_t ftype, ol_dtype dtype, int ndim, const hsize_t *dims,
-                      const float *src) {
+/* Writes the dataset a block of whole rows (dim 0) at a time, each block from rows() and, for
+ * f16 and bf16 (`half`), rounded to 2 bytes: memory stays one block, in buffers that m keeps for
+ * its next dataset. */
+static int write_blocks(ol_h5model *m, hid_t dset, hid_t ftype, int ndim, const hsize_t *dims,
+                        ol_dtype dtype, ol_rows_fn rows, void *ctx) {
+  const int half = dtype != OL_DTYPE_F32;
   size_t row = 1;  /* elements per index of dim 0 */
   for (int i = 1; i < ndim; i++) row *= (size_t)dims[i];
-  size_t rows_per = row >= HALF_BLOCK ? 1 : HALF_BLOCK / row;
+  size_t rows_per = row >= WRITE_BLOCK ? 1 : WRITE_BLOCK / row;
   if (rows_per > dims[0]) rows_per = (size_t)dims[0];
-  uint16_t *buf = ol_calloc(rows_per * row, sizeof *buf);  /* (rows_per, row) */
+  if (rows_per * row > m->block_n) {  /* grows to one block (or one longer row) at most */
+    ol_free(m->block);
+    ol_free(m->block_f16);
+    m->block_n = rows_per * row;
+    m->block = ol_calloc(m->block_n, sizeof *m->block);
+    m->block_f16 = NULL;
+  }
+  if (half && !m->block_f16) m->block_f16 = ol_calloc(m->block_n, sizeof *m->block_f16);
   hid_t fspace = H5Dget_space(dset);
   int ok = fspace >= 0;
   for (size_t r0 = 0; ok && r0 < dims[0]; r0 += rows_per) {
     size_t nr = dims[0] - r0 < rows_per ? (size_t)dims[0] - r0 : rows_per;
-    for (size_t i = 0; i < nr * row; i++)
-      buf[i] = dtype == OL_DTYPE_F16 ? ol_f32_to_f16(src[r0 * row + i]) : ol_f32_to_bf16(src[r0 * row + i]);
+    const float *src = rows(ctx, r0, nr, m->block);  /* (nr, row) */
+    for (size_t i = 0; half && i < nr * row; i++)
+      m->block_f16[i] = dtype == OL_DTYPE_F16 ? ol_f32_to_f16(src[i]) : ol_f32_to_bf16(src[i]);
     hsize_t start[OL_MAX_DIMS] = {r0}, count[OL_MAX_DIMS] = {nr};  /* (ndim,) */
     for (int i = 1; i < ndim; i++) count[i] = dims[i];
     hid_t mspace = H5Screate_simple(ndim, count, NULL);
     ok = mspace >= 0 &&
          H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
-         H5Dwrite(dset, ftype, mspace, fspace, H5P_DEFAULT, buf) >= 0;
+         H5Dwrite(dset, half ? ftype : H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT,
+                  half ? (const void *)m->block_f16 : (const void *)src) >= 0;
     ol_h5_free(mspace);
   }
   ol_h5_free(fspace);
-  ol_free(buf);
   return ok ? OL_OK : OL_ERR;
 }
 
-int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *shape,
-                     const float *src, ol_dtype dtype) {
+int ol_h5model_write_rows(ol_h5model *m, const char *name, int ndim, const size_t *shape,
+                          ol_dtype dtype, ol_rows_fn rows, void *ctx) {
   OL_CHECK(m && m->tmp);
   OL_CHECK(ndim >= 1 && ndim <= OL_MAX_DIMS);
   OL_TRY(ol_h5_check_name(m->path, name));
@@ -207,9 +224,7 @@ int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *sh
   hid_t dset = H5Dcreate2(m->file, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   int rc = dset >= 0 ? OL_OK : OL_ERR;
   if (rc == OL_OK && n > 0)
-    rc = dtype != OL_DTYPE_F32 ? write_half(dset, ftype, dtype, ndim, dims, src)
-         : H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) >= 0 ? OL_OK
-                                                                                     : OL_ERR;
+    rc = write_blocks(m, dset, ftype, ndim, dims, dtype, rows, ctx);
   char why[300] = "";
   if (rc != OL_OK) ol_h5_reason(why, sizeof why);
   ol_h5_free(dset);
@@ -217,6 +232,24 @@ int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *sh
   ol_h5_free(ftype);
   if (rc != OL_OK) return ol_error("%s: cannot write dataset '%s'%s", m->path, name, why);
   return OL_OK;
+}
+
+/* The rows of a tensor already in memory: ctx = {the tensor, elements per row}. */
+typedef struct {
+  const float *src;
+  size_t row;
+} whole_src;
+
+static const float *whole_rows(void *ctx, size_t r0, size_t n, float *scratch) {
+  const whole_src *w = ctx;
+  return w->src + r0 * w->row;
+}
+
+int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *shape,
+                     const float *src, ol_dtype dtype) {
+  whole_src w = {src, 1};
+  for (int i = 1; i < ndim; i++) w.row *= shape[i];
+  return ol_h5model_write_rows(m, name, ndim, shape, dtype, whole_rows, &w);
 }
 
 int ol_h5model_finish(ol_h5model *m) {

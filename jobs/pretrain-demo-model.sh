@@ -2,10 +2,10 @@
 # Reproduces jobs/data/base-kjv.h5, the demo's base model: the `small` preset (D=256, L=4, H=8,
 # Hkv=4, F=688, byte vocabulary) pretrained from random with --method full on the King James
 # Bible (public domain; Debian package bible-kjv), then stored as f16.
-# Takes about 25 minutes on 2 cores. The shipped file was made before random initialisation
-# became seeded by tensor name (layout-independent), so a rerun gives an equivalent model
-# (the same recipe; the shipped one reached validation loss 1.154 nats/byte), not the same
-# bytes. Usage: jobs/pretrain-demo-model.sh [WORKDIR]
+# Takes about 25 minutes on 2 cores. The shipped file was made with an earlier random
+# initialisation (the weights are now counter-based, keyed by tensor name, row and column), so a
+# rerun gives an equivalent model (the same recipe; the shipped one reached validation loss
+# 1.154 nats/byte), not the same bytes. Usage: jobs/pretrain-demo-model.sh [WORKDIR]
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 onelora_install bible-kjv

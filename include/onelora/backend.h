@@ -83,6 +83,11 @@ typedef struct {
   /* sum of squares, accumulated in double */
   double (*sumsq)(const float *x, size_t n);
   void (*scale)(float *x, float alpha, size_t n);
+  /* x(rows, cols) = std * ol_hash_normal(ol_counter_hash(key, r0 + i, c0 + j)): the block at
+   * (r0, c0) of the counter-based normal matrix keyed by `key` (core.h), the same values
+   * whatever the block or the thread count */
+  void (*counter_normal)(float *x, size_t rows, size_t cols, uint64_t key, size_t r0, size_t c0,
+                         float std);
 
   /* 1LoRA helpers. s(N) = row sums of x(N,k) */
   void (*row_sums)(float *s, const float *x, size_t N, size_t k);

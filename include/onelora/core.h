@@ -50,6 +50,15 @@ void ol_rng_seed(ol_rng *r, uint64_t seed);
 uint64_t ol_rng_u64(ol_rng *r);
 float ol_rng_uniform(ol_rng *r);            /* [0, 1) */
 float ol_rng_normal(ol_rng *r);             /* N(0, 1) */
+/* Counter-based normals (synthetic weights): element (row, col) of the matrix keyed by `key` is
+ * ol_hash_normal(ol_counter_hash(key, row, col)), a pure function of its indices, so any block
+ * of rows and columns is generated directly, in time proportional to its size. */
+/* ol_hash64(ol_hash64(key ^ row) + col * 0x9E3779B97F4A7C15): row `row` reads the splitmix64
+ * stream seeded by ol_hash64(key ^ row) at position `col` */
+uint64_t ol_counter_hash(uint64_t key, uint64_t row, uint64_t col);
+/* N(0, 1) from one 64-bit hash: Box-Muller (cosine branch) on its two top 24-bit uniforms,
+ * u1 = 1 - h[40:64) / 2^24 in (0, 1] and u2 = h[16:40) / 2^24; |z| <= sqrt(48 ln 2) = 5.77 */
+float ol_hash_normal(uint64_t h);
 
 /* ---- timers and memory ------------------------------------------------------ */
 double ol_now(void);                        /* seconds, monotonic */

@@ -43,6 +43,13 @@ int ol_h5model_write(ol_h5model *m, const char *name, int ndim, const size_t *sh
                      const float *src, ol_dtype dtype);  /* f32, f16 or bf16 on disk; each
                                                           * dataset contiguous and unfiltered,
                                                           * so a reader of that dtype can map it */
+/* Rows [r0, r0 + n) of a tensor being written (a row: every index after the first), as f32:
+ * either a pointer to them or scratch (n, row) filled and returned. */
+typedef const float *(*ol_rows_fn)(void *ctx, size_t r0, size_t n, float *scratch);
+/* The same as ol_h5model_write, with the values produced a block of rows at a time (a few MiB)
+ * by rows(ctx, ...): a tensor is written with one block's memory, whatever its size. */
+int ol_h5model_write_rows(ol_h5model *m, const char *name, int ndim, const size_t *shape,
+                          ol_dtype dtype, ol_rows_fn rows, void *ctx);
 int ol_h5model_finish(ol_h5model *m);                     /* closes; frees m even on error */
 
 /* ---- a model's weights, whatever the format: what training, merging and converting read ---- */

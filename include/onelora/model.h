@@ -10,7 +10,7 @@
 #include "onelora/io.h"
 #include "onelora/peft.h"
 
-/* Named shapes: tiny, small, llama2-7b, llama2-13b. */
+/* Named shapes: tiny, small, llama2-7b, llama2-13b, llama2-70b (GQA, 8 kv heads). */
 int ol_preset(const char *name, ol_config *out);
 const char *ol_preset_names(void);
 
@@ -95,10 +95,13 @@ int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *me
                           uint64_t seed, const ol_stage *stage, struct ol_weights *weights);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
-/* Random weights: normal(0, 0.02) per matrix, ones for norms and biases; each tensor's stream
- * is seeded by hash(seed, its name), so any layout draws the same values. */
+/* Synthetic weights: normal(0, 0.02) per matrix, ones for norms and biases. Counter-based:
+ * element (r, c) of a matrix is 0.02 * ol_hash_normal(ol_counter_hash(key, r, c)) with key =
+ * hash(seed, FNV-1a of its name) (core.h), so every layout holds the same values and a rank
+ * computes only its own slice, in time proportional to the slice. */
 void ol_model_randomize(ol_model *m, uint64_t seed);
-/* The same for one tensor, into data (numel floats): init streams big models through it. */
+/* The same for one tensor's slice [start, start + count), into data (numel floats, row-major
+ * (count[0], count[1])): init streams big models through it a block of rows at a time. */
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
 size_t ol_tensor_numel(const ol_tensor *t);
 /* Rounds rows [row0, row0 + rows) of this rank's slice, src (rows, count[1]) f32, into t->half

@@ -661,6 +661,15 @@ static void cpu_scale(float *x, float alpha, size_t n) {
   for (size_t i = 0; i < n; i++) x[i] *= alpha;
 }
 
+static void cpu_counter_normal(float *x, size_t rows, size_t cols, uint64_t key, size_t r0,
+                               size_t c0, float std) {
+  // x (rows, cols); each value depends on its indices only, so any split over threads agrees
+#pragma omp parallel for schedule(static) if (rows * cols >= OMP_MIN_ELEMS)
+  for (size_t i = 0; i < rows; i++)
+    for (size_t j = 0; j < cols; j++)
+      x[i * cols + j] = std * ol_hash_normal(ol_counter_hash(key, r0 + i, c0 + j));
+}
+
 /* ---------------------------------------------------------------------------------------------
  * 1LoRA helpers: y = W x + b * sum(x) */
 
@@ -838,6 +847,7 @@ static const ol_backend cpu_backend = {
     .axpy = cpu_axpy,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .counter_normal = cpu_counter_normal,
     .row_sums = cpu_row_sums,
     .outer = cpu_outer,
     .broadcast_rows = cpu_broadcast_rows,

@@ -6,7 +6,8 @@ void ol_shape_flags(ol_shape_args *s, ol_arg *out) {
   s->preset = "tiny";
   s->dim = s->layers = s->heads = s->kv = s->ffn = s->vocab = s->maxt = -1;
   const ol_arg args[OL_SHAPE_NARGS] = {
-      {"--preset", OL_ARG_STR, &s->preset, "P", "tiny | small | llama2-7b | llama2-13b (tiny)"},
+      {"--preset", OL_ARG_STR, &s->preset, "P",
+       "tiny | small | llama2-7b | llama2-13b | llama2-70b (tiny)"},
       {"--dim", OL_ARG_INT, &s->dim, "D", "override the model width"},
       {"--layers", OL_ARG_INT, &s->layers, "L", "override the number of layers"},
       {"--heads", OL_ARG_INT, &s->heads, "H", "override the number of query heads"},

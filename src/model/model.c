@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "onelora/backend.h"
 #include "onelora/model.h"
 
 typedef struct {
@@ -16,6 +17,7 @@ static const preset presets[] = {
     {"small", {256, 4, 8, 4, 688, 256, 256, 1e-5, 10000.0, 0, 0}},
     {"llama2-7b", {4096, 32, 32, 32, 11008, 32000, 4096, 1e-5, 10000.0, 0, 0}},
     {"llama2-13b", {5120, 40, 40, 40, 13824, 32000, 4096, 1e-5, 10000.0, 0, 0}},
+    {"llama2-70b", {8192, 80, 64, 8, 28672, 32000, 4096, 1e-5, 10000.0, 0, 0}},
 };
 
 int ol_preset(const char *name, ol_config *out) {
@@ -27,7 +29,7 @@ int ol_preset(const char *name, ol_config *out) {
   return ol_error("--preset: unknown preset '%s' (known: %s)", name, ol_preset_names());
 }
 
-const char *ol_preset_names(void) { return "tiny, small, llama2-7b, llama2-13b"; }
+const char *ol_preset_names(void) { return "tiny, small, llama2-7b, llama2-13b, llama2-70b"; }
 
 static void tensor_set(ol_tensor *t, const char *name, size_t rows, size_t cols) {
   ol_strlcpy(t->name, name, sizeof t->name);
@@ -293,26 +295,25 @@ void ol_model_init_adapters(ol_model *m, uint64_t seed) {
 
 size_t ol_tensor_numel(const ol_tensor *t) { return tensor_numel(t); }
 
+/* The key of a tensor's synthetic values: the seed hashed with the FNV-1a hash of its name. */
+static uint64_t tensor_key(const char *name, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull;
+  for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+  return ol_hash64(seed ^ h);
+}
+
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
-  size_t n = tensor_numel(t);  // this rank's slice
-  if (t->ndim == 1) {
-    for (size_t j = 0; j < n; j++) data[j] = 1.0f;
+  if (t->ndim == 1) {  // norm weights and biases: ones
+    for (size_t j = 0; j < t->count[0]; j++) data[j] = 1.0f;  // (count[0])
     return;
   }
-  ol_rng rng;  // seeded by the tensor's name: the same weights whatever the layout
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (const char *c = t->name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
-  ol_rng_seed(&rng, ol_hash64(seed ^ h));
-  // the full tensor's stream, keeping this rank's slice (the same values under any TP)
-  const size_t cols = t->shape[1];
-  for (size_t j = 0, k = 0; j < t->shape[0] * cols && k < n; j++) {
-    float x = 0.02f * ol_rng_normal(&rng);
-    size_t r = j / cols, c = j % cols;
-    if (r >= t->start[0] && r < t->start[0] + t->count[0] && c >= t->start[1] &&
-        c < t->start[1] + t->count[1])
-      data[k++] = x;
-  }
+  // (count[0], count[1]): only the slice's values are computed
+  ol_bk->counter_normal(data, t->count[0], t->count[1], tensor_key(t->name, seed), t->start[0],
+                        t->start[1], 0.02f);
 }
+
+/* Values generated at a time for a matrix kept at 2 bytes. */
+#define RANDOMIZE_BLOCK ((size_t)1 << 22)
 
 void ol_model_randomize(ol_model *m, uint64_t seed) {
   for (size_t i = 0; i < m->n_tensors; i++) {
@@ -321,9 +322,17 @@ void ol_model_randomize(ol_model *m, uint64_t seed) {
       ol_tensor_randomize(t, t->data, seed);
       continue;
     }
-    float *tmp = ol_calloc(tensor_numel(t), sizeof(float));  // (numel) generated, then rounded
-    ol_tensor_randomize(t, tmp, seed);
-    ol_tensor_store_half(t, tmp, 0, t->count[0], m->stage.weights_dtype);
+    // kept at 2 bytes: generated a block of rows at a time (counter-based, so a block is the
+    // same rows of the whole), then rounded
+    const size_t per = t->count[1] >= RANDOMIZE_BLOCK ? 1 : RANDOMIZE_BLOCK / t->count[1];
+    float *tmp = ol_calloc(per * t->count[1], sizeof(float));  // (per, count[1])
+    for (size_t r0 = 0; r0 < t->count[0]; r0 += per) {
+      ol_tensor rows = *t;
+      rows.start[0] = t->start[0] + r0;
+      rows.count[0] = t->count[0] - r0 < per ? t->count[0] - r0 : per;
+      ol_tensor_randomize(&rows, tmp, seed);
+      ol_tensor_store_half(t, tmp, r0, rows.count[0], m->stage.weights_dtype);
+    }
     ol_free(tmp);
   }
 }

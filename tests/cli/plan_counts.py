@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """`onelora plan` trainable counts: computed here from DESIGN §7's per-layer formulas and the shape
 that plan itself reports, compared with plan's count, and for the paper's five settings also
-with the paper's published figures. Prints PASS/FAIL per case; exits nonzero on any failure."""
+with the paper's published figures; the LLaMA-2 presets' shapes against Meta's configs (70B
+with GQA) and their weight counts against the same formulas. Prints PASS/FAIL per case; exits nonzero on any failure."""
 
 import argparse
 import csv
@@ -17,6 +18,12 @@ PAPER = [  # (preset, method, targets, rank, trainable parameters in the 1LoRA p
     ("llama2-7b", "lora", "q,k,v", 1, 786432),
     ("llama2-13b", "lora", "q,k,v", 1, 1228800),
 ]
+LLAMA2 = {  # Meta's config.json: (dim, n_layers, n_heads, n_kv_heads, ffn_dim, vocab_size)
+    "llama2-7b": (4096, 32, 32, 32, 11008, 32000),
+    "llama2-13b": (5120, 40, 40, 40, 13824, 32000),
+    "llama2-70b": (8192, 80, 64, 8, 28672, 32000),  # GQA: 8 kv heads
+}
+SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "vocab_size")
 PROJ = ["q", "k", "v", "o", "gate", "up", "down"]
 GROUPS = {"all": PROJ, "attn": PROJ[:4], "mlp": PROJ[4:]}
 
@@ -54,6 +61,12 @@ def expected(c, methods, targets, r):
     return total
 
 
+def model_weights(c):
+    """Every weight of the model file: embedding, LM head, norms and the seven projections."""
+    L, D, V = int(c["n_layers"]), int(c["dim"]), int(c["vocab_size"])
+    return 2 * V * D + D * (2 * L + 1) + L * sum(d * k for d, k in shapes(c).values())
+
+
 def plan(onelora, preset, method, targets, rank):
     out = subprocess.run([onelora, "plan", "--preset", preset, "--method", method, "--targets",
                           targets, "--rank", str(rank), "--csv"], stdout=subprocess.PIPE,
@@ -83,7 +96,13 @@ def main():
         got = int(c["trainable"])
         check("paper.%s.%s.%s" % (preset, method, targets), got == want == paper,
               "plan %d formula %d paper %d" % (got, want, paper))
-    cases = [(p, m, t, r) for p in ("tiny", "llama2-7b")
+    for preset, want in LLAMA2.items():  # the presets' shapes, and their weight counts
+        c = plan(a.onelora, preset, "1lora", "all", 1)
+        got = tuple(int(c[k]) for k in SHAPE_FIELDS)
+        check("shape.%s" % preset, got == want, "plan %s want %s" % (got, want))
+        check("weights.%s" % preset, int(c["model_weights"]) == model_weights(c),
+              "plan %s formula %d" % (c["model_weights"], model_weights(c)))
+    cases = [(p, m, t, r) for p in ("tiny", "llama2-7b", "llama2-70b")
              for m in ("1lora", "1lora-random", "lora", "dora", "vera", "mora", "mora6", "bitfit",
                        "norms", "full", "1lora,norms", "1lora,bitfit", "lora,norms")
              for t, r in (("all", 1), ("attn", 2), ("q,v,down", 4))
@@ -98,7 +117,8 @@ def main():
         want, got = expected(c, method, targets, rank), int(c["trainable"])
         check("formula.%s.%s.%s.r%d" % (preset, method, targets, rank), got == want,
               "plan %d formula %d" % (got, want))
-    print("%d passed, %d failed" % (len(PAPER) + len(cases) - failures, failures))
+    total = len(PAPER) + 2 * len(LLAMA2) + len(cases)
+    print("%d passed, %d failed" % (total - failures, failures))
     return 1 if failures else 0
 
 

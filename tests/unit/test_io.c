@@ -315,6 +315,46 @@ static void half_roundtrip(fixture *f, ol_dtype dtype) {
 static void test_model_f16_roundtrip(void **state) { half_roundtrip(*state, OL_DTYPE_F16); }
 static void test_model_bf16_roundtrip(void **state) { half_roundtrip(*state, OL_DTYPE_BF16); }
 
+/* ol_h5model_write_rows asks for the rows in contiguous blocks of at most 2^22 values (the
+ * memory a writer needs), more than one here, and the file holds what each block gave. */
+typedef struct {
+  size_t cols, next, calls, max_values;
+} rows_log;
+
+static const float *counting_rows(void *ctx, size_t r0, size_t n, float *scratch) {
+  rows_log *log = ctx;
+  assert_int_equal(r0, log->next);  // in order, no gap, no overlap
+  log->next += n, log->calls++;
+  if (n * log->cols > log->max_values) log->max_values = n * log->cols;
+  for (size_t i = 0; i < n * log->cols; i++) scratch[i] = (float)(r0 * log->cols + i);  // exact
+  return scratch;
+}
+
+static void test_model_write_rows(void **state) {
+  fixture *f = *state;
+  const char *path = tpath(f, 0, "rows.h5");
+  const size_t rows = 2049, cols = 2048, n = rows * cols;  // 2^22 + 2048 values
+  ol_config cfg = tiny_config();
+  ol_h5model *m;
+  size_t shape[2] = {rows, cols};
+  rows_log log = {cols, 0, 0, 0};
+  assert_int_equal(ol_h5model_create(path, &cfg, &m), OL_OK);
+  assert_int_equal(ol_h5model_write_rows(m, "w", 2, shape, OL_DTYPE_F32, counting_rows, &log),
+                   OL_OK);
+  assert_int_equal(ol_h5model_finish(m), OL_OK);
+  assert_int_equal(log.next, rows);
+  assert_true(log.calls >= 2);
+  assert_true(log.max_values <= (size_t)1 << 22);
+  float *got = malloc(n * sizeof *got);  // (rows, cols)
+  size_t start[2] = {0, 0};
+  assert_int_equal(ol_h5model_open(path, &m, &cfg), OL_OK);
+  assert_int_equal(ol_h5model_read(m, "w", 2, shape, start, shape, got), OL_OK);
+  ol_h5model_close(m);
+  for (size_t i = 0; i < n; i++)
+    if (got[i] != (float)i) fail_msg("w[%zu]: got %g, want %zu", i, got[i], i);
+  free(got);
+}
+
 static void test_model_open_errors(void **state) {
   fixture *f = *state;
   int fds = fd_count();
@@ -999,6 +1039,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_model_f32_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_bf16_roundtrip, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_f16_roundtrip, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_model_write_rows, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_open_errors, setup_earliest, teardown),
       cmocka_unit_test_setup_teardown(test_model_read_errors, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_write_errors, setup, teardown),

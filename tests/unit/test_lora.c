@@ -152,8 +152,9 @@ static void test_dora_norm_is_detached(void **state) {
   double held = fixture_directional_fd(&f, x0, u, 1e-2);
   hold_dora_norms(&f, 0);
   printf("  along dB: analytic %.6e  held-norm fd %.6e  full fd %.6e\n", gu, held, full);
-  assert_true(fabs(held - gu) <= 2e-2 * fabs(held));
-  assert_true(fabs(full - gu) > 1e-1 * fabs(gu));
+  const double tol = 2e-2;  // the finite-difference check's tolerance (check_gradient)
+  assert_true(fabs(held - gu) <= tol * fabs(held));
+  assert_true(fabs(full - gu) > 2 * tol * fabs(gu));  // fails that check, with a factor 2 margin
   ol_free(u);
   ol_free(x0);
   fixture_free(&f);
@@ -179,7 +180,15 @@ static void check_identity_at_init(const char *methods, int64_t kv, double rel_t
   assert_true(rel <= rel_tol);
   randomize_trainables(&adapted, 16);
   double c = fixture_mean_loss(&adapted);
-  assert_true(fabs(c - a) > 1e-3 * fabs(a));
+  float *h_moved = fixture_final_hidden(&adapted);
+  double rel_moved = harness_relative_diff(h_moved, h_plain, n);
+  printf("  moved: loss %.9f, final hidden relative diff %.2e\n", c, rel_moved);
+  // the moved model fails both comparisons. Its hidden state moves by O(1) (s B A is ~10% of
+  // each W, compounded over the blocks), so 1e-2 leaves a wide margin; its loss, near log V for
+  // random weights, moves far less but must still leave rel_tol
+  assert_true(rel_moved > 1e-2);
+  assert_true(fabs(c - a) > rel_tol * fabs(a));
+  ol_free(h_moved);
   ol_free(h_plain);
   ol_free(h_adapted);
   fixture_free(&plain);
