@@ -9,8 +9,9 @@ static size_t tensor_numel(const ol_tensor *t) {
   return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
-/* Rows of a slice read at a time into f32 before rounding to 2 bytes: the temporary stays small. */
-#define LOAD_BLOCK_FLOATS ((size_t)1 << 22)
+/* Values of a slice read at a time into f32 before rounding to 2 bytes: 1 MiB, so that the freed
+ * temporary (which glibc keeps resident) stays small beside the model. */
+#define LOAD_BLOCK_FLOATS ((size_t)1 << 18)
 
 /* A frozen matrix kept at 2 bytes: its slice read in blocks of rows (as f32, exact for an f16
  * or bf16 file) and rounded to the model's weights dtype. */

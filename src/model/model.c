@@ -312,8 +312,9 @@ void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
                         t->start[1], 0.02f);
 }
 
-/* Values generated at a time for a matrix kept at 2 bytes. */
-#define RANDOMIZE_BLOCK ((size_t)1 << 22)
+/* Values generated at a time for a matrix kept at 2 bytes: 1 MiB of f32, so that the freed
+ * temporary (which glibc keeps resident) stays small beside the model. */
+#define RANDOMIZE_BLOCK ((size_t)1 << 18)
 
 void ol_model_randomize(ol_model *m, uint64_t seed) {
   for (size_t i = 0; i < m->n_tensors; i++) {
@@ -324,7 +325,8 @@ void ol_model_randomize(ol_model *m, uint64_t seed) {
     }
     // kept at 2 bytes: generated a block of rows at a time (counter-based, so a block is the
     // same rows of the whole), then rounded
-    const size_t per = t->count[1] >= RANDOMIZE_BLOCK ? 1 : RANDOMIZE_BLOCK / t->count[1];
+    size_t per = t->count[1] >= RANDOMIZE_BLOCK ? 1 : RANDOMIZE_BLOCK / t->count[1];
+    if (per > t->count[0]) per = t->count[0];
     float *tmp = ol_calloc(per * t->count[1], sizeof(float));  // (per, count[1])
     for (size_t r0 = 0; r0 < t->count[0]; r0 += per) {
       ol_tensor rows = *t;
