@@ -70,6 +70,11 @@ int ol_weights_map(ol_weights *w, const char *name, const size_t *shape, const s
     return OL_OK;
   }
   const size_t es = dtype == OL_DTYPE_F32 ? 4 : 2, row = shape[1] * es;
+  if (offset % es) {  // a safetensors header not padded to alignment (the format allows it)
+    snprintf(why, why_size, "'%s' starts at byte %llu, not a multiple of its %zu-byte values", name,
+             (unsigned long long)offset, es);
+    return OL_OK;
+  }
   const uint64_t first = offset + start[0] * row + start[1] * es;  // element (start0, start1)
   const uint64_t end = offset + (start[0] + count[0]) * row;       // after the last row
   const long page = sysconf(_SC_PAGESIZE);

@@ -57,8 +57,10 @@ def bf16_values(x):
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).float().numpy()
 
 
-def write_safetensors(path, tensors, dtype="F32", header_edit=None):
-    """tensors: list of (name, float32 array). Offsets back to back in the order given."""
+def write_safetensors(path, tensors, dtype="F32", header_edit=None, pad=True):
+    """tensors: list of (name, float32 array). Offsets back to back in the order given; the header
+    padded with spaces to a multiple of 8 bytes as the reference writer does (pad="odd": to an
+    odd length, so that the data section is misaligned)."""
     header, blobs, off = {}, [], 0
     for name, a in tensors:
         if dtype == "BF16":
@@ -72,6 +74,10 @@ def write_safetensors(path, tensors, dtype="F32", header_edit=None):
     if header_edit:
         header_edit(header)
     text = json.dumps(header).encode()
+    if pad == "odd":  # the data section at an odd offset: no value aligned
+        text += b" " * (1 - len(text) % 2)
+    elif pad:
+        text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
@@ -93,19 +99,20 @@ def hf_config(cfg, tied=False, **extra):
     return c
 
 
-def write_hf(d, cfg, tensors, dtype="F32", shards=1, tied=False, config_extra=None, header_edit=None):
+def write_hf(d, cfg, tensors, dtype="F32", shards=1, tied=False, config_extra=None, header_edit=None,
+             pad=True):
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(hf_config(cfg, tied, **(config_extra or {})), f)
     if shards == 1:
-        write_safetensors(os.path.join(d, "model.safetensors"), tensors, dtype, header_edit)
+        write_safetensors(os.path.join(d, "model.safetensors"), tensors, dtype, header_edit, pad)
         return
     # tensors dealt round-robin in reverse order: no shard holds a contiguous range of layers
     parts = [tensors[::-1][i::shards] for i in range(shards)]
     weight_map = {}
     for i, part in enumerate(parts):
         name = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
-        write_safetensors(os.path.join(d, name), part, dtype)
+        write_safetensors(os.path.join(d, name), part, dtype, pad=pad)
         weight_map.update({t: name for t, _ in part})
     with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)

@@ -98,6 +98,13 @@ def main():
             want = "the rest read" if name == "dora" and tp == 2 else "matrices mapped read-only"
             check("map.%s_logged" % tag, len(line) == 1 and want in line[0], line[0] if line else log[-200:])
             check("map.%s_no_map_logged" % tag, "read into memory" in log_read and "--no-map" in log_read)
+    # a header not padded to alignment leaves 2-byte values at odd offsets: read, not mapped
+    hf_import.write_hf(w("hf-unpadded"), cfg, tensors, dtype="BF16", pad="odd")
+    mapped, log = train("hf-unpadded-map", w("hf-unpadded"), "bf16", [])
+    read, _ = train("hf-unpadded-read", w("hf-unpadded"), "bf16", ["--no-map"])
+    line = [l for l in log.splitlines() if l.startswith("frozen weights:")]
+    check("map.unaligned_is_read", mapped and read and same_ckpt(mapped, read) and line and
+          "not a multiple of its 2-byte values" in line[0], line[0] if line else log[-200:])
     _, log = train("f32-held-bf16", w("m.h5"), "bf16", [])
     check("map.dtype_mismatch_reads", "stored as f32, held as bf16" in log,
           [l for l in log.splitlines() if l.startswith("frozen weights:")])

@@ -119,17 +119,24 @@ def results(run):
     return out
 
 
+# A finite loss far from garbage: the byte-level model's uniform guess costs ln 256 = 5.5 nats a
+# token, and a model trained on other text (the shipped KJV base model, here evaluated on this
+# repository's Markdown, whose tail changes with the docs) may do worse than uniform but not by
+# a factor of four; NaN, inf or an exploded run fail.
+LOSS_BOUND = 4 * math.log(256)
+
+
 def plausible(row, where, steps, evaluated=True):
     """Values a finished run of this test must have, whatever its method and layout."""
     f = {k: float(row[k]) for k in ("tokens_per_s", "step_s", "peak_rss_mib", "train_loss", "wall_s")}
     tp, pp, dp, ranks = (int(row[k]) for k in ("tp", "pp", "dp", "ranks"))
     ok = (row["status"] == "done" and int(row["steps"]) == steps and tp * pp * dp == ranks
           and int(row["trainable"]) > 0 and 0 < f["tokens_per_s"] < 1e8 and 0 < f["step_s"] < 60
-          and 1 < f["peak_rss_mib"] < 4096 and 0 < f["train_loss"] < 10 and 0 < f["wall_s"] < 300
+          and 1 < f["peak_rss_mib"] < 4096 and 0 < f["train_loss"] < LOSS_BOUND and 0 < f["wall_s"] < 300
           and (int(row["bytes_dp"]) > 0) == (dp > 1) and (int(row["bytes_pp"]) > 0) == (pp > 1)
           and (int(row["bytes_tp_fwd"]) > 0) == (tp > 1) and (int(row["bytes_tp_bwd"]) > 0) == (tp > 1))
     if evaluated:
-        ok = ok and row["val_loss"] != "" and 0 < float(row["val_loss"]) < 10
+        ok = ok and row["val_loss"] != "" and 0 < float(row["val_loss"]) < LOSS_BOUND
     return check(ok, f"{where}: plausible row ({row['method']}, tp {tp} pp {pp} dp {dp}, "
                      f"{row['tokens_per_s']} tok/s, {row['peak_rss_mib']} MiB, loss {row['train_loss']}, "
                      f"val {row['val_loss']}, {row['status']})")
