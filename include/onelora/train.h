@@ -81,6 +81,8 @@ typedef struct {
   const ol_config *synthetic;
   /* bench: before each step, time the same step with every adapter detached */
   int time_frozen;
+  /* bench --memory-only: allocate everything a step uses, report the peak, run no step */
+  int memory_only;
   int tp, pp;              /* layout; DP = ranks / (tp * pp) */
   int gpipe;               /* pipeline schedule: GPipe instead of 1F1B */
   ol_dtype weights_dtype;  /* frozen matrices in memory (--weights-dtype) */

@@ -49,19 +49,22 @@ static int bench_checkpoint(ol_train_opts *o, const ol_config *cfg) {
 
 int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   ol_shape_args shape;
-  ol_arg extra[OL_SHAPE_NARGS + 1];
+  ol_arg extra[OL_SHAPE_NARGS + 2];
   ol_shape_flags(&shape, extra);
-  int ckpt_only = 0;
+  int ckpt_only = 0, memory_only = 0;
   extra[OL_SHAPE_NARGS] = (ol_arg){"--checkpoint-only", OL_ARG_FLAG, &ckpt_only, NULL,
                                    "only time a checkpoint write and read of the trainable state "
                                    "(no weights: any shape fits), in --ckpt-dir"};
+  extra[OL_SHAPE_NARGS + 1] = (ol_arg){"--memory-only", OL_ARG_FLAG, &memory_only, NULL,
+                                       "allocate (and touch) everything a step uses, report the "
+                                       "largest rank's peak RSS beside the plan, run no step"};
   ol_train_opts o;
   int help;
   if (ol_train_flags("bench", "[options]\n\nTrains on a random model of the given shape with random "
                      "tokens, then reports tokens/s,\nachieved FLOP/s over a 2048^3 sgemm measured "
                      "in the same run, and peak RSS over the\nanalytic minimum (weights + "
                      "trainable state + the activations backward keeps).",
-                     argc, argv, extra, OL_SHAPE_NARGS + 1, 1, &o, &help) != OL_OK)
+                     argc, argv, extra, OL_SHAPE_NARGS + 2, 1, &o, &help) != OL_OK)
     return ol_cli_fail();
   if (help) return 0;
   ol_config cfg;
@@ -77,8 +80,23 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   // cannot, so those runs report no ratio (compare their median step with a `none` run)
   o.time_frozen = o.method.adapters != 0 && !o.method.full && !o.method.norms;
   o.model_path = "synthetic";
-  ol_train_result r;
+  o.memory_only = memory_only;
+  ol_train_result r = {0};
   if (ol_train_run(&o, &r) != OL_OK) return ol_cli_fail();
+  ol_plan_inputs in = {&cfg, &o.method, grid->tp, grid->pp, grid->dp, o.micro_batch,
+                       o.micro_batches, o.seq_len, o.weights_dtype, o.recompute, 0, o.gpipe};
+  ol_plan plan;
+  if (ol_plan_layout(&in, &plan) != OL_OK) return ol_cli_fail();
+  if (memory_only) {
+    double peak = (double)r.peak_rss_bytes;
+    ol_grid_max(grid, &peak, 1);
+    ol_info("bench memory | method %s | layout tp %d pp %d dp %d | weights %s%s | trainable %zu | "
+            "peak RSS %.1f MiB (allocated, no step run) | planned %.1f MiB | RSS/planned %.3f",
+            o.method.text, grid->tp, grid->pp, grid->dp, ol_dtype_name(o.weights_dtype),
+            o.recompute ? ", recompute" : "", r.trainable, peak / 1048576.0,
+            plan.total / 1048576.0, peak / plan.total);
+    return 0;
+  }
   // measured after training, so its buffers do not count in the run's peak RSS; every rank
   // measures at once, so ranks sharing cores share them here too
   double rates[2] = {r.flops_per_step / r.median_step_s, sgemm_rate(2048)};  // this rank's
@@ -86,10 +104,6 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   // frozen weights, the four trainable buffers (values, gradients, Adam m and v), and the
   // activations backward keeps
   size_t minimum = r.frozen_bytes + 4 * r.trainable * sizeof(float) + r.kept_bytes;
-  ol_plan_inputs in = {&cfg, &o.method, grid->tp, grid->pp, grid->dp, o.micro_batch,
-                       o.micro_batches, o.seq_len, o.weights_dtype, o.recompute, 0, o.gpipe};
-  ol_plan plan;
-  if (ol_plan_layout(&in, &plan) != OL_OK) return ol_cli_fail();
   double mem[2] = {(double)r.peak_rss_bytes, (double)minimum};  // the largest rank's
   ol_grid_max(grid, mem, 2);
   char ratio[32] = "n/a";

@@ -487,7 +487,8 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
                                o->map_weights ? mf : NULL);
     t.model.grid = g;
   }
-  if (rc == OL_OK && o->synthetic) ol_model_randomize(&t.model, o->seed);
+  // (memory_only: the allocation has touched every page already; the values do not matter)
+  if (rc == OL_OK && o->synthetic && !o->memory_only) ol_model_randomize(&t.model, o->seed);
   if (rc == OL_OK && mf) rc = ol_model_load(&t.model, mf);
   if (rc == OL_OK && mf) log_weight_storage(&t.model, o);
   ol_weights_close(mf);
@@ -524,7 +525,12 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK && o->ckpt_dir)
     rc = ol_grid_agree(g, g->world_rank == 0 ? prepare_ckpt_dir(o) : OL_OK);
   if (rc == OL_OK && o->resume) rc = resume(&t, &start);
-  if (rc == OL_OK && start >= o->steps) {
+  if (rc == OL_OK && o->memory_only) {  // everything a step uses is allocated and touched
+    if (result) {
+      result->peak_rss_bytes = ol_peak_rss_bytes();
+      result->trainable = ol_model_trainable(&t.model);
+    }
+  } else if (rc == OL_OK && start >= o->steps) {
     ol_info("checkpoint step %lld >= --steps %lld: nothing left to train", (long long)start,
             (long long)o->steps);
   } else if (rc == OL_OK) {

@@ -9,31 +9,18 @@ Why equality is exact: both runs hold the same f32 values in memory (BF16 and F1
 exactly) and run the same kernels in the same order on the same layout, so every checkpoint value
 and loss must agree bit for bit. A self-test checks that the comparison sees a one-ulp change."""
 
-import argparse
 import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 import h5py
 import numpy as np
 import torch
 
-failures = 0
-
-
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
-
-
-def run(argv, env=None):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       env=env)
-    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clitest import ENV as env, check, finish, run, setup, write_tokens  # noqa: E402
 
 
 def must(argv, env=None):
@@ -155,26 +142,12 @@ def same_run(a, b):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--onelora", required=True)
-    ap.add_argument("--mpirun", default="")
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
-    w = lambda n: os.path.join(a.workdir, n)
+    a, w = setup()
     B = a.onelora
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMPI_MCA_mpi_yield_when_idle="1")
 
     # a GQA model (4 query heads, 2 kv heads) with 3 layers
     must([B, "init", "--preset", "tiny", "--seed", "5", "--layers", "3", "--out", w("m.h5")])
-    rng = np.random.default_rng(0)
-    with h5py.File(w("d.h5"), "w") as f:
-        f.create_dataset("train", data=rng.integers(0, 256, 8000, dtype=np.uint16))
-        f.create_dataset("val", data=rng.integers(0, 256, 2000, dtype=np.uint16))
-        f.attrs["vocab_size"] = 256
+    write_tokens(w("d.h5"), 256, 8000, 2000)
     cfg, tensors = model_tensors(w("m.h5"))
     names = [n for n, _ in tensors]
 
@@ -303,8 +276,7 @@ def main():
         p = os.path.join(d, "model.safetensors")
         os.truncate(p, os.path.getsize(p) - 100)
     bad("truncated", ["model.safetensors"], edit=truncate)
-    print("%d failures" % failures)
-    return 1 if failures else 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -12,53 +12,20 @@ bytes (the rest of the two processes is identical in both runs, up to allocator 
 MiB against 64 MiB of weights). The same comparison between two --no-map runs must fail.
 Prints PASS/FAIL per check and exits nonzero on any failure."""
 
-import argparse
 import os
 import re
-import shutil
-import subprocess
 import sys
 
 import h5py
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_import  # noqa: E402  (its safetensors writer)
-
-failures = 0
-
-
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
-
-
-def run(argv, env):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       env=env)
-    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-
-
-def same_ckpt(a, b):
-    with h5py.File(a, "r") as f, h5py.File(b, "r") as g:
-        return all(f[grp][k][...].tobytes() == g[grp][k][...].tobytes()
-                   for grp in ("params", "adam_m", "adam_v") for k in f[grp])
+from clitest import ENV as env, check, finish, run, same_ckpt, setup, write_tokens  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--onelora", required=True)
-    ap.add_argument("--mpirun", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
-    w = lambda n: os.path.join(a.workdir, n)
+    a, w = setup(mpirun_required=True)
     B = a.onelora
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMPI_MCA_mpi_yield_when_idle="1")
     for cmd in ([B, "init", "--preset", "tiny", "--seed", "5", "--layers", "3", "--out", w("m.h5")],
                 [B, "convert", w("m.h5"), "--out", w("m-bf16.h5"), "--dtype", "bf16"]):
         rc, _, err = run(cmd, env)
@@ -67,11 +34,7 @@ def main():
             return 1
     cfg, tensors = hf_import.model_tensors(w("m.h5"))
     hf_import.write_hf(w("hf-bf16"), cfg, tensors, dtype="BF16", shards=2)
-    rng = np.random.default_rng(0)
-    with h5py.File(w("d.h5"), "w") as f:
-        f.create_dataset("train", data=rng.integers(0, 256, 8000, dtype=np.uint16))
-        f.create_dataset("val", data=rng.integers(0, 256, 2000, dtype=np.uint16))
-        f.attrs["vocab_size"] = 256
+    write_tokens(w("d.h5"), 256, 8000, 2000)
 
     def train(tag, model, dtype, extra, ranks=1, data=None, seq=32, steps=2, method="1lora"):
         d = w("ck-" + tag)
@@ -114,10 +77,7 @@ def main():
                       "--kv-heads", "8", "--ffn", "1376", "--vocab", "4096", "--out", w("big.h5")], env)
     with h5py.File(w("big.h5"), "r") as f:
         weight_bytes = sum(f[k].size * 4 for k in f if f[k].ndim == 2)
-    with h5py.File(w("d4k.h5"), "w") as f:
-        f.create_dataset("train", data=rng.integers(0, 4096, 20000, dtype=np.uint16))
-        f.create_dataset("val", data=rng.integers(0, 4096, 2000, dtype=np.uint16))
-        f.attrs["vocab_size"] = 4096
+    write_tokens(w("d4k.h5"), 4096, 20000, 2000)
 
     def pss_sum(tag, extra):
         _, out = train(tag, w("big.h5"), "f32", extra, 2, w("d4k.h5"), seq=16, steps=1)
@@ -133,8 +93,7 @@ def main():
           % ((mapped or 0) / 2 ** 20, (read or 0) / 2 ** 20, saved, weight_bytes / 2 ** 20))
     check("map.selftest_no_map_twice_saves_nothing", ok and (read2 - read) / weight_bytes < 0.8,
           "%.2f" % (((read2 or 0) - (read or 0)) / weight_bytes))
-    print("%d failures" % failures)
-    return 1 if failures else 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 least 8 configurations). Each configuration is run (bench on a synthetic model, or train on a
 model file whose frozen matrices are mapped), and its largest rank's peak RSS (VmHWM, the maximum
 over ranks that the run prints) is compared with `onelora plan` for the same model, method and
-layout. The configurations vary the method (1lora, lora, dora, vera, full), TP, PP (with two
+layout; for the multi-rank runs the logged bytes sent per step by kind must equal the plan's.
+The configurations vary the method (1lora, lora, dora, vera, full), TP, PP (with two
 micro-batches), DP, --recompute, --weights-dtype bf16 and mapped weights. The shape is chosen so
 that onelora's own allocations (40-200 MiB) dominate the libraries' (about 24 MiB, the planner's
 one measured constant).
@@ -11,63 +12,45 @@ one measured constant).
 Self-test: the same comparison must fail for the plan of another configuration (a 1lora run
 against the plan of twice its micro-batch). Prints PASS/FAIL per case."""
 
-import argparse
+import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 
-import h5py
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clitest import ENV as env, check, finish, run, setup, write_tokens  # noqa: E402
 
 TOLERANCE = 0.10
-failures = 0
 SHAPE = ["--dim", "512", "--layers", "2", "--heads", "8", "--kv-heads", "8", "--ffn", "1376",
          "--vocab", "4096", "--max-seq-len", "128"]
 BATCH = ["--micro-batch", "4", "--seq-len", "64"]
 
 
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
-
-
-def run(argv, env):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       env=env)
-    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-
-
-def planned(B, env, flags):
+def plan_output(B, flags):
     rc, out, err = run([B, "plan"] + flags, env)
-    m = re.search(r"peak memory per rank \(the largest: [^)]*\): ([0-9.]+) MiB", out)
-    if rc != 0 or not m:
+    if rc != 0:
         raise RuntimeError("plan %s: %s" % (" ".join(flags), err.strip()[-300:]))
+    return out
+
+
+def planned(B, flags):
+    m = re.search(r"peak memory per rank \(the largest: [^)]*\): ([0-9.]+) MiB", plan_output(B, flags))
     return float(m.group(1))
 
 
+def planned_traffic(B, flags):
+    """The plan's bytes per step by kind, in MiB as printed (two decimals for DP)."""
+    m = re.search(r"sent: TP fwd ([0-9.]+) MiB, TP bwd ([0-9.]+) MiB, PP ([0-9.]+) MiB, DP ([0-9.]+) MiB",
+                  plan_output(B, flags))
+    return [float(x) for x in m.groups()]
+
+
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--onelora", required=True)
-    ap.add_argument("--mpirun", required=True)
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
-    w = lambda n: os.path.join(a.workdir, n)
+    a, w = setup(mpirun_required=True)
     B = a.onelora
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMPI_MCA_mpi_yield_when_idle="1")
     run([B, "init"] + SHAPE + ["--out", w("m.h5")], env)
     run([B, "convert", w("m.h5"), "--out", w("m-bf16.h5"), "--dtype", "bf16"], env)
-    rng = np.random.default_rng(0)
-    with h5py.File(w("d.h5"), "w") as f:
-        f.create_dataset("train", data=rng.integers(0, 4096, 20000, dtype=np.uint16))
-        f.create_dataset("val", data=rng.integers(0, 4096, 2000, dtype=np.uint16))
-        f.attrs["vocab_size"] = 4096
+    write_tokens(w("d.h5"), 4096, 20000, 2000)
 
     # (name, ranks, method, run flags, plan flags beyond the run's, "bench" or "train")
     configs = [
@@ -91,7 +74,8 @@ def main():
     measured = {}
     for name, ranks, method, flags, plan_flags, kind in configs:
         if kind == "bench":
-            argv = [B, "bench"] + SHAPE + BATCH + ["--method", method, "--steps", "2"] + flags
+            argv = [B, "bench"] + SHAPE + BATCH + ["--method", method, "--steps", "2",
+                                                   "--log", w(name + ".jsonl")] + flags
         else:
             model = [w(flags[flags.index("--model") + 1])] if "--model" in flags else [w("m.h5")]
             flags = [f for i, f in enumerate(flags) if f != "--model" and (i == 0 or flags[i - 1] != "--model")]
@@ -103,17 +87,26 @@ def main():
             check("plan." + name, False, "run failed: " + err.strip()[-300:])
             continue
         got = float(m.group(1))
-        want = planned(B, env, SHAPE + BATCH + ["--method", method] + plan_flags)
+        want = planned(B, SHAPE + BATCH + ["--method", method] + plan_flags)
+        if ranks > 1:  # traffic: rank 0's counters of the last step (every rank alike here)
+            with open(w(name + ".jsonl")) as f:
+                step = [json.loads(l) for l in f if '"kind": "step"' in l][-1]
+            sent = [step[k] / 2 ** 20 for k in ("bytes_tp_fwd", "bytes_tp_bwd", "bytes_pp", "bytes_dp")]
+            want_sent = planned_traffic(B, SHAPE + BATCH + ["--method", method] + plan_flags)
+            # the plan prints MiB to 0.1 (DP to 0.01): equal up to that rounding
+            ok = all(abs(x - y) <= (0.005 if i == 3 else 0.05) + 1e-9
+                     for i, (x, y) in enumerate(zip(sent, want_sent)))
+            check("plan.%s_traffic" % name, ok, "logged %s MiB, planned %s MiB"
+                  % (["%.3f" % x for x in sent], want_sent))
         measured[name] = got
         err_rel = abs(got - want) / want
         check("plan." + name, err_rel <= TOLERANCE,
               "measured %.1f MiB, planned %.1f MiB: %+.1f%%" % (got, want, 100 * (got - want) / want))
     if "1lora" in measured:  # the plan of twice the micro-batch: activations doubled
-        want = planned(B, env, SHAPE + ["--micro-batch", "8", "--seq-len", "64", "--method", "1lora"])
+        want = planned(B, SHAPE + ["--micro-batch", "8", "--seq-len", "64", "--method", "1lora"])
         err_rel = abs(measured["1lora"] - want) / want
         check("plan.selftest_other_config_fails", err_rel > TOLERANCE, "%+.1f%%" % (100 * err_rel))
-    print("%d failures" % failures)
-    return 1 if failures else 0
+    return finish()
 
 
 if __name__ == "__main__":

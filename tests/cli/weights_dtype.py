@@ -28,34 +28,19 @@ Self-tests: each comparison must fail for a gradient changed by twice its bound 
 and for the run of another data order (--seed). DoRA, which reads W's rows for its norms, is
 refused with one error line."""
 
-import argparse
 import json
 import math
 import os
-import shutil
-import subprocess
 import sys
 
-import h5py
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mpi"))
 import equivalence as eq  # noqa: E402
+from clitest import ENV as env, check, finish, run, setup, write_tokens  # noqa: E402
 
-failures = 0
 U_W = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}
-
-
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
-
-
-def run(argv, env):
-    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       env=env)
-    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
 
 
 def rounding_eps(cfg, dtype, forward_only=False):
@@ -64,27 +49,13 @@ def rounding_eps(cfg, dtype, forward_only=False):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--onelora", required=True)
-    ap.add_argument("--mpirun", default="")
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
-    w = lambda n: os.path.join(a.workdir, n)
+    a, w = setup()
     B = a.onelora
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
-               OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-               OMPI_MCA_mpi_yield_when_idle="1")
     rc, _, err = run([B, "init", "--preset", "tiny", "--seed", "5", "--layers", "3", "--out", w("m.h5")], env)
     if rc != 0:
         print("FAIL init: " + err)
         return 1
-    rng = np.random.default_rng(0)
-    with h5py.File(w("d.h5"), "w") as f:
-        f.create_dataset("train", data=rng.integers(0, 256, 8000, dtype=np.uint16))
-        f.create_dataset("val", data=rng.integers(0, 256, 2000, dtype=np.uint16))
-        f.attrs["vocab_size"] = 256
+    write_tokens(w("d.h5"), 256, 8000, 2000)
     for dt in U_W:
         run([B, "convert", w("m.h5"), "--out", w("m-%s.h5" % dt), "--dtype", dt], env)
     cfg = eq.model_config(w("m.h5"))
@@ -150,8 +121,7 @@ def main():
     rc, _, err = run([B, "train", "--model", w("m.h5"), "--data", w("d.h5"), "--weights-dtype", "f8",
                       "--steps", "1"], env)
     check("bad_dtype_refused", rc != 0 and "--weights-dtype" in err and "f8" in err, err.strip())
-    print("%d failures" % failures)
-    return 1 if failures else 0
+    return finish()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""What the CLI test scripts of issue 11 share (hf_import, weights_dtype, map_weights,
+plan_memory): PASS/FAIL reporting, running the binary, the environment of oversubscribed mpirun
+ranks as root, the standard arguments and a random token data file."""
+
+import argparse
+import os
+import shutil
+import subprocess
+
+import h5py
+import numpy as np
+
+failures = 0
+
+
+def check(name, ok, detail=""):
+    """Prints PASS/FAIL name detail and counts the failures."""
+    global failures
+    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
+    failures += 0 if ok else 1
+    return ok
+
+
+def finish():
+    """The exit status: nonzero on any failure."""
+    print("%d failures" % failures)
+    return 1 if failures else 0
+
+
+def run(argv, env=None):
+    """(returncode, stdout, stderr) of argv."""
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                       env=env)
+    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+
+
+# mpirun as root, more ranks than cores (ranks yield while they wait), one thread a rank
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
+           OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
+           OMPI_MCA_mpi_yield_when_idle="1")
+
+
+def setup(mpirun_required=False):
+    """Parses --onelora, --mpirun, --workdir; empties the work directory. Returns (args, path
+    function for files in it)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--onelora", required=True)
+    ap.add_argument("--mpirun", required=mpirun_required, default="")
+    ap.add_argument("--workdir", required=True)
+    a = ap.parse_args()
+    shutil.rmtree(a.workdir, ignore_errors=True)
+    os.makedirs(a.workdir)
+    return a, lambda n: os.path.join(a.workdir, n)
+
+
+def write_tokens(path, vocab, n_train, n_val, seed=0):
+    """A data file of uniformly random tokens (uint16)."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("train", data=rng.integers(0, vocab, n_train, dtype=np.uint16))
+        f.create_dataset("val", data=rng.integers(0, vocab, n_val, dtype=np.uint16))
+        f.attrs["vocab_size"] = vocab
+
+
+def same_ckpt(a, b):
+    """Every params, adam_m and adam_v dataset of two checkpoints equal byte for byte."""
+    with h5py.File(a, "r") as f, h5py.File(b, "r") as g:
+        groups = ("params", "adam_m", "adam_v")
+        if any(sorted(f[grp]) != sorted(g[grp]) for grp in groups):
+            return False
+        return all(f[grp][k][...].tobytes() == g[grp][k][...].tobytes() for grp in groups for k in f[grp])
