@@ -1,4 +1,4 @@
-/* Model files (DESIGN §6): the config as root attributes, one f32 or f16 dataset per tensor
+/* Model files (DESIGN §6): the config as root attributes, one f32, f16 or bf16 dataset per tensor
  * at the root under its Hugging Face name. Readers take hyperslabs so a rank reads only its
  * shard; writers go through "<path>.tmp" and a rename. */
 #include <stdio.h>
@@ -91,14 +91,6 @@ int ol_h5model_check(ol_h5model *m, const char *name, int ndim, const size_t *sh
   hid_t dset;
   OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
   int rc = ol_h5_check_shape(dset, m->path, name, ndim, shape);
-  ol_h5_free(dset);
-  return rc;
-}
-
-int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out) {
-  hid_t dset;
-  OL_TRY(ol_h5_open_dataset(m->file, m->path, name, name, &dset));
-  int rc = ol_h5_dataset_dtype(dset, m->path, name, out);
   ol_h5_free(dset);
   return rc;
 }

@@ -249,8 +249,6 @@ static ol_st_reader *shard_of(const ol_hf *h, const char **name) {
   return NULL;
 }
 
-int ol_hf_has(const ol_hf *h, const char *name) { return shard_of(h, &name) != NULL; }
-
 int ol_hf_tied(const ol_hf *h) { return h->tied; }
 
 int ol_hf_read(ol_hf *h, const char *name, int ndim, const size_t *shape, const size_t *start,
@@ -264,12 +262,6 @@ int ol_hf_check(ol_hf *h, const char *name, int ndim, const size_t *shape) {
   ol_st_reader *s = shard_of(h, &name);
   if (!s) return ol_error("%s: missing tensor '%s' (in no shard)", h->dir, name);
   return ol_st_check(s, name, ndim, shape);
-}
-
-int ol_hf_dtype(ol_hf *h, const char *name, ol_dtype *out) {
-  ol_st_reader *s = shard_of(h, &name);
-  if (!s) return ol_error("%s: missing tensor '%s' (in no shard)", h->dir, name);
-  return ol_st_dtype(s, name, out);
 }
 
 int ol_hf_locate(ol_hf *h, const char *name, const char **path, ol_dtype *dtype,

@@ -14,7 +14,6 @@ int ol_hf_is_dir(const char *path);
 /* Reads and validates dir/config.json and opens the safetensors shard(s), validating each
  * header; errors name the file and the key or tensor at fault. */
 int ol_hf_open(const char *dir, ol_hf **out, ol_config *cfg);
-int ol_hf_has(const ol_hf *h, const char *name);
 /* config.json's tie_word_embeddings: lm_head.weight reads model.embed_tokens.weight. */
 int ol_hf_tied(const ol_hf *h);
 /* An error unless tensor `name` is present with this shape. */
@@ -22,7 +21,6 @@ int ol_hf_check(ol_hf *h, const char *name, int ndim, const size_t *shape);
 /* As ol_st_read, from the shard that holds the tensor. */
 int ol_hf_read(ol_hf *h, const char *name, int ndim, const size_t *shape, const size_t *start,
                const size_t *count, float *dst);
-int ol_hf_dtype(ol_hf *h, const char *name, ol_dtype *out);
 /* The shard file that holds tensor `name`, its dtype and the file offset of its first byte. */
 int ol_hf_locate(ol_hf *h, const char *name, const char **path, ol_dtype *dtype,
                  uint64_t *offset);

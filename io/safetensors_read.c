@@ -230,13 +230,6 @@ static int find_checked(const ol_st_reader *r, const char *name, int ndim, const
   return OL_OK;
 }
 
-int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out) {
-  const st_entry *e = find(r, name);
-  if (!e) return ol_error("%s: missing tensor '%s'", r->path, name);
-  *out = e->dtype;
-  return OL_OK;
-}
-
 int ol_st_locate(const ol_st_reader *r, const char *name, ol_dtype *dtype, uint64_t *offset) {
   const st_entry *e = find(r, name);
   if (!e) return ol_error("%s: missing tensor '%s'", r->path, name);

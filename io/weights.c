@@ -33,9 +33,6 @@ int ol_weights_open(const char *path, ol_weights **out, ol_config *cfg) {
   return OL_OK;
 }
 
-int ol_weights_has(ol_weights *w, const char *name) {
-  return w->hf ? ol_hf_has(w->hf, name) : ol_h5model_has(w->h5, name);
-}
 
 int ol_weights_tied(const ol_weights *w) { return w->hf ? ol_hf_tied(w->hf) : 0; }
 
@@ -49,8 +46,20 @@ int ol_weights_read(ol_weights *w, const char *name, int ndim, const size_t *sha
                : ol_h5model_read(w->h5, name, ndim, shape, start, count, dst);
 }
 
+/* Tensor `name`'s file, stored dtype and the offset of its first byte (UINT64_MAX, with the
+ * reason in why, when its bytes are not contiguous). */
+static int locate(ol_weights *w, const char *name, const char **file, ol_dtype *dtype,
+                  uint64_t *offset, char *why, size_t why_size) {
+  *file = w->path;
+  if (w->hf) return ol_hf_locate(w->hf, name, file, dtype, offset);
+  return ol_h5model_locate(w->h5, name, dtype, offset, why, why_size);
+}
+
 int ol_weights_dtype(ol_weights *w, const char *name, ol_dtype *out) {
-  return w->hf ? ol_hf_dtype(w->hf, name, out) : ol_h5model_dtype(w->h5, name, out);
+  const char *file;
+  uint64_t offset;
+  char why[160];
+  return locate(w, name, &file, out, &offset, why, sizeof why);
 }
 
 int ol_weights_map(ol_weights *w, const char *name, const size_t *shape, const size_t *start,
@@ -58,11 +67,10 @@ int ol_weights_map(ol_weights *w, const char *name, const size_t *shape, const s
                    size_t why_size) {
   *ptr = NULL;
   map->base = NULL, map->length = 0;
-  const char *file = w->path;
+  const char *file;
   ol_dtype stored;
-  uint64_t offset = UINT64_MAX;
-  if (w->hf) OL_TRY(ol_hf_locate(w->hf, name, &file, &stored, &offset));
-  else OL_TRY(ol_h5model_locate(w->h5, name, &stored, &offset, why, why_size));
+  uint64_t offset;
+  OL_TRY(locate(w, name, &file, &stored, &offset, why, why_size));
   if (offset == UINT64_MAX) return OL_OK;
   if (stored != dtype) {
     snprintf(why, why_size, "'%s' is stored as %s, held as %s", name, ol_dtype_name(stored),

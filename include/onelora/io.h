@@ -26,11 +26,9 @@ int ol_h5model_open(const char *path, ol_h5model **out, ol_config *cfg);
 int ol_h5model_read(ol_h5model *m, const char *name, int ndim, const size_t *shape,
                     const size_t *start, const size_t *count, float *dst);
 int ol_h5model_has(ol_h5model *m, const char *name);
-/* The dtype dataset `name` is stored in (f32, f16 or bf16). */
-int ol_h5model_dtype(ol_h5model *m, const char *name, ol_dtype *out);
-/* Where dataset `name`'s values sit in the file: *offset is the file offset of its first byte
- * when it is contiguous and unfiltered (as onelora writes), else UINT64_MAX with the reason in
- * why. */
+/* Dataset `name`'s stored dtype (f32, f16 or bf16) and where its values sit in the file:
+ * *offset is the file offset of its first byte when it is contiguous and unfiltered (as onelora
+ * writes), else UINT64_MAX with the reason in why. */
 int ol_h5model_locate(ol_h5model *m, const char *name, ol_dtype *dtype, uint64_t *offset,
                       char *why, size_t why_size);
 /* An error naming the dataset unless it exists with this shape. */
@@ -58,7 +56,6 @@ int ol_h5model_finish(ol_h5model *m);                     /* closes; frees m eve
  * Every JSON file and safetensors header is validated at open (docs/FORMATS.md). */
 typedef struct ol_weights ol_weights;
 int ol_weights_open(const char *path, ol_weights **out, ol_config *cfg);
-int ol_weights_has(ol_weights *w, const char *name);
 /* 1 for a Hugging Face model with tie_word_embeddings: lm_head.weight is the embedding. */
 int ol_weights_tied(const ol_weights *w);
 /* An error naming the file and the tensor unless it is present with this shape. */
@@ -228,7 +225,6 @@ int ol_st_has(const ol_st_reader *r, const char *name);
 uint64_t ol_st_data_bytes(const ol_st_reader *r);
 /* An error naming the file and the tensor unless it is present with this shape. */
 int ol_st_check(const ol_st_reader *r, const char *name, int ndim, const size_t *shape);
-int ol_st_dtype(const ol_st_reader *r, const char *name, ol_dtype *out);
 /* Tensor `name`'s dtype and the file offset of its first byte; the file's path. */
 int ol_st_locate(const ol_st_reader *r, const char *name, ol_dtype *dtype, uint64_t *offset);
 const char *ol_st_path(const ol_st_reader *r);

@@ -104,9 +104,12 @@ void ol_model_randomize(ol_model *m, uint64_t seed);
  * (count[0], count[1])): init streams big models through it a block of rows at a time. */
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
 size_t ol_tensor_numel(const ol_tensor *t);
-/* Rounds rows [row0, row0 + rows) of this rank's slice, src (rows, count[1]) f32, into t->half
- * (round to nearest even). */
-void ol_tensor_store_half(const ol_tensor *t, const float *src, size_t row0, size_t rows, ol_dtype dtype);
+/* Fills t->half, this rank's slice of a matrix kept at 2 bytes, a block of rows at a time:
+ * fill(ctx, rows, buf) writes the f32 values of `rows` (t narrowed to the block's rows) into buf
+ * (rows.count[0], count[1]), which are then rounded to dtype (to nearest even). Returns the first
+ * error of fill. */
+typedef int (*ol_fill_fn)(void *ctx, const ol_tensor *rows, float *buf);
+int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, void *ctx);
 void ol_model_free(ol_model *m);
 /* Number of trainable values */
 size_t ol_model_trainable(const ol_model *m);

@@ -9,26 +9,9 @@ static size_t tensor_numel(const ol_tensor *t) {
   return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
-/* Values of a slice read at a time into f32 before rounding to 2 bytes: 1 MiB, so that the freed
- * temporary (which glibc keeps resident) stays small beside the model. */
-#define LOAD_BLOCK_FLOATS ((size_t)1 << 18)
-
-/* A frozen matrix kept at 2 bytes: its slice read in blocks of rows (as f32, exact for an f16
- * or bf16 file) and rounded to the model's weights dtype. */
-static int load_half(ol_model *m, ol_weights *f, const ol_tensor *t) {
-  const size_t cols = t->count[1];
-  size_t per = cols >= LOAD_BLOCK_FLOATS ? 1 : LOAD_BLOCK_FLOATS / cols;
-  if (per > t->count[0]) per = t->count[0];
-  float *buf = ol_calloc(per * cols, sizeof(float));  // (per, cols)
-  int rc = OL_OK;
-  for (size_t r0 = 0; rc == OL_OK && r0 < t->count[0]; r0 += per) {
-    const size_t rows = t->count[0] - r0 < per ? t->count[0] - r0 : per;
-    const size_t start[2] = {t->start[0] + r0, t->start[1]}, count[2] = {rows, cols};
-    rc = ol_weights_read(f, t->name, 2, t->shape, start, count, buf);
-    if (rc == OL_OK) ol_tensor_store_half(t, buf, r0, rows, m->stage.weights_dtype);
-  }
-  ol_free(buf);
-  return rc;
+/* The rows of a matrix kept at 2 bytes, read as f32 (exact for an f16 or bf16 file). */
+static int read_rows(void *weights, const ol_tensor *rows, float *buf) {
+  return ol_weights_read(weights, rows->name, 2, rows->shape, rows->start, rows->count, buf);
 }
 
 int ol_model_load(ol_model *m, ol_weights *f) {
@@ -46,7 +29,7 @@ int ol_model_load(ol_model *m, ol_weights *f) {
     }
     // this rank's slice only: rows of column-parallel and vocab tensors, columns of row-parallel
     if (t->data) OL_TRY(ol_weights_read(f, t->name, t->ndim, t->shape, t->start, t->count, t->data));
-    else OL_TRY(load_half(m, f, t));
+    else OL_TRY(ol_tensor_fill_half(t, m->stage.weights_dtype, read_rows, f));
   }
   return OL_OK;
 }

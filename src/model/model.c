@@ -312,38 +312,40 @@ void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
                         t->start[1], 0.02f);
 }
 
-/* Values generated at a time for a matrix kept at 2 bytes: 1 MiB of f32, so that the freed
+/* Values filled at a time into a matrix kept at 2 bytes: 1 MiB of f32, so that the freed
  * temporary (which glibc keeps resident) stays small beside the model. */
-#define RANDOMIZE_BLOCK ((size_t)1 << 18)
+#define HALF_FILL_BLOCK ((size_t)1 << 18)
+
+int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, void *ctx) {
+  const size_t cols = t->count[1];
+  size_t per = cols >= HALF_FILL_BLOCK ? 1 : HALF_FILL_BLOCK / cols;
+  if (per > t->count[0]) per = t->count[0];
+  float *buf = ol_calloc(per * cols, sizeof(float));  // (per, cols)
+  int rc = OL_OK;
+  for (size_t r0 = 0; rc == OL_OK && r0 < t->count[0]; r0 += per) {
+    ol_tensor rows = *t;  // the block: rows [r0, r0 + count) of this rank's slice
+    rows.start[0] = t->start[0] + r0;
+    rows.count[0] = t->count[0] - r0 < per ? t->count[0] - r0 : per;
+    rc = fill(ctx, &rows, buf);
+    uint16_t *dst = t->half + r0 * cols;  // (rows.count[0], cols)
+    for (size_t k = 0; rc == OL_OK && k < rows.count[0] * cols; k++)
+      dst[k] = dtype == OL_DTYPE_BF16 ? ol_f32_to_bf16(buf[k]) : ol_f32_to_f16(buf[k]);
+  }
+  ol_free(buf);
+  return rc;
+}
+
+static int randomize_rows(void *seed, const ol_tensor *rows, float *buf) {
+  ol_tensor_randomize(rows, buf, *(const uint64_t *)seed);  // counter-based: the same rows of the whole
+  return OL_OK;
+}
 
 void ol_model_randomize(ol_model *m, uint64_t seed) {
   for (size_t i = 0; i < m->n_tensors; i++) {
     ol_tensor *t = m->tensors[i];
-    if (t->data) {
-      ol_tensor_randomize(t, t->data, seed);
-      continue;
-    }
-    // kept at 2 bytes: generated a block of rows at a time (counter-based, so a block is the
-    // same rows of the whole), then rounded
-    size_t per = t->count[1] >= RANDOMIZE_BLOCK ? 1 : RANDOMIZE_BLOCK / t->count[1];
-    if (per > t->count[0]) per = t->count[0];
-    float *tmp = ol_calloc(per * t->count[1], sizeof(float));  // (per, count[1])
-    for (size_t r0 = 0; r0 < t->count[0]; r0 += per) {
-      ol_tensor rows = *t;
-      rows.start[0] = t->start[0] + r0;
-      rows.count[0] = t->count[0] - r0 < per ? t->count[0] - r0 : per;
-      ol_tensor_randomize(&rows, tmp, seed);
-      ol_tensor_store_half(t, tmp, r0, rows.count[0], m->stage.weights_dtype);
-    }
-    ol_free(tmp);
+    if (t->data) ol_tensor_randomize(t, t->data, seed);
+    else ol_tensor_fill_half(t, m->stage.weights_dtype, randomize_rows, &seed);
   }
-}
-
-void ol_tensor_store_half(const ol_tensor *t, const float *src, size_t row0, size_t rows, ol_dtype dtype) {
-  const size_t cols = t->count[1];
-  uint16_t *dst = t->half + row0 * cols;  // (rows, cols) of this rank's (count[0], count[1])
-  for (size_t i = 0; i < rows * cols; i++)
-    dst[i] = dtype == OL_DTYPE_BF16 ? ol_f32_to_bf16(src[i]) : ol_f32_to_f16(src[i]);
 }
 
 size_t ol_model_trainable(const ol_model *m) { return m->params.total; }
