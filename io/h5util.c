@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "io/ decodes little-endian 2-byte floats in place; port ol_h5_read_floats first"

@@ -8,8 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "onelora/config.h"
-#include "onelora/io.h"
+#include "onelora/core/config.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 /* ---- limits on what a file may declare, checked before anything is sized by it ---- */
 #define OL_H5_MAX_STR 4096                      /* bytes of a fixed-length string attribute */

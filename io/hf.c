@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 
 #include "hf.h"
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 #define MAX_CONFIG_BYTES ((off_t)1 << 20) /* config.json: a few hundred bytes in practice */
 #define MAX_INDEX_BYTES ((off_t)64 << 20) /* the index of a 70B model is about 60 KiB */

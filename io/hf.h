@@ -5,8 +5,11 @@
 
 #include <stddef.h>
 
-#include "onelora/config.h"
-#include "onelora/io.h"
+#include "onelora/core/config.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 typedef struct ol_hf ol_hf;
 /* 1 when path is a directory (a Hugging Face model) rather than a file. */

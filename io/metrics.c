@@ -5,8 +5,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 struct ol_metrics {
   FILE *fp;    /* NULL: no log */

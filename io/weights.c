@@ -9,8 +9,11 @@
 #include <unistd.h>
 
 #include "hf.h"
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 struct ol_weights {
   ol_h5model *h5;  /* exactly one of the two */

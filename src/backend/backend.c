@@ -1,8 +1,8 @@
 /* The active backend table. It is the one piece of global mutable state in the numeric code:
  * set once at start-up (ol_backend_set(ol_backend_cpu()) or the CUDA table), read everywhere
  * as ol_bk->op(...). */
-#include "onelora/backend.h"
-#include "onelora/core.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
 
 const ol_backend *ol_bk = NULL;
 

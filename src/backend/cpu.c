@@ -17,8 +17,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/core.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
 
 /* Elementwise loops shorter than this run on one thread: the fork/join costs more than it saves. */
 #define OMP_MIN_ELEMS ((size_t)1 << 15)
@@ -233,19 +233,23 @@ static void cpu_gemv(int trans, size_t M, size_t N, float alpha, const float *A,
 /* ---------------------------------------------------------------------------------------------
  * embedding */
 
-static void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, size_t N,
-                                  size_t D) {
-  // out (N, D), tokens (N), table (V, D)
+static void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table,
+                                  const uint16_t *table16, int bf16, size_t N, size_t D,
+                                  int64_t v0, size_t V) {
+  // out (N, D), tokens (N), table or table16 (V, D): the rows [v0, v0 + V) of the vocabulary
 #pragma omp parallel for schedule(static) if (N * D >= OMP_MIN_ELEMS)
   for (size_t n = 0; n < N; n++) {
     OL_CHECK(tokens[n] >= 0);
-    memcpy(out + n * D, table + (size_t)tokens[n] * D, D * sizeof(float));
+    const int64_t t = (int64_t)tokens[n] - v0;
+    if (t < 0 || t >= (int64_t)V) memset(out + n * D, 0, D * sizeof(float));
+    else if (table16) cpu_widen(out + n * D, table16 + (size_t)t * D, 1, D, D, bf16);
+    else memcpy(out + n * D, table + (size_t)t * D, D * sizeof(float));
   }
 }
 
 static void cpu_embedding_backward(float *dtable, const int32_t *tokens, const float *dout,
-                                   size_t N, size_t D) {
-  // dtable (V, D) +=, tokens (N), dout (N, D)
+                                   size_t N, size_t D, int64_t v0, size_t V) {
+  // dtable (V, D) += for the rows [v0, v0 + V) of the vocabulary, tokens (N), dout (N, D)
   /* Race-free: a token may repeat, so threads own disjoint column slabs of the table, and
    * each walks all N tokens for its slab (every read of dout stays a contiguous run). */
   const size_t slab = 64;
@@ -255,7 +259,9 @@ static void cpu_embedding_backward(float *dtable, const int32_t *tokens, const f
     size_t c0 = s * slab, c1 = c0 + slab < D ? c0 + slab : D;
     for (size_t n = 0; n < N; n++) {
       OL_CHECK(tokens[n] >= 0);
-      float *dst = dtable + (size_t)tokens[n] * D;
+      const int64_t t = (int64_t)tokens[n] - v0;
+      if (t < 0 || t >= (int64_t)V) continue;
+      float *dst = dtable + (size_t)t * D;
       const float *src = dout + n * D;
       for (size_t c = c0; c < c1; c++) dst[c] += src[c];
     }
@@ -638,6 +644,12 @@ static void cpu_vp_ce_grad(float *logits, const int32_t *targets, size_t N, size
   }
 }
 
+static double cpu_vp_ce_loss(const float *mx, const float *zt, const double *sum, size_t N) {
+  double loss = 0.0;  // in row order, serially: the same sum on every TP rank
+  for (size_t n = 0; n < N; n++) loss += log(sum[n]) + (double)mx[n] - (double)zt[n];
+  return loss;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * vector helpers */
 
@@ -864,6 +876,7 @@ static const ol_backend cpu_backend = {
     .vp_ce_local = cpu_vp_ce_local,
     .vp_ce_sumexp = cpu_vp_ce_sumexp,
     .vp_ce_grad = cpu_vp_ce_grad,
+    .vp_ce_loss = cpu_vp_ce_loss,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }

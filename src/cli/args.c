@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 static void print_help(const char *cmd, const char *usage, const ol_arg *args, size_t nargs) {
   printf("usage: onelora %s %s\n\n%s\n", cmd, usage ? usage : "[options]", nargs ? "options:" : "");

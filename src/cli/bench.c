@@ -5,10 +5,17 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/backend.h"
-#include "onelora/core.h"
-#include "onelora/io.h"
-#include "onelora/train.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 /* Best rate of an n x n x n sgemm over a few repetitions, in FLOP/s. */
 static double sgemm_rate(size_t n) {

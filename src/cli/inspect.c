@@ -10,8 +10,11 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "onelora/io.h"
-#include "onelora/peft.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/peft/linear.h"
 
 #define NAME_LEN 256
 /* per-layer columns: the seven projections, then the two RMSNorms */

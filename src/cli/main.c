@@ -3,9 +3,12 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/backend.h"
-#include "onelora/core.h"
-#include "onelora/parallel.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
+#include "onelora/parallel/grid.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/parallel/pipeline.h"
 
 typedef struct {
   const char *name;

@@ -6,9 +6,16 @@
 #include <sys/stat.h>
 
 #include "cli.h"
-#include "onelora/io.h"
-#include "onelora/model.h"
-#include "onelora/train.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/model/acts.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);

@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 void *ol_calloc(size_t count, size_t size) {
   if (size != 0 && count > SIZE_MAX / size) ol_fatal(__FILE__, __LINE__, "allocation overflow");

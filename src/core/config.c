@@ -1,8 +1,8 @@
 /* Validation of a model configuration, wherever it came from. */
 #include <math.h>
 
-#include "onelora/config.h"
-#include "onelora/core.h"
+#include "onelora/core/config.h"
+#include "onelora/core/core.h"
 
 int ol_config_validate(const ol_config *c, const char *what) {
   if (c->dim <= 0) return ol_error("%s: dim must be positive, got %lld", what, (long long)c->dim);

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 static char last_error[1024];
 static int log_rank;

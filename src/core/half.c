@@ -1,7 +1,7 @@
 /* IEEE binary16 and bfloat16 conversion, round to nearest even. */
 #include <string.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 static uint32_t f32_bits(float f) {
   uint32_t u;

@@ -2,7 +2,7 @@
  * independent of how work is split across ranks. */
 #include <math.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 /* splitmix64's increment (2^64 / golden ratio) */
 #define GAMMA 0x9E3779B97F4A7C15ull

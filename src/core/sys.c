@@ -3,7 +3,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 double ol_now(void) {
   struct timespec ts;

@@ -14,9 +14,8 @@
 #include <math.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/model.h"
-#include "onelora/parallel.h"
+#include "onelora/backend/backend.h"
+#include "onelora/model/acts.h"
 
 #define HEAD_CHUNK 256
 
@@ -33,7 +32,7 @@ static void acts_layout(ol_acts *a, const ol_model *m, size_t B, size_t T, int r
   memset(a, 0, sizeof *a);
   const ol_config *c = &m->cfg;
   // this rank's heads, ffn rows and vocabulary rows (all of them without TP)
-  const size_t tp = (size_t)m->tp;
+  const size_t tp = (size_t)m->stage.tp;
   const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, L = m->stage.n_layers;
   const size_t H = (size_t)c->n_heads / tp, kvD = (size_t)c->n_kv_heads / tp * m->hd, V = m->Vl;
   const size_t qD = H * m->hd, N = B * T, f = sizeof(float);
@@ -138,14 +137,12 @@ void ol_acts_free(ol_acts *a) {
   memset(a, 0, sizeof *a);
 }
 
-/* Points every linear at these activations' scratch (for rescaling adapters) and at the TP grid
- * (for the row-parallel all-reduces). */
+/* Points every linear at these activations' scratch (rescaling adapters, 2-byte weights). */
 static void set_linear_work(ol_model *m, ol_acts *a) {
   for (size_t l = 0; l < a->L; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       m->blocks[l].lin[p].work = a->lin_work;
       m->blocks[l].lin[p].wide = a->wide;
-      m->blocks[l].lin[p].grid = m->grid;
     }
 }
 
@@ -160,15 +157,14 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = block_acts(a, l);
-  const size_t tp = (size_t)m->tp;
+  const size_t tp = (size_t)m->stage.tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
   const float eps = (float)c->norm_eps;
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd1, x, b->attn_norm.data, N, D, eps);
-  ol_linear_forward(&b->lin[OL_Q], a->xn, ba->q, N, 0.0f, ba->saved[OL_Q]);
-  ol_linear_forward(&b->lin[OL_K], a->xn, ba->k, N, 0.0f, ba->saved[OL_K]);
-  ol_linear_forward(&b->lin[OL_V], a->xn, ba->v, N, 0.0f, ba->saved[OL_V]);
+  float *qkv[3] = {ba->q, ba->k, ba->v};
+  ol_linears_forward(&b->lin[OL_Q], 3, a->xn, qkv, N, &ba->saved[OL_Q]);
   ol_bk->rope_apply(ba->q, a->rope_cos, a->rope_sin, a->B, a->T, H, hd, 0);
   ol_bk->rope_apply(ba->k, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 0);
   ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
@@ -177,8 +173,8 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, 1.0f, ba->saved[OL_O]);
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd2, ba->x2, b->mlp_norm.data, N, D, eps);
-  ol_linear_forward(&b->lin[OL_GATE], a->xn, ba->g, N, 0.0f, ba->saved[OL_GATE]);
-  ol_linear_forward(&b->lin[OL_UP], a->xn, ba->u, N, 0.0f, ba->saved[OL_UP]);
+  float *gate_up[2] = {ba->g, ba->u};
+  ol_linears_forward(&b->lin[OL_GATE], 2, a->xn, gate_up, N, &ba->saved[OL_GATE]);
   ol_bk->swiglu_forward(a->h, ba->g, ba->u, N * F);
   memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
   ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, 1.0f, ba->saved[OL_DOWN]);
@@ -191,7 +187,7 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = block_acts(a, l);
-  const size_t tp = (size_t)m->tp;
+  const size_t tp = (size_t)m->stage.tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
   float *dnorm1 = ol_model_grad(m, &b->attn_norm), *dnorm2 = ol_model_grad(m, &b->mlp_norm);
@@ -201,9 +197,8 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   ol_linear_backward(&b->lin[OL_DOWN], a->dres, dh, N, 0.0f, ba->saved[OL_DOWN]);
   ol_bk->swiglu_backward(ba->g, ba->u, dh, ba->g, ba->u, N * F);  // in place: g, u -> dg, du
   float *dxn = a->xn;                                 // (N, D)
-  ol_linear_backward(&b->lin[OL_GATE], ba->g, dxn, N, 0.0f, ba->saved[OL_GATE]);
-  ol_linear_backward(&b->lin[OL_UP], ba->u, dxn, N, 1.0f, ba->saved[OL_UP]);
-  ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
+  const float *dgate_up[2] = {ba->g, ba->u};
+  ol_linears_backward(&b->lin[OL_GATE], 2, dgate_up, dxn, N, &ba->saved[OL_GATE]);
   ol_bk->rmsnorm_backward(a->dres, dnorm2, dxn, ba->x2, b->mlp_norm.data, ba->rstd2, N, D);
 
   // attention: x2 = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1)))
@@ -213,64 +208,37 @@ static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
                             H, Hkv, hd, a->attn_scratch);
   ol_bk->rope_apply(a->dq, a->rope_cos, a->rope_sin, a->B, a->T, H, hd, 1);
   ol_bk->rope_apply(a->dk, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 1);
-  ol_linear_backward(&b->lin[OL_Q], a->dq, dxn, N, 0.0f, ba->saved[OL_Q]);
-  ol_linear_backward(&b->lin[OL_K], a->dk, dxn, N, 1.0f, ba->saved[OL_K]);
-  ol_linear_backward(&b->lin[OL_V], a->dv, dxn, N, 1.0f, ba->saved[OL_V]);
-  ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
+  const float *dqkv[3] = {a->dq, a->dk, a->dv};
+  ol_linears_backward(&b->lin[OL_Q], 3, dqkv, dxn, N, &ba->saved[OL_Q]);
   ol_bk->rmsnorm_backward(a->dres, dnorm1, dxn, x, b->attn_norm.data, ba->rstd1, N, D);
 }
 
 /* Vocab-parallel embedding: this rank holds rows [v0, v0 + Vl) of the table (Vl, D); tokens
- * outside them give zero rows, and the all-reduce over TP sums the shards' rows. */
+ * outside them give zero rows, and reduce_from_tp sums the shards' rows. */
 static void embed_forward(ol_model *m, float *out, const int32_t *tokens, size_t N) {
   const size_t D = (size_t)m->cfg.dim;
-  const uint16_t *half = m->embed.half;  // (Vl, D) when kept at 2 bytes
-  if (m->tp == 1 && !half) {
-    ol_bk->embedding_forward(out, tokens, m->embed.data, N, D);
-    return;
-  }
-  const int bf16 = m->stage.weights_dtype == OL_DTYPE_BF16;
-  for (size_t n = 0; n < N; n++) {  // out (N, D)
-    const int64_t t = (int64_t)tokens[n] - (int64_t)m->v0;
-    if (t < 0 || t >= (int64_t)m->Vl) memset(out + n * D, 0, D * sizeof(float));
-    else if (half) ol_bk->widen(out + n * D, half + (size_t)t * D, 1, D, D, bf16);
-    else memcpy(out + n * D, m->embed.data + (size_t)t * D, D * sizeof(float));
-  }
-  if (m->tp > 1) ol_tp_allreduce(m->grid, out, N * D, OL_COMM_TP_FWD);
+  ol_bk->embedding_forward(out, tokens, m->embed.data, m->embed.half,
+                           m->stage.weights_dtype == OL_DTYPE_BF16, N, D, (int64_t)m->v0, m->Vl);
+  ol_reduce_from_tp_forward(m->tp, out, N * D);
 }
 
-/* d(table) (Vl, D) += the rows of dout (N, D) whose tokens lie in this rank's shard. */
+/* d(table) (Vl, D) += the rows of dout (N, D) whose tokens lie in this rank's shard (the
+ * backward of reduce_from_tp is the identity). */
 static void embed_backward(ol_model *m, float *dtable, const int32_t *tokens, const float *dout,
                            size_t N) {
-  const size_t D = (size_t)m->cfg.dim;
-  if (m->tp == 1) {
-    ol_bk->embedding_backward(dtable, tokens, dout, N, D);
-    return;
-  }
-  for (size_t n = 0; n < N; n++) {
-    const int64_t t = (int64_t)tokens[n] - (int64_t)m->v0;
-    if (t >= 0 && t < (int64_t)m->Vl) ol_bk->axpy(dtable + (size_t)t * D, dout + n * D, 1.0f, D);
-  }
+  ol_reduce_from_tp_backward(m->tp, dout, N * (size_t)m->cfg.dim);
+  ol_bk->embedding_backward(dtable, tokens, dout, N, (size_t)m->cfg.dim, (int64_t)m->v0, m->Vl);
 }
 
-/* Cross-entropy of one chunk's logits (n, Vl), vocab-parallel: the row maxima, the sums of exp
- * and the target logits are reduced over TP; with grad_scale != 0 the logits become this rank's
- * dlogits. Returns the chunk's summed loss (the same on every TP rank). */
+/* Cross-entropy of one chunk's logits (n, Vl); vocab-parallel under TP. With grad_scale != 0
+ * the logits become this rank's dlogits. Returns the chunk's summed loss (the same on every TP
+ * rank). */
 static double head_loss(ol_model *m, ol_acts *a, float *logits, const int32_t *targets, size_t n,
                         float grad_scale) {
-  if (m->tp == 1) return ol_bk->cross_entropy(logits, targets, n, m->Vl, grad_scale);
-  const size_t Vl = m->Vl;
-  float *mx = a->ce_mx, *zt = a->ce_zt;  // (n)
-  double *sum = a->ce_sum;               // (n)
-  ol_bk->vp_ce_local(logits, targets, n, Vl, (int64_t)m->v0, mx, zt);
-  ol_tp_allreduce_max(m->grid, mx, n, OL_COMM_TP_FWD);
-  ol_tp_allreduce(m->grid, zt, n, OL_COMM_TP_FWD);
-  ol_bk->vp_ce_sumexp(logits, mx, n, Vl, sum, grad_scale != 0.0f);
-  ol_tp_allreduce_double(m->grid, sum, n, OL_COMM_TP_FWD);
-  double loss = 0.0;
-  for (size_t i = 0; i < n; i++) loss += log(sum[i]) + (double)mx[i] - (double)zt[i];
-  if (grad_scale != 0.0f) ol_bk->vp_ce_grad(logits, targets, n, Vl, (int64_t)m->v0, sum, grad_scale);
-  return loss;
+  if (m->stage.tp == 1) return ol_bk->cross_entropy(logits, targets, n, m->Vl, grad_scale);
+  OL_CHECK(m->tp != NULL);  // a TP shard computes its loss with the other shards
+  return m->tp->ops->vocab_cross_entropy(m->tp, logits, targets, n, m->Vl, (int64_t)m->v0,
+                                         grad_scale, a->ce_mx, a->ce_zt, a->ce_sum);
 }
 
 /* The LM head's products with its weight (V/TP, D), f32 or kept at 2 bytes: logits (n, V/TP) =
@@ -303,6 +271,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   float *dxn = a->att;                // (N, D) its gradient
   ol_bk->rmsnorm_forward(xn, a->rstd_final, xl, m->final_norm.data, N, D, (float)c->norm_eps);
   float *dhead = ol_model_grad(m, &m->lm_head);
+  ol_copy_to_tp_forward(m->tp, xn, N * D);  // the head's rows are split over TP
   double loss = 0.0;
   for (size_t t0 = 0; t0 < N; t0 += a->head_chunk) {
     size_t n = N - t0 < a->head_chunk ? N - t0 : a->head_chunk;
@@ -314,7 +283,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
     if (dhead) ol_bk->gemm(1, 0, V, D, n, 1.0f, logits, V, xn + t0 * D, D, 1.0f, dhead, D);
   }
   if (grad_scale != 0.0f) {
-    ol_tp_allreduce(m->grid, dxn, N * D, OL_COMM_TP_BWD);
+    ol_copy_to_tp_backward(m->tp, dxn, N * D);
     float *dnorm = ol_model_grad(m, &m->final_norm);
     memset(a->dres, 0, N * D * sizeof(float));
     ol_bk->rmsnorm_backward(a->dres, dnorm, dxn, xl, m->final_norm.data, a->rstd_final, N, D);

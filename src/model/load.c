@@ -2,8 +2,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/io.h"
-#include "onelora/model.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/model/acts.h"
 
 static size_t tensor_numel(const ol_tensor *t) {
   return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];

@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/model.h"
+#include "onelora/backend/backend.h"
+#include "onelora/model/acts.h"
 
 typedef struct {
   const char *name;
@@ -86,8 +86,9 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
   ol_stage whole = {0, (size_t)cfg->n_layers, 1, 1, 1, 0, OL_DTYPE_F32};
   m->stage = stage ? *stage : whole;
   OL_CHECK(m->stage.first_layer + m->stage.n_layers <= (size_t)cfg->n_layers);
-  const int tp = m->stage.tp > 1 ? m->stage.tp : 1, tpr = tp > 1 ? m->stage.tp_rank : 0;
-  m->tp = tp, m->tp_rank = tpr;
+  if (m->stage.tp < 1) m->stage.tp = 1;
+  if (m->stage.tp == 1) m->stage.tp_rank = 0;
+  const int tp = m->stage.tp, tpr = m->stage.tp_rank;
   const struct { const char *name; int64_t n; } split[4] = {
       {"n_heads", cfg->n_heads}, {"n_kv_heads", cfg->n_kv_heads}, {"ffn_dim", cfg->ffn_dim},
       {"vocab_size", cfg->vocab_size}};
@@ -120,7 +121,6 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
       lin->out_start = lin->par == OL_PAR_COLUMN ? lin->out * (size_t)tpr : 0;
       lin->in_full = ins[p];
       lin->in_start = lin->par == OL_PAR_ROW ? lin->in * (size_t)tpr : 0;
-      lin->tp_rank = tpr;
     }
   ol_peft_ctx ctx = {&m->params, &m->generated, &m->method, seed, 0, 0};
   adapted_extent(m, &ctx.k_max, &ctx.d_max);
@@ -279,12 +279,17 @@ ol_stage ol_pipeline_stage(const ol_config *cfg, int pp, int pp_rank) {
   return s;
 }
 
+void ol_model_bind_tp(ol_model *m, const ol_tp *tp) {
+  m->tp = tp;
+  for (size_t l = 0; l < m->stage.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) m->blocks[l].lin[p].tp = tp;
+}
+
 void ol_model_init_adapters(ol_model *m, uint64_t seed) {
   for (size_t l = 0; l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &m->blocks[l].lin[p];
       const uint64_t layer = m->stage.first_layer + l;
-      lin->grid = m->grid;  // DoRA's m = |W|_row sums a row-parallel layer's columns over TP
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_rng rng;  // one stream per (layer, projection, adapter): independent of layout
         ol_rng_seed(&rng, ol_hash64(seed ^ (layer << 32 | (uint64_t)p << 8 | (uint64_t)i)));
@@ -363,7 +368,7 @@ ol_tensor *ol_model_tensor(ol_model *m, const char *name) {
 double ol_model_flops(const ol_model *m, size_t tokens, size_t T) {
   // this rank's shards: its linears' (out, in), its H/TP query heads, its V/TP vocabulary rows
   const double D = (double)m->cfg.dim, V = (double)m->Vl;
-  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->tp * m->hd);
+  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->stage.tp * m->hd);
   double per_token = 0;
   for (size_t l = 0; l < m->stage.n_layers; l++) {
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
@@ -382,7 +387,7 @@ double ol_model_step_flops(const ol_model *m, size_t tokens, size_t T, int recom
   if (!recompute || L < 2) return ol_model_flops(m, tokens, T);
   // the re-run forwards: every block of the stage but the last, whose activations are still
   // in the shared slot when backward starts
-  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->tp * m->hd);
+  const double qD = (double)((size_t)m->cfg.n_heads / (size_t)m->stage.tp * m->hd);
   double per_token = 0;
   for (size_t l = 0; l + 1 < L; l++) {
     for (int p = 0; p < OL_PROJ_COUNT; p++)

@@ -3,7 +3,10 @@
 #include <mpi.h>
 #include <string.h>
 
-#include "onelora/parallel.h"
+#include "onelora/parallel/grid.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/parallel/pipeline.h"
 
 static MPI_Comm pp_comm(const ol_grid *g) { return *(MPI_Comm *)g->pp_comm; }
 
@@ -88,103 +91,4 @@ void ol_pp_wait_recv(ol_grid *g, float *x, size_t n) {
 void ol_pp_sum(ol_grid *g, double *x, int n) {
   if (g->pp == 1) return;
   MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, pp_comm(g));
-}
-
-/* ---- gathering the trainable state of every stage on stage 0 (for checkpoints) ---------- */
-
-typedef struct {
-  char name[128];
-  int64_t ndim, shape[2], numel;
-} wire_entry;
-
-static void send_tables(ol_grid *g, const ol_params *p, const ol_frozen *gen) {
-  MPI_Comm c = pp_comm(g);
-  int64_t counts[2] = {(int64_t)p->count, (int64_t)gen->count};
-  MPI_Send(counts, 2, MPI_INT64_T, 0, 0, c);
-  for (size_t i = 0; i < p->count + gen->count; i++) {
-    wire_entry w = {0};
-    int is_param = i < p->count;
-    const ol_param_entry *e = is_param ? &p->entries[i] : NULL;
-    const ol_frozen_entry *f = is_param ? NULL : &gen->entries[i - p->count];
-    ol_strlcpy(w.name, is_param ? e->name : f->name, sizeof w.name);
-    w.ndim = is_param ? e->ndim : f->ndim;
-    for (int d = 0; d < w.ndim; d++) w.shape[d] = (int64_t)(is_param ? e->shape[d] : f->shape[d]);
-    w.numel = is_param ? (int64_t)e->numel : w.shape[0] * (w.ndim == 2 ? w.shape[1] : 1);
-    MPI_Send(&w, sizeof w, MPI_BYTE, 0, 1, c);
-    if (is_param) {
-      const float *bufs[3] = {p->data + e->offset, p->m + e->offset, p->v + e->offset};
-      for (int b = 0; b < 3; b++) MPI_Send(bufs[b], (int)w.numel, MPI_FLOAT, 0, 2, c);
-    } else {
-      MPI_Send(f->data, (int)w.numel, MPI_FLOAT, 0, 2, c);
-    }
-  }
-}
-
-int ol_pp_gather_state(ol_grid *g, const ol_params *p, const ol_frozen *gen, ol_params *all,
-                       ol_frozen *all_gen) {
-  memset(all, 0, sizeof *all);
-  memset(all_gen, 0, sizeof *all_gen);
-  if (g->pp_rank != 0) {
-    send_tables(g, p, gen);
-    return OL_OK;
-  }
-  // stage 0: its own entries, then each later stage's, in stage (= model) order
-  typedef struct { int64_t counts[2]; wire_entry *w; float **bufs; } stage_tables;
-  stage_tables *st = ol_calloc((size_t)g->pp, sizeof *st);
-  for (int s = 1; s < g->pp; s++) {
-    MPI_Recv(st[s].counts, 2, MPI_INT64_T, s, 0, pp_comm(g), MPI_STATUS_IGNORE);
-    size_t n = (size_t)(st[s].counts[0] + st[s].counts[1]);
-    st[s].w = ol_calloc(n, sizeof(wire_entry));
-    st[s].bufs = ol_calloc(3 * n, sizeof(float *));
-    for (size_t i = 0; i < n; i++) {
-      wire_entry *w = &st[s].w[i];
-      MPI_Recv(w, sizeof *w, MPI_BYTE, s, 1, pp_comm(g), MPI_STATUS_IGNORE);
-      int nb = i < (size_t)st[s].counts[0] ? 3 : 1;
-      for (int b = 0; b < nb; b++) {
-        st[s].bufs[3 * i + b] = ol_calloc((size_t)w->numel, sizeof(float));
-        MPI_Recv(st[s].bufs[3 * i + b], (int)w->numel, MPI_FLOAT, s, 2, pp_comm(g), MPI_STATUS_IGNORE);
-      }
-    }
-  }
-  for (size_t i = 0; i < p->count; i++) ol_params_declare(all, p->entries[i].name, p->entries[i].ndim, p->entries[i].shape);
-  for (int s = 1; s < g->pp; s++)
-    for (int64_t i = 0; i < st[s].counts[0]; i++) {
-      size_t shape[2] = {(size_t)st[s].w[i].shape[0], (size_t)st[s].w[i].shape[1]};
-      ol_params_declare(all, st[s].w[i].name, (int)st[s].w[i].ndim, shape);
-    }
-  ol_params_alloc(all);
-  size_t k = 0;
-  for (size_t i = 0; i < p->count; i++, k++) {
-    const ol_param_entry *e = &p->entries[i];
-    size_t o = all->entries[k].offset;
-    memcpy(all->data + o, p->data + e->offset, e->numel * sizeof(float));
-    memcpy(all->m + o, p->m + e->offset, e->numel * sizeof(float));
-    memcpy(all->v + o, p->v + e->offset, e->numel * sizeof(float));
-  }
-  for (int s = 1; s < g->pp; s++)
-    for (int64_t i = 0; i < st[s].counts[0]; i++, k++) {
-      size_t o = all->entries[k].offset, n = all->entries[k].numel;
-      memcpy(all->data + o, st[s].bufs[3 * i], n * sizeof(float));
-      memcpy(all->m + o, st[s].bufs[3 * i + 1], n * sizeof(float));
-      memcpy(all->v + o, st[s].bufs[3 * i + 2], n * sizeof(float));
-    }
-  // generated frozen tensors: each name once (VeRA's shared matrices exist on every stage)
-  for (size_t i = 0; i < gen->count; i++) {
-    const ol_frozen_entry *e = &gen->entries[i];
-    float *d = ol_frozen_add(all_gen, e->name, e->ndim, e->shape);
-    memcpy(d, e->data, e->shape[0] * (e->ndim == 2 ? e->shape[1] : 1) * sizeof(float));
-  }
-  for (int s = 1; s < g->pp; s++)
-    for (int64_t i = st[s].counts[0]; i < st[s].counts[0] + st[s].counts[1]; i++) {
-      size_t shape[2] = {(size_t)st[s].w[i].shape[0], (size_t)st[s].w[i].shape[1]};
-      float *d = ol_frozen_add(all_gen, st[s].w[i].name, (int)st[s].w[i].ndim, shape);
-      if (d) memcpy(d, st[s].bufs[3 * i], (size_t)st[s].w[i].numel * sizeof(float));
-    }
-  for (int s = 1; s < g->pp; s++) {
-    size_t n = (size_t)(st[s].counts[0] + st[s].counts[1]);
-    for (size_t i = 0; i < 3 * n; i++) ol_free(st[s].bufs[i]);
-    ol_free(st[s].bufs), ol_free(st[s].w);
-  }
-  ol_free(st);
-  return OL_OK;
 }

@@ -1,11 +1,14 @@
-/* Tensor parallelism (Megatron-style, DESIGN §5): the TP all-reduces of the row-parallel
- * forward, the column-parallel backward and the parallel cross-entropy, the partial-gradient
- * reduction, the grad-norm accounting and the shard gathering for checkpoints. */
+/* Tensor parallelism (Megatron-style, DESIGN §5): the collective halves of the TP regions that
+ * model and adapter code marks (core/tp.h), the partial-gradient reduction and the grad-norm
+ * accounting. */
 #include <mpi.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/parallel.h"
+#include "onelora/backend/backend.h"
+#include "onelora/parallel/grid.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/parallel/pipeline.h"
 
 static int tp_active(const ol_grid *g) { return g && g->tp > 1; }
 static MPI_Comm tp_comm(const ol_grid *g) { return *(MPI_Comm *)g->tp_comm; }
@@ -20,16 +23,40 @@ static void allreduce(ol_grid *g, void *x, size_t n, MPI_Datatype type, size_t s
   g->bytes[kind] += (double)n * (double)size;
 }
 
-void ol_tp_allreduce(ol_grid *g, float *x, size_t n, ol_comm_kind kind) {
-  if (tp_active(g)) allreduce(g, x, n, MPI_FLOAT, sizeof(float), MPI_SUM, kind);
+/* ---- the regions of core/tp.h, over the grid's TP communicator ---- */
+static ol_grid *grid_of(const ol_tp *tp) { return tp->grid; }
+
+static void copy_to_backward(const ol_tp *tp, float *dx, size_t n) {
+  allreduce(grid_of(tp), dx, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_BWD);
 }
 
-void ol_tp_allreduce_max(ol_grid *g, float *x, size_t n, ol_comm_kind kind) {
-  if (tp_active(g)) allreduce(g, x, n, MPI_FLOAT, sizeof(float), MPI_MAX, kind);
+static void reduce_from_forward(const ol_tp *tp, float *x, size_t n) {
+  allreduce(grid_of(tp), x, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_FWD);
 }
 
-void ol_tp_allreduce_double(ol_grid *g, double *x, size_t n, ol_comm_kind kind) {
-  if (tp_active(g)) allreduce(g, x, n, MPI_DOUBLE, sizeof(double), MPI_SUM, kind);
+/* Megatron's vocab-parallel cross-entropy: the row maxima, the target logits (zero on the
+ * shards that do not hold the target) and the sums of exponentials are reduced over TP between
+ * the backend's pieces. */
+static double vocab_cross_entropy(const ol_tp *tp, float *logits, const int32_t *targets,
+                                  size_t n, size_t Vl, int64_t v0, float grad_scale, float *mx,
+                                  float *zt, double *sum) {
+  ol_grid *g = grid_of(tp);
+  ol_bk->vp_ce_local(logits, targets, n, Vl, v0, mx, zt);
+  allreduce(g, mx, n, MPI_FLOAT, sizeof(float), MPI_MAX, OL_COMM_TP_FWD);
+  allreduce(g, zt, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_FWD);
+  ol_bk->vp_ce_sumexp(logits, mx, n, Vl, sum, grad_scale != 0.0f);
+  allreduce(g, sum, n, MPI_DOUBLE, sizeof(double), MPI_SUM, OL_COMM_TP_FWD);
+  if (grad_scale != 0.0f) ol_bk->vp_ce_grad(logits, targets, n, Vl, v0, sum, grad_scale);
+  return ol_bk->vp_ce_loss(mx, zt, sum, n);
+}
+
+static const ol_tp_ops tp_regions = {copy_to_backward, reduce_from_forward, vocab_cross_entropy};
+
+const ol_tp *ol_grid_tp(ol_grid *g) {
+  if (!tp_active(g)) return NULL;
+  g->tp_group.ops = &tp_regions;
+  g->tp_group.grid = g;
+  return &g->tp_group;
 }
 
 void ol_tp_reduce_partial_grads(ol_grid *g, ol_params *p) {
@@ -63,63 +90,4 @@ double ol_tp_grad_sumsq(ol_grid *g, const ol_params *p) {
   }
   MPI_Allreduce(MPI_IN_PLACE, &sq[0], 1, MPI_DOUBLE, MPI_SUM, tp_comm(g));
   return sq[0] + sq[1];  // replicated values are identical on every TP rank: counted once
-}
-
-/* Places a (count0, count1) slice starting at (start0, start1) into a full (rows, cols) tensor. */
-static void place(float *full, size_t cols, const float *slice, const int64_t *box) {
-  for (int64_t r = 0; r < box[2]; r++)
-    memcpy(full + (size_t)(box[0] + r) * cols + (size_t)box[1], slice + (size_t)(r * box[3]),
-           (size_t)box[3] * sizeof(float));
-}
-
-int ol_tp_gather_state(ol_grid *g, const ol_params *p, const ol_frozen *gen, ol_params *all,
-                       ol_frozen *all_gen) {
-  memset(all, 0, sizeof *all);
-  memset(all_gen, 0, sizeof *all_gen);
-  const int root = g->tp_rank == 0;
-  if (root) {
-    for (size_t i = 0; i < p->count; i++)
-      ol_params_declare(all, p->entries[i].name, p->entries[i].ndim, p->entries[i].shape);
-    ol_params_alloc(all);
-    for (size_t i = 0; i < gen->count; i++) {
-      const ol_frozen_entry *e = &gen->entries[i];
-      float *d = ol_frozen_add(all_gen, e->name, e->ndim, e->shape);
-      memcpy(d, e->data, e->shape[0] * (e->ndim == 2 ? e->shape[1] : 1) * sizeof(float));
-    }
-  }
-  int64_t *boxes = ol_calloc(4 * (size_t)g->tp, sizeof(int64_t));  // (tp, 4) start0 start1 count0 count1
-  int *counts = ol_calloc((size_t)g->tp, sizeof(int)), *displs = ol_calloc((size_t)g->tp, sizeof(int));
-  for (size_t i = 0; i < p->count; i++) {
-    const ol_param_entry *e = &p->entries[i];
-    const size_t cols = e->ndim == 2 ? e->shape[1] : 1;
-    const float *bufs[3] = {p->data + e->offset, p->m + e->offset, p->v + e->offset};
-    if (!ol_param_sharded(e)) {  // replicated: tp_rank 0's copy is the tensor
-      if (root)
-        for (int b = 0; b < 3; b++) {
-          float *dst[3] = {all->data, all->m, all->v};
-          memcpy(dst[b] + all->entries[i].offset, bufs[b], e->numel * sizeof(float));
-        }
-      continue;
-    }
-    int64_t box[4] = {(int64_t)e->start[0], e->ndim == 2 ? (int64_t)e->start[1] : 0,
-                      (int64_t)e->count[0], e->ndim == 2 ? (int64_t)e->count[1] : 1};
-    MPI_Gather(box, 4, MPI_INT64_T, boxes, 4, MPI_INT64_T, 0, tp_comm(g));
-    size_t total = 0;
-    for (int r = 0; root && r < g->tp; r++) {
-      counts[r] = (int)(boxes[4 * r + 2] * boxes[4 * r + 3]);
-      displs[r] = (int)total;
-      total += (size_t)counts[r];
-    }
-    float *recv = root ? ol_calloc(total, sizeof(float)) : NULL;  // (sum of shard numel)
-    for (int b = 0; b < 3; b++) {
-      MPI_Gatherv(bufs[b], (int)e->numel, MPI_FLOAT, recv, counts, displs, MPI_FLOAT, 0, tp_comm(g));
-      if (!root) continue;
-      float *dst[3] = {all->data, all->m, all->v};
-      for (int r = 0; r < g->tp; r++)
-        place(dst[b] + all->entries[i].offset, cols, recv + displs[r], boxes + 4 * r);
-    }
-    ol_free(recv);
-  }
-  ol_free(boxes), ol_free(counts), ol_free(displs);
-  return OL_OK;
 }

@@ -2,8 +2,8 @@
  * nothing for backward: d(beta) = column sums of dy, and dx gets nothing. */
 #include <stdio.h>
 
-#include "onelora/backend.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 static void bitfit_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   char name[160];
@@ -24,8 +24,8 @@ static size_t bitfit_saved(const ol_adapter *a, const ol_linear *lin) { return 0
 
 static void bitfit_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y,
                            size_t N, float beta, float *saved) {
-  // a row-parallel layer's output is summed over TP: only tp_rank 0 adds beta
-  if (lin->par == OL_PAR_ROW && lin->tp_rank != 0) {
+  // a row-parallel layer's output is summed over TP: only the shard of the first input columns adds beta
+  if (lin->par == OL_PAR_ROW && lin->in_start != 0) {
     if (beta == 0.0f) ol_bk->scale(y, 0.0f, N * lin->out);
     return;
   }

@@ -38,9 +38,8 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "onelora/backend.h"
-#include "onelora/parallel.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 enum { DORA_CHUNK = 64 };  /* tokens per chunk of the recomputed z in backward */
 
@@ -63,7 +62,7 @@ static void dora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   const size_t k = lin->in;
   float *m = a->value[2];  // (d) = |W|_row: with B = 0, m / n = 1
   for (size_t i = 0; i < lin->out; i++) m[i] = (float)ol_bk->sumsq(lin->W + i * k, k);
-  if (lin->par == OL_PAR_ROW) ol_tp_allreduce(lin->grid, m, lin->out, OL_COMM_TP_FWD);
+  if (lin->par == OL_PAR_ROW) ol_reduce_from_tp_forward(lin->tp, m, lin->out);
   for (size_t i = 0; i < lin->out; i++) m[i] = sqrtf(m[i]);
 }
 
@@ -80,7 +79,7 @@ static void inv_norms(const ol_adapter *a, const ol_linear *lin, float *rn) {
   ol_bk->gemm(0, 1, d, r, k, 2.0f * s, lin->W, k, A, k, 0.0f, P, r);   // P = 2s W A^T
   ol_bk->gemm(0, 0, d, r, r, s * s, B, r, AA, r, 1.0f, P, r);          // P += s^2 B AA
   ol_bk->dora_sq_norms(rn, lin->W, B, P, d, k, r);
-  if (lin->par == OL_PAR_ROW) ol_tp_allreduce(lin->grid, rn, d, OL_COMM_TP_FWD);
+  if (lin->par == OL_PAR_ROW) ol_reduce_from_tp_forward(lin->tp, rn, d);
   ol_bk->inv_sqrt(rn, d);
 }
 

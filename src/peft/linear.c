@@ -6,14 +6,14 @@
  * replace the pass in which BLAS would otherwise zero or scale the output. A rescaling adapter
  * (DoRA) works on z = x W^T + additive terms in the scratch lin->work.
  *
- * Under TP a row-parallel layer owns its forward all-reduce (Megatron's RowParallelLinear), so
- * that a rescaling adapter sees the whole z; a column-parallel layer's dx is a partial sum that
- * the block reduces once for q, k, v (and once for gate, up). */
+ * Under TP a linear owns its region (core/tp.h): a row-parallel layer's reduce_from_tp sums its
+ * partial output in forward (Megatron's RowParallelLinear), so that a rescaling adapter sees the
+ * whole z; column-parallel layers sharing one input share one copy_to_tp, whose backward sums
+ * their partial dx once (ol_linears_backward: one collective for q, k and v). */
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/parallel.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 size_t ol_linear_saved_per_token(const ol_linear *lin) {
   size_t n = lin->w_param >= 0 ? lin->in : 0;  /* x, for dW = dy^T x */
@@ -66,13 +66,14 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
   // partial sum, summed over TP (a no-op without TP)
   const int row = lin->par == OL_PAR_ROW;
   if (!scale) {
-    // the partials are summed in y itself: tp_rank 0 carries beta*y and the bias, the other
-    // ranks their product alone
-    if (row && lin->tp_rank != 0) beta = 0.0f;
-    if (lin->bias && (!row || lin->tp_rank == 0))
+    // the partials are summed in y itself: the shard of the first input columns carries
+    // beta*y and the bias, the others their product alone
+    const int first = lin->in_start == 0;
+    if (row && !first) beta = 0.0f;
+    if (lin->bias && (!row || first))
       ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
     additive_forward(lin, x, y, N, beta, saved, NULL, NULL);
-    if (row) ol_tp_allreduce(lin->grid, y, N * lin->out, OL_COMM_TP_FWD);
+    if (row) ol_reduce_from_tp_forward(lin->tp, y, N * lin->out);
     return;
   }
   // rescaling (DoRA): the rescale needs the whole z, so a row-parallel layer sums z over TP
@@ -80,7 +81,7 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
   float *z = beta == 0.0f ? y : lin->work;  // (N, out)
   float *slot = NULL;
   additive_forward(lin, x, z, N, 0.0f, saved, scale, &slot);
-  if (row) ol_tp_allreduce(lin->grid, z, N * lin->out, OL_COMM_TP_FWD);
+  if (row) ol_reduce_from_tp_forward(lin->tp, z, N * lin->out);
   scale->ops->rescale_forward(scale, lin, z, N, slot);
   if (z != y) ol_bk->axpy(y, z, 1.0f, N * lin->out);
   if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
@@ -89,6 +90,7 @@ void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float
 void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, float beta,
                         float *saved) {
   // dy (N, out), dx (N, in)
+  if (lin->par == OL_PAR_ROW) ol_reduce_from_tp_backward(lin->tp, dy, N * lin->out);
   ol_adapter *scale = rescaler(lin);
   if (scale) {
     float *slot = saved + (lin->w_param >= 0 ? N * lin->in : 0);
@@ -111,4 +113,19 @@ void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, fl
     slot += N * a->ops->saved_per_token(a, lin);
   }
   gemm_w(lin, 0, N, dy, beta, dx);
+}
+
+void ol_linears_forward(ol_linear *lins, int n, const float *x, float *const *ys, size_t N,
+                        float *const *saved) {
+  ol_copy_to_tp_forward(lins[0].tp, x, N * lins[0].in);
+  for (int i = 0; i < n; i++) {
+    OL_CHECK(lins[i].par == OL_PAR_COLUMN && lins[i].in == lins[0].in);
+    ol_linear_forward(&lins[i], x, ys[i], N, 0.0f, saved[i]);
+  }
+}
+
+void ol_linears_backward(ol_linear *lins, int n, const float *const *dys, float *dx, size_t N,
+                         float *const *saved) {
+  for (int i = 0; i < n; i++) ol_linear_backward(&lins[i], dys[i], dx, N, i ? 1.0f : 0.0f, saved[i]);
+  ol_copy_to_tp_backward(lins[0].tp, dx, N * lins[0].in);
 }

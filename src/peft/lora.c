@@ -11,8 +11,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 /* Under TP (docs/PARALLEL.md): on a column-parallel layer A is replicated (x is) and B sharded
  * like W's rows; t = x A^T is the same on every rank, dt = s dy B is a partial sum, so dA is

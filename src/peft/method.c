@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/peft.h"
+#include "onelora/peft/linear.h"
 
 static const ol_adapter_ops *const registry[OL_AD_COUNT] = {
     [OL_AD_ONELORA] = &ol_onelora_ops, [OL_AD_ONELORA_RANDOM] = &ol_onelora_random_ops,

@@ -25,8 +25,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 enum {
   MORA_CHUNK = 64,   /* tokens per chunk of type 1's (tokens, r^) scratch */

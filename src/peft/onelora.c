@@ -5,8 +5,8 @@
  * On this rank b is sharded like W's rows; s is over this rank's input columns. */
 #include <stdio.h>
 
-#include "onelora/backend.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   char name[160];

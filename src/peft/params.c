@@ -2,7 +2,7 @@
  * and checkpoint I/O all iterate this one table. */
 #include <string.h>
 
-#include "onelora/peft.h"
+#include "onelora/peft/linear.h"
 
 size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape) {
   const size_t start[2] = {0, 0};

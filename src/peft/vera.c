@@ -19,8 +19,8 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "onelora/backend.h"
-#include "onelora/peft.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/linear.h"
 
 enum { VERA_ROWS = 256 };  /* output rows per block of B~ or P */
 

@@ -14,9 +14,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "onelora/io.h"
-#include "onelora/model.h"
-#include "onelora/train.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/model/acts.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 static const ol_ckpt_group state_groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
 
@@ -252,7 +259,6 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
   int rc = ol_model_layout_stage(&m, cfg, &o->method, o->seed, &stage);
   OL_TRY(ol_grid_agree(g, rc));
   ol_params_alloc(&m.params);
-  m.grid = g;
   float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each
   for (size_t i = 0; i < m.params.total; i++)
     for (int k = 0; k < 3; k++) bufs[k][i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;

@@ -1,8 +1,10 @@
 /* AdamW and gradient clipping over the flat trainable buffer. */
 #include <math.h>
 
-#include "onelora/backend.h"
-#include "onelora/train.h"
+#include "onelora/backend/backend.h"
+#include "onelora/parallel/pipeline.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/train/optim.h"
 
 ol_adamw ol_adamw_defaults(void) { return (ol_adamw){0.9f, 0.999f, 1e-8f, 0.0f}; }
 

@@ -4,9 +4,16 @@
  * parameter code computes them), plus the libraries' own memory, a measured constant. */
 #include <string.h>
 
-#include "onelora/model.h"
-#include "onelora/parallel.h"
-#include "onelora/train.h"
+#include "onelora/model/acts.h"
+#include "onelora/parallel/grid.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/parallel/pipeline.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 /* Resident memory of a rank beyond onelora's own allocations: the process image with Open MPI,
  * HDF5 and OpenBLAS loaded and initialised, OpenBLAS's GEMM buffers, glibc's arenas. Measured:

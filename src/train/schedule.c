@@ -2,7 +2,11 @@
 #include <math.h>
 #include <string.h>
 
-#include "onelora/train.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 int ol_schedule_parse(const char *s, ol_sched_kind *out) {
   if (strcmp(s, "cosine") == 0) *out = OL_SCHED_COSINE;

@@ -7,11 +7,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "onelora/backend.h"
-#include "onelora/io.h"
-#include "onelora/model.h"
-#include "onelora/parallel.h"
-#include "onelora/train.h"
+#include "onelora/backend/backend.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/model/acts.h"
+#include "onelora/parallel/grid.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/parallel/tp.h"
+#include "onelora/parallel/pipeline.h"
+#include "onelora/train/optim.h"
+#include "onelora/train/data.h"
+#include "onelora/train/trainer.h"
+#include "onelora/train/checkpoint.h"
+#include "onelora/train/plan.h"
 
 typedef struct {
   const ol_train_opts *o;
@@ -485,7 +495,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     stage.weights_dtype = o->weights_dtype;
     rc = ol_model_build_mapped(&t.model, &cfg, &o->method, o->seed, &stage,
                                o->map_weights ? mf : NULL);
-    t.model.grid = g;
+    ol_model_bind_tp(&t.model, ol_grid_tp(g));
   }
   // (memory_only: the allocation has touched every page already; the values do not matter)
   if (rc == OL_OK && o->synthetic && !o->memory_only) ol_model_randomize(&t.model, o->seed);

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "onelora/backend.h"
-#include "onelora/core.h"
-#include "onelora/model.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
+#include "onelora/model/acts.h"
 
 /* Seconds to generate t's slice into data, the best of `reps` runs. */
 static double time_slice(const ol_tensor *t, float *data, int reps) {

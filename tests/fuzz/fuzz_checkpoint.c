@@ -4,7 +4,7 @@
 #include "fuzz.h"
 
 #include "cli/cli.h"
-#include "onelora/core.h"
+#include "onelora/core/core.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_setup("checkpoint");

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "onelora/backend.h"
-#include "onelora/core.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
 
 size_t fuzz_inputs_run, fuzz_inputs_rejected;
 

@@ -2,8 +2,11 @@
  * reading every token of both splits in windows, in-process. */
 #include "fuzz.h"
 
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 #define WINDOW 4096
 

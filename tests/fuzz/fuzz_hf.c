@@ -11,8 +11,11 @@
 
 #include "fuzz.h"
 
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 #define PAD_FLOATS 16384
 

@@ -4,10 +4,13 @@
 
 #include "fuzz.h"
 
-#include "onelora/core.h"
-#include "onelora/io.h"
-#include "onelora/model.h"
-#include "onelora/peft.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
+#include "onelora/model/acts.h"
+#include "onelora/peft/linear.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_setup("model");

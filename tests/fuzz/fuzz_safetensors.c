@@ -3,8 +3,11 @@
  * (D = 16 in the seeds) whole and as a slice. */
 #include "fuzz.h"
 
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *path = fuzz_setup("safetensors");

@@ -8,8 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "onelora/backend.h"
-#include "onelora/model.h"
+#include "onelora/backend/backend.h"
+#include "onelora/model/acts.h"
 
 enum { FIXTURE_MAX_TOKENS = 128 }; /* the largest B * T a fixture holds */
 

@@ -16,8 +16,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "onelora/core.h"
-#include "onelora/io.h"
+#include "onelora/core/core.h"
+#include "onelora/io/weights.h"
+#include "onelora/io/dataset.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/metrics.h"
 
 /* ---- fixture: one fresh temp directory per test ---------------------------------------- */
 

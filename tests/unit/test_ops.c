@@ -21,8 +21,8 @@
 
 #include <cmocka.h>
 
-#include "onelora/backend.h"
-#include "onelora/core.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
 
 #define FD_EPS 1e-3f
 #define FD_TOL 1e-2
@@ -231,7 +231,7 @@ typedef struct {
 
 static double emb_loss(void *p) {
   emb_ctx *c = p;
-  ol_bk->embedding_forward(c->out, c->tok, c->table, c->N, c->D);
+  ol_bk->embedding_forward(c->out, c->tok, c->table, NULL, 0, c->N, c->D, 0, 11);
   return dot_fd(c->out, c->r, c->N * c->D);
 }
 
@@ -249,13 +249,24 @@ static void test_embedding(void **state) {
   fill_normal(r, N * D, &rng, 1.0f);
   fill_normal(dt0, V * D, &rng, 1.0f);
 
-  ol_bk->embedding_forward(out, tok, table, N, D);
+  ol_bk->embedding_forward(out, tok, table, NULL, 0, N, D, 0, V);
   for (size_t n = 0; n < N; n++)
     assert_memory_equal(out + n * D, table + (size_t)tok[n] * D, D * sizeof(float));
+  // a vocabulary shard [2, 6) (TP): its rows, zero rows for the other tokens; its backward
+  // scatters only the shard's tokens
+  ol_bk->embedding_forward(out, tok, table + 2 * D, NULL, 0, N, D, 2, 4);
+  for (size_t n = 0; n < N; n++)
+    for (size_t i = 0; i < D; i++)
+      assert_true(out[n * D + i] == (tok[n] >= 2 && tok[n] < 6 ? table[(size_t)tok[n] * D + i] : 0.0f));
+  float *dshard = fvec(4 * D), *dwhole = fvec(V * D);  // the same sums, in the same order
+  ol_bk->embedding_backward(dshard, tok, r, N, D, 2, 4);
+  ol_bk->embedding_backward(dwhole, tok, r, N, D, 0, V);
+  assert_memory_equal(dshard, dwhole + 2 * D, 4 * D * sizeof(float));
+  ol_free(dshard), ol_free(dwhole);
 
   // backward accumulates: start from dt0, subtract it afterwards
   memcpy(dt, dt0, V * D * sizeof(float));
-  ol_bk->embedding_backward(dt, tok, r, N, D);
+  ol_bk->embedding_backward(dt, tok, r, N, D, 0, V);
   for (size_t i = 0; i < V * D; i++) dt[i] -= dt0[i];
   double *ref = dvec(V * D);  // naive scatter-add
   for (size_t n = 0; n < N; n++)

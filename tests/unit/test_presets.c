@@ -17,9 +17,9 @@
 
 #include <cmocka.h>
 
-#include "onelora/backend.h"
-#include "onelora/core.h"
-#include "onelora/model.h"
+#include "onelora/backend/backend.h"
+#include "onelora/core/core.h"
+#include "onelora/model/acts.h"
 
 static const float SIGMA = 0.02f;  // ol_tensor_randomize's standard deviation
 

@@ -1,6 +1,6 @@
 /* onelora core: errors and logging, allocation, RNG, timers, f16/bf16 conversion. */
-#ifndef ONELORA_CORE_H
-#define ONELORA_CORE_H
+#ifndef ONELORA_CORE_CORE_H
+#define ONELORA_CORE_CORE_H
 
 #include <stddef.h>
 #include <stdint.h>

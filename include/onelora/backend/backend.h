@@ -4,8 +4,8 @@
  * memory the backend owns (host memory for cpu).
  * Shapes are given in comments; N = number of tokens (B*T), D = width, F = ffn width,
  * H = query heads, Hkv = kv heads, hd = head dim, V = vocab. "+=" means the op accumulates. */
-#ifndef ONELORA_BACKEND_H
-#define ONELORA_BACKEND_H
+#ifndef ONELORA_BACKEND_BACKEND_H
+#define ONELORA_BACKEND_BACKEND_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -34,12 +34,15 @@ typedef struct {
   void (*gemv)(int trans, size_t M, size_t N, float alpha, const float *A, size_t lda,
                const float *x, float beta, float *y);
 
-  /* out(N,D) = table[tokens[n]] */
-  void (*embedding_forward)(float *out, const int32_t *tokens, const float *table, size_t N,
-                            size_t D);
-  /* dtable(V,D) += scatter of dout(N,D) by tokens */
+  /* out(N,D) = row tokens[n] - v0 of table(V,D), this rank's vocabulary rows [v0, v0 + V)
+   * (f32, or 2-byte in table16: bf16 when bf16, else f16, widened); a zero row for a token
+   * outside them (the vocab-parallel embedding sums the shards' rows over TP) */
+  void (*embedding_forward)(float *out, const int32_t *tokens, const float *table,
+                            const uint16_t *table16, int bf16, size_t N, size_t D, int64_t v0,
+                            size_t V);
+  /* dtable(V,D) += scatter of dout(N,D) by tokens, for the tokens in [v0, v0 + V) */
   void (*embedding_backward)(float *dtable, const int32_t *tokens, const float *dout, size_t N,
-                             size_t D);
+                             size_t D, int64_t v0, size_t V);
 
   /* out(N,D) = x / rms(x) * w; rstd(N) = 1/sqrt(mean(x^2)+eps) is kept for backward */
   void (*rmsnorm_forward)(float *out, float *rstd, const float *x, const float *w, size_t N,
@@ -136,6 +139,8 @@ typedef struct {
    * the global sums sum(N) */
   void (*vp_ce_grad)(float *logits, const int32_t *targets, size_t N, size_t V, int64_t v0,
                      const double *sum, float grad_scale);
+  /* The summed loss: sum over n of log(sum_n) + mx_n - zt_n, in row order */
+  double (*vp_ce_loss)(const float *mx, const float *zt, const double *sum, size_t N);
 } ol_backend;
 
 /* The active backend (set once at start-up) */

@@ -1,14 +1,15 @@
 /* onelora model: LLaMA config presets, the parameter layout, and forward/backward of each stage.
  * Forward is embed, the blocks, final norm and LM head with the loss; backward runs in reverse. */
-#ifndef ONELORA_MODEL_H
-#define ONELORA_MODEL_H
+#ifndef ONELORA_MODEL_MODEL_H
+#define ONELORA_MODEL_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "onelora/config.h"
-#include "onelora/io.h"
-#include "onelora/peft.h"
+#include "onelora/core/config.h"
+#include "onelora/core/tp.h"
+#include "onelora/io/weights.h"
+#include "onelora/peft/linear.h"
 
 /* Named shapes: tiny, small, llama2-7b, llama2-13b, llama2-70b (GQA, 8 kv heads). */
 int ol_preset(const char *name, ol_config *out);
@@ -55,8 +56,8 @@ typedef struct {
   ol_config cfg;
   ol_method method;
   ol_stage stage;          /* what this rank holds (the whole model unless pipelined) */
-  int tp, tp_rank;         /* tensor-parallel size and rank (1, 0 without TP) */
-  struct ol_grid *grid;    /* the TP collectives' grid (NULL on one rank: no collectives) */
+  const ol_tp *tp;         /* the TP group's regions (NULL alone: no collectives), bound once by
+                            * ol_model_bind_tp; sizes come from stage.tp and stage.tp_rank */
   size_t v0, Vl;           /* this rank's vocabulary rows [v0, v0 + Vl) of embed and lm_head */
   size_t hd;               /* head dim D/H */
   ol_block *blocks;        /* (stage.n_layers) this stage's layers */
@@ -93,6 +94,9 @@ int ol_model_build_stage(ol_model *m, const ol_config *cfg, const ol_method *met
  * and ol_model_load reads them. */
 int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *method,
                           uint64_t seed, const ol_stage *stage, struct ol_weights *weights);
+/* Binds the model and every linear to the TP group's regions (NULL: one rank), once, before
+ * the adapters are initialised (DoRA's m sums a row-parallel layer's columns over TP). */
+void ol_model_bind_tp(ol_model *m, const ol_tp *tp);
 /* Initialises adapters (their own init rules) from seed. */
 void ol_model_init_adapters(ol_model *m, uint64_t seed);
 /* Synthetic weights: normal(0, 0.02) per matrix, ones for norms and biases. Counter-based:
@@ -118,75 +122,6 @@ float *ol_model_grad(const ol_model *m, const ol_tensor *t);
 /* Looks up a weight by HF name, NULL if absent */
 ol_tensor *ol_model_tensor(ol_model *m, const char *name);
 
-/* ---- activations: what forward keeps for backward (DESIGN §4) ------------------------------ */
-typedef struct {
-  float *rstd1;            /* (N) input_layernorm 1/rms */
-  float *q;                /* (N, H/TP*hd) this rank's query heads, after RoPE */
-  float *k, *v;            /* (N, Hkv/TP*hd), k after RoPE */
-  float *lse;              /* (B, H/TP, T) attention log-sum-exp */
-  float *x2;               /* (N, D) residual stream after attention */
-  float *rstd2;            /* (N) post_attention_layernorm 1/rms */
-  float *g, *u;            /* (N, F/TP) gate and up outputs (this rank's rows) */
-  float *saved[OL_PROJ_COUNT]; /* (N, saved_per_token) what each linear keeps */
-} ol_block_acts;
-
-typedef struct {
-  size_t B, T, N;          /* micro-batch, sequence length, N = B*T tokens */
-  size_t L;                /* layers held */
-  int recompute;           /* --recompute: one block slot shared by the layers, refilled in
-                            * backward by re-running the blocks' forwards from xs */
-  size_t n_blocks;         /* block slots: L, or 1 with recompute */
-  float *xs;               /* (L+1, N, D) residual stream at each block boundary */
-  ol_block_acts *blocks;   /* (n_blocks) layer l's, or with recompute the one every layer uses */
-  float *rstd_final;       /* (N) */
-  /* transient workspace, reused by every block */
-  float *xn;               /* (N, D) normed input / its gradient */
-  float *att;              /* (N, D) attention output (N, H/TP*hd) / its gradient; the LM
-                            * head's d(normed input) (N, D) */
-  float *h;                /* (N, F/TP) SwiGLU output / its gradient */
-  float *dq;               /* (N, H/TP*hd) */
-  float *dk, *dv;          /* (N, Hkv/TP*hd) */
-  float *dres;             /* (N, D) gradient of the residual stream */
-  float *logits;           /* (head_chunk, V/TP) LM head logits / dlogits of one token chunk */
-  float *ce_mx, *ce_zt;    /* (head_chunk) row maxima and target logits of the chunk */
-  double *ce_sum;          /* (head_chunk) row sums of exp(logit - max) */
-  float *lin_work;         /* (N, max out) scratch of rescaling adapters, NULL when none */
-  float *wide;             /* gemm_half scratch: f32 tiles of 2-byte weights, NULL when none */
-  float *rope_cos, *rope_sin; /* (T, hd/2) */
-  float *attn_scratch;     /* attention_scratch_floats(T) */
-  size_t head_chunk;       /* tokens per LM-head chunk */
-  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic; with recompute
-                            * xs and the final norm's 1/rms: the shared slot is workspace) */
-  size_t bytes_logits;     /* the logits chunk's bytes (workspace) */
-  size_t bytes_total;      /* all activation + workspace bytes */
-} ol_acts;
-
-/* What ol_acts_alloc would allocate, without allocating it (the planner). */
-typedef struct {
-  size_t kept_bytes, logits_bytes, total_bytes;
-} ol_acts_sizes;
-void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_sizes *out);
-
-/* Activations of one micro-batch of B sequences of T tokens on m's stage. recompute != 0 keeps
- * only each block's input (xs) and one block slot, sized for the largest layer, that forward
- * and the recomputation in backward share (DESIGN §4): the same results, bit for bit, for about
- * one more forward of the blocks. */
-void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute);
-void ol_acts_free(ol_acts *a);
-
-/* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
- * When grad_scale != 0 the LM head's backward runs fused with its forward (logits are never
- * kept) and leaves d(final residual) in a->dres; the caller then calls ol_model_backward.
- * A pipeline stage without the embedding reads its input from xs[0] (the caller fills it);
- * one without the head returns 0 and leaves its output in xs[stage.n_layers]. */
-double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
-                        float grad_scale);
-/* Backward through the blocks and the embedding, accumulating trainable gradients. A stage
- * without the head starts from d(output) in a->dres (the caller fills it); every stage leaves
- * d(input) in a->dres. Follows ol_model_forward of the same micro-batch on the same acts. With
- * recompute it re-runs each block's forward but the last's (whose activations the shared slot
- * still holds) from xs, TP collectives included, before that block's backward. */
-void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
 /* Reads every tensor of the model (this rank's slices) from open weights (a model file or a
  * Hugging Face directory), after checking that each is present with its shape. */

@@ -1,6 +1,6 @@
 /* The LLaMA model configuration, as stored in the model file's root attributes. */
-#ifndef ONELORA_CONFIG_H
-#define ONELORA_CONFIG_H
+#ifndef ONELORA_CORE_CONFIG_H
+#define ONELORA_CORE_CONFIG_H
 
 #include <stdint.h>
 

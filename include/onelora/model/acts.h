@@ -1,0 +1,80 @@
+/* onelora model: the activations of one micro-batch, and the forward and backward of a stage. */
+#ifndef ONELORA_MODEL_ACTS_H
+#define ONELORA_MODEL_ACTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "onelora/model/model.h"
+
+/* ---- activations: what forward keeps for backward (DESIGN §4) ------------------------------ */
+typedef struct {
+  float *rstd1;            /* (N) input_layernorm 1/rms */
+  float *q;                /* (N, H/TP*hd) this rank's query heads, after RoPE */
+  float *k, *v;            /* (N, Hkv/TP*hd), k after RoPE */
+  float *lse;              /* (B, H/TP, T) attention log-sum-exp */
+  float *x2;               /* (N, D) residual stream after attention */
+  float *rstd2;            /* (N) post_attention_layernorm 1/rms */
+  float *g, *u;            /* (N, F/TP) gate and up outputs (this rank's rows) */
+  float *saved[OL_PROJ_COUNT]; /* (N, saved_per_token) what each linear keeps */
+} ol_block_acts;
+
+typedef struct {
+  size_t B, T, N;          /* micro-batch, sequence length, N = B*T tokens */
+  size_t L;                /* layers held */
+  int recompute;           /* --recompute: one block slot shared by the layers, refilled in
+                            * backward by re-running the blocks' forwards from xs */
+  size_t n_blocks;         /* block slots: L, or 1 with recompute */
+  float *xs;               /* (L+1, N, D) residual stream at each block boundary */
+  ol_block_acts *blocks;   /* (n_blocks) layer l's, or with recompute the one every layer uses */
+  float *rstd_final;       /* (N) */
+  /* transient workspace, reused by every block */
+  float *xn;               /* (N, D) normed input / its gradient */
+  float *att;              /* (N, D) attention output (N, H/TP*hd) / its gradient; the LM
+                            * head's d(normed input) (N, D) */
+  float *h;                /* (N, F/TP) SwiGLU output / its gradient */
+  float *dq;               /* (N, H/TP*hd) */
+  float *dk, *dv;          /* (N, Hkv/TP*hd) */
+  float *dres;             /* (N, D) gradient of the residual stream */
+  float *logits;           /* (head_chunk, V/TP) LM head logits / dlogits of one token chunk */
+  float *ce_mx, *ce_zt;    /* (head_chunk) row maxima and target logits of the chunk */
+  double *ce_sum;          /* (head_chunk) row sums of exp(logit - max) */
+  float *lin_work;         /* (N, max out) scratch of rescaling adapters, NULL when none */
+  float *wide;             /* gemm_half scratch: f32 tiles of 2-byte weights, NULL when none */
+  float *rope_cos, *rope_sin; /* (T, hd/2) */
+  float *attn_scratch;     /* attention_scratch_floats(T) */
+  size_t head_chunk;       /* tokens per LM-head chunk */
+  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic; with recompute
+                            * xs and the final norm's 1/rms: the shared slot is workspace) */
+  size_t bytes_logits;     /* the logits chunk's bytes (workspace) */
+  size_t bytes_total;      /* all activation + workspace bytes */
+} ol_acts;
+
+/* What ol_acts_alloc would allocate, without allocating it (the planner). */
+typedef struct {
+  size_t kept_bytes, logits_bytes, total_bytes;
+} ol_acts_sizes;
+void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_sizes *out);
+
+/* Activations of one micro-batch of B sequences of T tokens on m's stage. recompute != 0 keeps
+ * only each block's input (xs) and one block slot, sized for the largest layer, that forward
+ * and the recomputation in backward share (DESIGN §4): the same results, bit for bit, for about
+ * one more forward of the blocks. */
+void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute);
+void ol_acts_free(ol_acts *a);
+
+/* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
+ * When grad_scale != 0 the LM head's backward runs fused with its forward (logits are never
+ * kept) and leaves d(final residual) in a->dres; the caller then calls ol_model_backward.
+ * A pipeline stage without the embedding reads its input from xs[0] (the caller fills it);
+ * one without the head returns 0 and leaves its output in xs[stage.n_layers]. */
+double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const int32_t *targets,
+                        float grad_scale);
+/* Backward through the blocks and the embedding, accumulating trainable gradients. A stage
+ * without the head starts from d(output) in a->dres (the caller fills it); every stage leaves
+ * d(input) in a->dres. Follows ol_model_forward of the same micro-batch on the same acts. With
+ * recompute it re-runs each block's forward but the last's (whose activations the shared slot
+ * still holds) from xs, TP collectives included, before that block's backward. */
+void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
+
+#endif
