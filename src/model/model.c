@@ -40,12 +40,14 @@ static void tensor_set(ol_tensor *t, const char *name, size_t rows, size_t cols)
   t->count[0] = rows;
   t->count[1] = cols;
   t->param = -1;
+  t->place = OL_PLACE_REPLICATED;
 }
 
 /* This rank holds rows [part*rows/tp, ...) (dim 0) or columns (dim 1) of t: its TP shard. */
 static void tensor_shard(ol_tensor *t, int dim, int tp, int part) {
   t->count[dim] = t->shape[dim] / (size_t)tp;
   t->start[dim] = t->count[dim] * (size_t)part;
+  t->place = dim == 0 ? OL_PLACE_ROWS : OL_PLACE_COLS;
 }
 
 static size_t tensor_numel(const ol_tensor *t) {
@@ -55,8 +57,8 @@ static size_t tensor_numel(const ol_tensor *t) {
 /* Declares t as trainable when `trainable`, else counts it into the frozen arena. */
 static void tensor_place(ol_model *m, ol_tensor *t, int trainable) {
   if (trainable)
-    t->param = (long)ol_params_declare_slice(&m->params, t->name, t->ndim, t->shape, t->start,
-                                             t->count);
+    t->param = (long)ol_params_declare(&m->params, t->name, t->ndim, t->shape, t->place,
+                                       t->start[t->place == OL_PLACE_COLS], t->count[t->place == OL_PLACE_COLS]);
   else if (t->ndim == 2 && m->stage.weights_dtype != OL_DTYPE_F32)
     m->frozen_halves += tensor_numel(t);  // a frozen matrix at 2 bytes
   else

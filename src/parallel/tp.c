@@ -64,17 +64,17 @@ void ol_tp_reduce_partial_grads(ol_grid *g, ol_params *p) {
   // the partial gradients are scattered over the flat buffer (two small vectors per layer for
   // 1LoRA): pack them, reduce once, unpack
   size_t n = 0;
-  for (size_t i = 0; i < p->count; i++) n += p->entries[i].tp_partial ? p->entries[i].numel : 0;
+  for (size_t i = 0; i < p->count; i++) n += p->entries[i].place == OL_PLACE_PARTIAL ? p->entries[i].numel : 0;
   if (n == 0) return;
   float *packed = ol_calloc(n, sizeof(float));  // (n) every partial gradient, in table order
   for (size_t i = 0, at = 0; i < p->count; i++)
-    if (p->entries[i].tp_partial) {
+    if (p->entries[i].place == OL_PLACE_PARTIAL) {
       memcpy(packed + at, p->grad + p->entries[i].offset, p->entries[i].numel * sizeof(float));
       at += p->entries[i].numel;
     }
   allreduce(g, packed, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_BWD);
   for (size_t i = 0, at = 0; i < p->count; i++)
-    if (p->entries[i].tp_partial) {
+    if (p->entries[i].place == OL_PLACE_PARTIAL) {
       memcpy(p->grad + p->entries[i].offset, packed + at, p->entries[i].numel * sizeof(float));
       at += p->entries[i].numel;
     }

@@ -6,13 +6,10 @@
 #include "onelora/peft/linear.h"
 
 static void bitfit_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
-  char name[160];
-  snprintf(name, sizeof name, "%s.bias", lin->name);
-  // sharded like W's rows on column-parallel layers, replicated on row-parallel ones
-  size_t shape[1] = {lin->out_full ? lin->out_full : lin->out}, start[1] = {lin->out_start};
-  size_t count[1] = {lin->out};
-  a->param[0] = ol_params_declare_slice(ctx->params, name, 1, shape, start, count);
-  a->n_param = 1;
+  // sharded like W's rows on column-parallel layers; whole on row-parallel ones, where its
+  // gradient, the column sums of the whole dy, is the same on every rank
+  const size_t shape[1] = {ol_linear_out_full(lin)};
+  ol_adapter_param(a, lin, ctx, "bias", 1, shape, ol_split_out(lin, OL_PLACE_REPLICATED));
 }
 
 static void bitfit_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {

@@ -45,14 +45,10 @@ enum { DORA_CHUNK = 64 };  /* tokens per chunk of the recomputed z in backward *
 
 static void dora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   ol_lora_ops.declare(a, lin, ctx);  // lora_A (r, k), lora_B (d, r), rank and scale
-  char name[160];
-  snprintf(name, sizeof name, "%s.dora_m", lin->name);
-  // (d) sharded like W's rows (column-parallel), whole on every rank (row-parallel)
-  size_t shape[1] = {lin->out_full ? lin->out_full : lin->out}, start[1] = {lin->out_start},
-         count[1] = {lin->out};
-  a->param[2] = ol_params_declare_slice(ctx->params, name, 1, shape, start, count);
-  ctx->params->entries[a->param[2]].tp_partial = lin->par == OL_PAR_ROW;
-  a->n_param = 3;
+  // m (d) sharded like W's rows (column-parallel), whole on every rank (row-parallel) with a
+  // partial gradient (from this rank's partial z)
+  const size_t shape[1] = {ol_linear_out_full(lin)};
+  ol_adapter_param(a, lin, ctx, "dora_m", 1, shape, ol_split_out(lin, OL_PLACE_PARTIAL));
   const size_t d = lin->out, r = a->rank;
   a->state_floats = 2 * d + d * r + r * r;  // rn, g, P, AA
 }

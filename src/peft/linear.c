@@ -10,10 +10,22 @@
  * partial output in forward (Megatron's RowParallelLinear), so that a rescaling adapter sees the
  * whole z; column-parallel layers sharing one input share one copy_to_tp, whose backward sums
  * their partial dx once (ol_linears_backward: one collective for q, k and v). */
+#include <stdio.h>
 #include <string.h>
 
 #include "onelora/backend/backend.h"
 #include "onelora/peft/linear.h"
+
+size_t ol_adapter_param(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, const char *suffix,
+                        int ndim, const size_t *shape, ol_placement place) {
+  char name[160];
+  snprintf(name, sizeof name, "%s.%s", lin->name, suffix);
+  const size_t start = place == OL_PLACE_ROWS ? lin->out_start : lin->in_start;
+  const size_t count = place == OL_PLACE_ROWS ? lin->out : lin->in;
+  OL_CHECK(a->n_param < 4);
+  a->param[a->n_param] = ol_params_declare(ctx->params, name, ndim, shape, place, start, count);
+  return a->param[a->n_param++];
+}
 
 size_t ol_linear_saved_per_token(const ol_linear *lin) {
   size_t n = lin->w_param >= 0 ? lin->in : 0;  /* x, for dW = dy^T x */

@@ -22,18 +22,9 @@
  * is the same everywhere, so dA and dx stay local. No new collective. */
 static void lora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
   const size_t r = (size_t)ctx->method->rank;
-  const size_t k_full = lin->in_full ? lin->in_full : lin->in;
-  const size_t d_full = lin->out_full ? lin->out_full : lin->out;
-  char name[160];
-  snprintf(name, sizeof name, "%s.lora_A", lin->name);
-  size_t shape_a[2] = {r, k_full}, start_a[2] = {0, lin->in_start}, count_a[2] = {r, lin->in};
-  a->param[0] = ol_params_declare_slice(ctx->params, name, 2, shape_a, start_a, count_a);
-  ctx->params->entries[a->param[0]].tp_partial = lin->par == OL_PAR_COLUMN;
-  snprintf(name, sizeof name, "%s.lora_B", lin->name);
-  size_t shape_b[2] = {d_full, r}, start_b[2] = {lin->out_start, 0}, count_b[2] = {lin->out, r};
-  a->param[1] = ol_params_declare_slice(ctx->params, name, 2, shape_b, start_b, count_b);
-  ctx->params->entries[a->param[1]].tp_partial = lin->par == OL_PAR_ROW;
-  a->n_param = 2;
+  const size_t shape_a[2] = {r, ol_linear_in_full(lin)}, shape_b[2] = {ol_linear_out_full(lin), r};
+  ol_adapter_param(a, lin, ctx, "lora_A", 2, shape_a, ol_split_in(lin, OL_PLACE_PARTIAL));
+  ol_adapter_param(a, lin, ctx, "lora_B", 2, shape_b, ol_split_out(lin, OL_PLACE_PARTIAL));
   a->rank = r;
   a->scale = ol_lora_scale(ctx->method);
 }

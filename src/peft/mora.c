@@ -70,11 +70,10 @@ static void cyclic_rows(float *dst, size_t nd, size_t a, const float *src, size_
 
 static void declare_M(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, size_t rhat) {
   OL_CHECK(rhat >= 1);
-  char name[160];
-  snprintf(name, sizeof name, "%s.mora_M", lin->name);
-  size_t shape[2] = {rhat, rhat};
-  a->param[0] = ol_params_declare(ctx->params, name, 2, shape);
-  a->n_param = 1;
+  // M is whole on every rank; under TP dM is a partial sum: of this rank's output rows
+  // (column-parallel) or of its input columns' share of the compression (row-parallel)
+  const size_t shape[2] = {rhat, rhat};
+  ol_adapter_param(a, lin, ctx, "mora_M", 2, shape, OL_PLACE_PARTIAL);
   a->rank = rhat;
 }
 
@@ -89,9 +88,6 @@ static void mora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
   const size_t d_full = lin->out_full ? lin->out_full : lin->out;
   const size_t rhat = ol_mora_rhat(k_full, d_full, ctx->method->rank);
   declare_M(a, lin, ctx, rhat);
-  // under TP dM is a partial sum: of this rank's output rows (column-parallel) or of its
-  // input columns' share of c (row-parallel); M itself is replicated
-  ctx->params->entries[a->param[0]].tp_partial = 1;
   a->state_floats = MORA_CHUNK * rhat;  // (MORA_CHUNK, r^): M c in forward, folded dy in backward
 }
 
@@ -190,8 +186,7 @@ static void mora6_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx)
   const size_t d_full = lin->out_full ? lin->out_full : lin->out;
   const size_t rhat = ol_mora_rhat(k_full, d_full, ctx->method->rank) / 2 * 2;  // even
   OL_CHECK(rhat >= 2);
-  declare_M(a, lin, ctx, rhat);
-  ctx->params->entries[a->param[0]].tp_partial = 1;  // dM: see above; M is replicated
+  declare_M(a, lin, ctx, rhat);  // dM partial: see above
   a->state_floats = (1 + 2 * (size_t)MORA6_CHUNK) * padded(k_full, rhat);
 }
 

@@ -9,15 +9,10 @@
 #include "onelora/peft/linear.h"
 
 static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
-  char name[160];
-  snprintf(name, sizeof name, "%s.onelora_b", lin->name);
-  // column-parallel: b (d) sharded like W's rows; row-parallel: b replicated, and its gradient
+  // column-parallel: b (d) sharded like W's rows; row-parallel: b whole, and its gradient
   // dy^T s (s over this rank's input columns) is a partial sum over TP
-  size_t shape[1] = {lin->out_full ? lin->out_full : lin->out}, start[1] = {lin->out_start};
-  size_t count[1] = {lin->out};
-  a->param[0] = ol_params_declare_slice(ctx->params, name, 1, shape, start, count);
-  ctx->params->entries[a->param[0]].tp_partial = lin->par == OL_PAR_ROW;
-  a->n_param = 1;
+  const size_t shape[1] = {ol_linear_out_full(lin)};
+  ol_adapter_param(a, lin, ctx, "onelora_b", 1, shape, ol_split_out(lin, OL_PLACE_PARTIAL));
 }
 
 static void onelora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {

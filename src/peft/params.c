@@ -4,20 +4,14 @@
 
 #include "onelora/peft/linear.h"
 
-size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape) {
-  const size_t start[2] = {0, 0};
-  return ol_params_declare_slice(p, name, ndim, shape, start, shape);
-}
-
 int ol_param_sharded(const ol_param_entry *e) {
-  for (int i = 0; i < e->ndim; i++)
-    if (e->count[i] != e->shape[i]) return 1;
-  return 0;
+  return e->place == OL_PLACE_ROWS || e->place == OL_PLACE_COLS;
 }
 
-size_t ol_params_declare_slice(ol_params *p, const char *name, int ndim, const size_t *shape,
-                               const size_t *start, const size_t *count) {
+size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t *shape,
+                         ol_placement place, size_t start, size_t count) {
   OL_CHECK(ndim >= 1 && ndim <= 2 && !p->data);
+  OL_CHECK(place != OL_PLACE_COLS || ndim == 2);
   if (p->count == p->cap) {
     size_t cap = p->cap ? 2 * p->cap : 64;
     ol_param_entry *e = ol_calloc(cap, sizeof *e);
@@ -30,13 +24,15 @@ size_t ol_params_declare_slice(ol_params *p, const char *name, int ndim, const s
   memset(e, 0, sizeof *e);
   ol_strlcpy(e->name, name, sizeof e->name);
   e->ndim = ndim;
+  e->place = place;
+  const int split = place == OL_PLACE_ROWS ? 0 : place == OL_PLACE_COLS ? 1 : -1;
   e->numel = 1;
   for (int i = 0; i < ndim; i++) {
     e->shape[i] = shape[i];
-    e->start[i] = start[i];
-    e->count[i] = count[i];
-    OL_CHECK(start[i] + count[i] <= shape[i]);
-    e->numel *= count[i];
+    e->start[i] = i == split ? start : 0;
+    e->count[i] = i == split ? count : shape[i];
+    OL_CHECK(e->start[i] + e->count[i] <= shape[i]);
+    e->numel *= e->count[i];
   }
   e->offset = p->total;
   p->total += e->numel;

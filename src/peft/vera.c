@@ -59,16 +59,9 @@ static void vera_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
   const size_t d = lin->out, r = (size_t)ctx->method->rank;
   const size_t d_full = lin->out_full ? lin->out_full : d;
   OL_CHECK(lin->in_start + lin->in <= ctx->k_max && lin->out_start + d <= ctx->d_max);
-  char name[160];
-  snprintf(name, sizeof name, "%s.vera_lambda_b", lin->name);
-  size_t shape_b[1] = {d_full}, start_b[1] = {lin->out_start}, count_b[1] = {d};
-  a->param[0] = ol_params_declare_slice(ctx->params, name, 1, shape_b, start_b, count_b);
-  ctx->params->entries[a->param[0]].tp_partial = lin->par == OL_PAR_ROW;
-  snprintf(name, sizeof name, "%s.vera_lambda_d", lin->name);
-  size_t shape_d[1] = {r};
-  a->param[1] = ol_params_declare(ctx->params, name, 1, shape_d);
-  ctx->params->entries[a->param[1]].tp_partial = 1;
-  a->n_param = 2;
+  const size_t shape_b[1] = {d_full}, shape_d[1] = {r};
+  ol_adapter_param(a, lin, ctx, "vera_lambda_b", 1, shape_b, ol_split_out(lin, OL_PLACE_PARTIAL));
+  ol_adapter_param(a, lin, ctx, "vera_lambda_d", 1, shape_d, OL_PLACE_PARTIAL);
   // (r, k_max) from this rank's first input column; (d_max, r) from its first output row
   a->frozen[0] = shared_uniform(ctx, "vera_A", r, ctx->k_max) + lin->in_start;
   a->frozen[1] = shared_uniform(ctx, "vera_B", ctx->d_max, r) + lin->out_start * r;

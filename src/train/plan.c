@@ -49,7 +49,7 @@ static void step_comm(const ol_model *m, size_t N, const ol_plan_inputs *in, dou
     comm[OL_COMM_TP_BWD] = bwd * Mb;
     double partial = 0.0;  // replicated parameters' partial gradients, once per step
     for (size_t i = 0; i < m->params.count; i++)
-      partial += m->params.entries[i].tp_partial ? (double)m->params.entries[i].numel : 0.0;
+      partial += m->params.entries[i].place == OL_PLACE_PARTIAL ? (double)m->params.entries[i].numel : 0.0;
     comm[OL_COMM_TP_BWD] += partial * sizeof(float);
   }
   if (in->pp > 1) {  // each stage sends its output forward and its input gradient back

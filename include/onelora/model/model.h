@@ -22,6 +22,8 @@ typedef struct {
   size_t shape[2];         /* full shape on disk */
   size_t start[2];         /* this rank's slice of it (TP shard; 0 without TP) */
   size_t count[2];         /* the slice's extent (= shape without TP) */
+  ol_placement place;      /* how it lies across TP (ROWS or COLS when sharded, else REPLICATED:
+                            * norms, and row-parallel biases, have the same gradient everywhere) */
   float *data;             /* this rank's storage (frozen arena or flat trainable buffer), or
                             * NULL when the tensor is kept at 2 bytes in `half` */
   uint16_t *half;          /* a frozen matrix kept as f16/bf16 (the model's weights_dtype) */

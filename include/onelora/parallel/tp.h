@@ -13,8 +13,8 @@
  * TP = 1 (or g is NULL). Forward halves count their bytes as OL_COMM_TP_FWD, backward halves as
  * OL_COMM_TP_BWD. */
 const ol_tp *ol_grid_tp(ol_grid *g);
-/* Sums the gradients of the entries whose gradient is a partial sum over TP (tp_partial: 1LoRA's
- * b on row-parallel layers), in place. */
+/* Sums the gradients of the PARTIAL entries over TP (1LoRA's b on row-parallel layers), in
+ * place, packed into one all-reduce. */
 void ol_tp_reduce_partial_grads(struct ol_grid *g, ol_params *p);
 /* Squared gradient norm with every value counted once over the TP ranks: sharded entries summed
  * over TP, replicated ones counted once. */

@@ -34,6 +34,24 @@ typedef struct ol_linear {
   int n_detached;           /* adapters set aside by ol_model_attach_adapters */
 } ol_linear;
 
+/* The full logical d and k of the layer (its shard's when the layer was made without them) */
+static inline size_t ol_linear_out_full(const ol_linear *lin) { return lin->out_full ? lin->out_full : lin->out; }
+static inline size_t ol_linear_in_full(const ol_linear *lin) { return lin->in_full ? lin->in_full : lin->in; }
+/* A tensor along the layer's outputs (d) is split like W's rows where the layer splits them
+ * (column-parallel), else it is whole, placed `otherwise`; the same along the inputs (k, split
+ * on row-parallel layers). */
+static inline ol_placement ol_split_out(const ol_linear *lin, ol_placement otherwise) {
+  return lin->par == OL_PAR_COLUMN ? OL_PLACE_ROWS : otherwise;
+}
+static inline ol_placement ol_split_in(const ol_linear *lin, ol_placement otherwise) {
+  return lin->par == OL_PAR_ROW ? OL_PLACE_COLS : otherwise;
+}
+/* Declares the trainable tensor "<module>.<suffix>" of adapter a at its full logical shape and
+ * placement (a ROWS tensor's rows follow W's output rows on this rank, a COLS tensor's columns
+ * its input columns), as a's next parameter; returns its entry index. */
+size_t ol_adapter_param(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, const char *suffix,
+                        int ndim, const size_t *shape, ol_placement place);
+
 /* floats per token this linear keeps between its forward and its backward */
 size_t ol_linear_saved_per_token(const ol_linear *lin);
 /* y(N,out) = beta*y + x(N,in) W^T + adapters; saved (N, saved_per_token). A row-parallel layer
