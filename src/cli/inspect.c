@@ -3,6 +3,7 @@
  * each tensor's change against a reference checkpoint. Every dataset of each file is read in
  * full, so every Fletcher32 checksum is verified, whatever is printed. Output formats:
  * docs/FORMATS.md, "Inspecting a checkpoint". */
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -394,10 +395,10 @@ static void print_header(const ckpt_file *f, long long size) {
   ol_method method;
   if (ol_method_parse(m->method, m->targets, m->rank, (double)m->alpha_x1000 / 1000.0, &method) ==
       OL_OK) {
-    const unsigned scaled = 1u << OL_AD_LORA | 1u << OL_AD_DORA;
-    const unsigned ranked = scaled | 1u << OL_AD_VERA | 1u << OL_AD_MORA | 1u << OL_AD_MORA6;
-    if (method.adapters & ranked) printf("    rank %lld", (long long)m->rank);
-    if (method.adapters & scaled) printf("    alpha %g", (double)m->alpha_x1000 / 1000.0);
+    if (ol_method_with(&method, offsetof(ol_adapter_ops, uses_rank)))
+      printf("    rank %lld", (long long)m->rank);
+    if (ol_method_with(&method, offsetof(ol_adapter_ops, uses_alpha)))
+      printf("    alpha %g", (double)m->alpha_x1000 / 1000.0);
   }
   ol_clear_error();
   printf("\nmodel       dim %lld, %lld layers, %lld heads (%lld kv), ffn %lld, vocab %lld, "

@@ -1,6 +1,7 @@
 /* onelora merge: fold a checkpoint's trained state into the model's weights and write a plain
  * model that needs no adapters: an HDF5 model file (OUT.h5) or a Hugging Face directory
  * (config.json + model.safetensors). */
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,7 +26,7 @@ static int ends_with(const char *s, const char *suffix) {
 /* BitFit merges into per-projection biases. Hugging Face's flags cover a whole group (q,k,v,o or
  * gate,up,down), so a targeted group gets biases on every projection, zero where untargeted. */
 static void bitfit_bias_flags(const ol_method *method, ol_config *cfg) {
-  if (!(method->adapters & (1u << OL_AD_BITFIT))) return;
+  if (!ol_method_with(method, offsetof(ol_adapter_ops, merges_bias))) return;
   const unsigned attn = 1u << OL_Q | 1u << OL_K | 1u << OL_V | 1u << OL_O;
   const unsigned mlp = 1u << OL_GATE | 1u << OL_UP | 1u << OL_DOWN;
   if (method->targets & attn) cfg->attention_bias = 1;

@@ -173,9 +173,11 @@ int ol_cmd_plan(int argc, char **argv) {
   const char *wdtype = "f32", *fit_s = NULL;
   double gflops = 100.0, gbps = 10.0;
   ol_shape_args shape;
+  char method_help[600];  // the registry's methods
+  snprintf(method_help, sizeof method_help, "%s; comma-combined (1lora)", ol_method_names());
   ol_arg args[20 + OL_SHAPE_NARGS] = {
       {"--model", OL_ARG_STR, &model, "M.h5|DIR", "read the shape from a model file or HF directory instead of --preset"},
-      {"--method", OL_ARG_STR, &method_s, "LIST", "PEFT method(s), comma-combined (1lora)"},
+      {"--method", OL_ARG_STR, &method_s, "LIST", method_help},
       {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
       {"--rank", OL_ARG_INT, &rank, "R", "adapter rank (1)"},
       {"--alpha", OL_ARG_FLOAT, &alpha, "A", "adapter scaling numerator (1)"},

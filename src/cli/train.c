@@ -1,4 +1,5 @@
 /* onelora train: parse and check every flag, then hand over to the trainer. */
+#include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
@@ -25,12 +26,15 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   int64_t ckpt_every = 0, keep = 0, seed = 1234, rank = 1, tp = 1, pp = 1;
   double lr = 1e-3, min_lr = 0.0, wd = 0.0, clip = 1.0, alpha = 1.0;
   int no_shuffle = 0, no_map = 0, recompute = 0;
+  char method_help[600];  // the registry's methods
+  snprintf(method_help, sizeof method_help, "%s; comma-combined, e.g. 1lora,norms (1lora)",
+           ol_method_names());
   const ol_arg files[] = {
       {"--model", OL_ARG_STR, &model, "M.h5|DIR", "model file (HDF5) or Hugging Face directory (config.json + safetensors)"},
       {"--data", OL_ARG_STR, &data, "D.h5", "token data file (HDF5, from onelora tokenize)"},
   };
   const ol_arg common[] = {
-      {"--method", OL_ARG_STR, &method, "LIST", "1lora | norms | full | none, comma-combined (1lora)"},
+      {"--method", OL_ARG_STR, &method, "LIST", method_help},
       {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
       {"--rank", OL_ARG_INT, &rank, "R", "adapter rank for rank-r methods (1)"},
       {"--alpha", OL_ARG_FLOAT, &alpha, "A", "adapter scaling numerator (1)"},

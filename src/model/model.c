@@ -1,5 +1,6 @@
 /* LLaMA presets and the parameter layout: which tensors exist, which are trainable, and where
  * each lives (the frozen arena or the flat trainable buffer). */
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,6 +126,9 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
       lin->in_start = lin->par == OL_PAR_ROW ? lin->in * (size_t)tpr : 0;
     }
   ol_peft_ctx ctx = {&m->params, &m->generated, &m->method, seed, 0, 0};
+  const ol_adapter_ops *ops[32];  // the method's adapters, attached to every target
+  const int n_ops = ol_method_adapters(method, ops);
+  OL_CHECK(n_ops <= OL_MAX_ADAPTERS);  // ol_method_parse refuses more
   adapted_extent(m, &ctx.k_max, &ctx.d_max);
 
   char name[128];
@@ -156,12 +160,11 @@ int ol_model_layout_stage(ol_model *m, const ol_config *cfg, const ol_method *me
         tensor_place(m, &b->bias[p], full);
       }
       if (method->targets & (1u << p))
-        for (int k = 0; k < OL_AD_COUNT; k++)
-          if (method->adapters & (1u << k)) {
-            ol_adapter *a = &lin->adapters[lin->n_adapters++];
-            a->ops = ol_adapter_lookup((ol_adapter_kind)k);
-            a->ops->declare(a, lin, &ctx);
-          }
+        for (int i = 0; i < n_ops; i++) {
+          ol_adapter *a = &lin->adapters[lin->n_adapters++];
+          a->ops = ops[i];
+          a->ops->declare(a, lin, &ctx);
+        }
     }
   }
   tensor_set(&m->final_norm, "model.norm.weight", D, 0);
@@ -185,8 +188,9 @@ static int map_tensor(ol_model *m, size_t i, ol_weights *w) {
   const ol_dtype dtype = m->stage.weights_dtype;
   char why[160] = "";
   const void *p = NULL;
-  if ((m->method.adapters & 1u << OL_AD_DORA) && t->count[1] != t->shape[1])
-    snprintf(why, sizeof why, "dora reads the rows of a row-parallel shard contiguously");
+  const ol_adapter_ops *reader = ol_method_with(&m->method, offsetof(ol_adapter_ops, reads_w));
+  if (reader && t->count[1] != t->shape[1])
+    snprintf(why, sizeof why, "%s reads the rows of a row-parallel shard contiguously", reader->name);
   else
     OL_TRY(ol_weights_map(w, t->name, t->shape, t->start, t->count, dtype, &m->maps[i], &p, why,
                           sizeof why));

@@ -41,6 +41,8 @@
 #include "onelora/backend/backend.h"
 #include "onelora/peft/linear.h"
 
+extern const ol_adapter_ops ol_lora_ops;  /* lora.c: DoRA is LoRA's additive part plus a rescale */
+
 enum { DORA_CHUNK = 64 };  /* tokens per chunk of the recomputed z in backward */
 
 static void dora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) {
@@ -137,6 +139,10 @@ static void dora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_dora_ops = {
     .name = "dora",
+    .supports_tp = 1,
+    .reads_w = 1,
+    .uses_rank = 1,
+    .uses_alpha = 1,
     .declare = dora_declare,
     .init = dora_init,
     .saved_per_token = dora_saved,

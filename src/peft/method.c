@@ -1,17 +1,80 @@
 /* Parsing of --method and --targets, and the adapter registry: a new method is one file in
- * src/peft/ plus one line here. */
+ * src/peft/ plus one line in methods.def. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "onelora/peft/linear.h"
 
-static const ol_adapter_ops *const registry[OL_AD_COUNT] = {
-    [OL_AD_ONELORA] = &ol_onelora_ops, [OL_AD_ONELORA_RANDOM] = &ol_onelora_random_ops,
-    [OL_AD_LORA] = &ol_lora_ops,       [OL_AD_DORA] = &ol_dora_ops,
-    [OL_AD_VERA] = &ol_vera_ops,       [OL_AD_MORA] = &ol_mora_ops,
-    [OL_AD_MORA6] = &ol_mora6_ops,     [OL_AD_BITFIT] = &ol_bitfit_ops,
+#ifdef ONELORA_TEST_HOOKS
+#define OL_TEST_METHOD(ops) OL_METHOD(ops)
+#else
+#define OL_TEST_METHOD(ops)
+#endif
+
+#define OL_METHOD(ops) extern const ol_adapter_ops ops;
+#include "methods.def"
+#undef OL_METHOD
+#define OL_METHOD(ops) &ops,
+static const ol_adapter_ops *const registry[] = {
+#include "methods.def"
 };
+#undef OL_METHOD
+#define REGISTRY_SIZE (sizeof registry / sizeof registry[0])
+_Static_assert(REGISTRY_SIZE <= 32, "ol_method.adapters is a 32-bit mask over the registry");
+
+size_t ol_adapter_count(void) { return REGISTRY_SIZE; }
+
+const ol_adapter_ops *ol_adapter_at(size_t i) {
+  OL_CHECK(i < REGISTRY_SIZE);
+  return registry[i];
+}
+
+const ol_adapter_ops *ol_adapter_find(const char *name) {
+  for (size_t i = 0; i < REGISTRY_SIZE; i++)
+    if (strcmp(registry[i]->name, name) == 0) return registry[i];
+  return NULL;
+}
+
+int ol_method_adapters(const ol_method *m, const ol_adapter_ops **ops) {
+  int n = 0;
+  for (size_t i = 0; i < REGISTRY_SIZE; i++)
+    if (m->adapters >> i & 1u) ops[n++] = registry[i];
+  return n;
+}
+
+const ol_adapter_ops *ol_method_with(const ol_method *m, size_t flag_offset) {
+  for (size_t i = 0; i < REGISTRY_SIZE; i++)
+    if ((m->adapters >> i & 1u) && *(const int *)((const char *)registry[i] + flag_offset))
+      return registry[i];
+  return NULL;
+}
+
+int ol_method_check(const ol_method *m, int tp, ol_dtype weights_dtype) {
+  for (size_t i = 0; i < REGISTRY_SIZE; i++) {
+    if (!(m->adapters >> i & 1u)) continue;
+    const ol_adapter_ops *ops = registry[i];
+    if (tp > 1 && !ops->supports_tp)
+      return ol_error("--tp %d: method %s does not support tensor parallelism", tp, ops->name);
+    if (weights_dtype != OL_DTYPE_F32 && ops->reads_w)
+      return ol_error("--weights-dtype %s: %s reads the rows of W itself; use f32",
+                      ol_dtype_name(weights_dtype), ops->name);
+  }
+  return OL_OK;
+}
+
+const char *ol_method_names(void) {
+  static char names[512];
+  if (!names[0]) {
+    ol_strlcpy(names, "none, full, norms", sizeof names);
+    for (size_t i = 0; i < REGISTRY_SIZE; i++) {
+      const size_t at = strlen(names);
+      snprintf(names + at, sizeof names - at, ", %s", registry[i]->name);
+    }
+  }
+  return names;
+}
 
 float ol_lora_scale(const ol_method *m) { return (float)(m->alpha / (double)m->rank); }
 
@@ -47,11 +110,6 @@ void ol_frozen_free(ol_frozen *f) {
   for (size_t i = 0; i < f->count; i++) ol_free(f->entries[i].data);
   ol_free(f->entries);
   memset(f, 0, sizeof *f);
-}
-
-const ol_adapter_ops *ol_adapter_lookup(ol_adapter_kind k) {
-  OL_CHECK(k < OL_AD_COUNT);
-  return registry[k];
 }
 
 void ol_adapter_bind(ol_adapter *a, const ol_params *p) {
@@ -113,14 +171,13 @@ static int add_method(const char *item, const char *flag, void *vctx) {
   if (strcmp(item, "none") == 0) { ctx->none = 1; return OL_OK; }
   if (strcmp(item, "full") == 0) { m->full = 1; return OL_OK; }
   if (strcmp(item, "norms") == 0) { m->norms = 1; return OL_OK; }
-  for (int k = 0; k < OL_AD_COUNT; k++)
+  for (size_t k = 0; k < REGISTRY_SIZE; k++)
     if (strcmp(item, registry[k]->name) == 0) {
       if (m->adapters & (1u << k)) return ol_error("%s: '%s' is listed twice", flag, item);
       m->adapters |= 1u << k;
       return OL_OK;
     }
-  return ol_error("%s: unknown method '%s' (known: none, full, norms, 1lora, 1lora-random, lora, "
-                  "dora, vera, mora, mora6, bitfit)", flag, item);
+  return ol_error("%s: unknown method '%s' (known: %s)", flag, item, ol_method_names());
 }
 
 int ol_method_parse(const char *methods, const char *targets, int64_t rank, double alpha,
@@ -132,9 +189,16 @@ int ol_method_parse(const char *methods, const char *targets, int64_t rank, doub
   int parts = ctx.none + out->full + out->norms + (out->adapters != 0);
   if (ctx.none && parts > 1) return ol_error("--method: 'none' cannot be combined ('%s')", methods);
   if (out->full && parts > 1) return ol_error("--method: 'full' cannot be combined ('%s')", methods);
-  if ((out->adapters & (1u << OL_AD_DORA)) && (out->adapters & ~(1u << OL_AD_DORA)))
-    return ol_error("--method: 'dora' rescales the whole layer output and cannot share layers with "
-                    "another adapter ('%s'); combine it with norms only", methods);
+  const ol_adapter_ops *ops[32];
+  const int n = ol_method_adapters(out, ops);
+  for (int i = 0; i < n && n > 1; i++)
+    if (ops[i]->rescale_forward)
+      return ol_error("--method: '%s' rescales the whole layer output and cannot share layers "
+                      "with another adapter ('%s'); combine it with norms only", ops[i]->name,
+                      methods);
+  if (n > OL_MAX_ADAPTERS)
+    return ol_error("--method: at most %d adapters on one layer, '%s' has %d", OL_MAX_ADAPTERS,
+                    methods, n);
   if (rank <= 0) return ol_error("--rank must be positive, got %lld", (long long)rank);
   out->rank = rank;
   out->alpha = alpha;

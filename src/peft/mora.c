@@ -158,6 +158,8 @@ static void mora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_mora_ops = {
     .name = "mora",
+    .supports_tp = 1,
+    .uses_rank = 1,
     .declare = mora_declare,
     .init = mora_init,
     .saved_per_token = mora_saved,
@@ -272,6 +274,8 @@ static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_mora6_ops = {
     .name = "mora6",
+    .supports_tp = 1,
+    .uses_rank = 1,
     .declare = mora6_declare,
     .init = mora_init,
     .saved_per_token = mora6_saved,

@@ -45,6 +45,7 @@ static void onelora_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_onelora_ops = {
     .name = "1lora",
+    .supports_tp = 1,
     .declare = onelora_declare,
     .init = onelora_init,
     .saved_per_token = onelora_saved,
@@ -101,6 +102,7 @@ static void random_merge(const ol_adapter *a, ol_linear *lin) {
 
 const ol_adapter_ops ol_onelora_random_ops = {
     .name = "1lora-random",
+    .supports_tp = 1,
     .declare = random_declare,
     .init = onelora_init,
     .saved_per_token = onelora_saved,

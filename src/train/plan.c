@@ -105,9 +105,7 @@ int ol_plan_layout(const ol_plan_inputs *in, ol_plan *worst) {
   OL_TRY(ol_config_validate(in->cfg, "plan"));
   if (in->tp < 1 || in->pp < 1 || in->dp < 1)
     return ol_error("plan: --tp, --pp and --dp must be positive");
-  if (in->weights_dtype != OL_DTYPE_F32 && (in->method->adapters & 1u << OL_AD_DORA))
-    return ol_error("--weights-dtype %s: dora reads the rows of W for its norms; use f32",
-                    ol_dtype_name(in->weights_dtype));
+  OL_TRY(ol_method_check(in->method, in->tp, in->weights_dtype));
   if (in->pp > in->cfg->n_layers)
     return ol_error("--pp %d: the model has only %lld layers", in->pp, (long long)in->cfg->n_layers);
   // every rank differs: stages hold other layers (the first the embedding, the last the head);

@@ -239,17 +239,6 @@ static int resume(trainer *t, int64_t *start) {
   return OL_OK;
 }
 
-/* The methods whose tensor-parallel derivation this build implements (DESIGN §5). */
-static int check_tp_method(const ol_train_opts *o) {
-  const unsigned ok = 1u << OL_AD_ONELORA | 1u << OL_AD_ONELORA_RANDOM | 1u << OL_AD_BITFIT |
-                      1u << OL_AD_LORA | 1u << OL_AD_DORA | 1u << OL_AD_VERA | 1u << OL_AD_MORA |
-                      1u << OL_AD_MORA6;
-  if (o->tp > 1 && (o->method.adapters & ~ok))
-    return ol_error("--tp %d: method %s does not support tensor parallelism yet", o->tp,
-                    o->method.text);
-  return OL_OK;
-}
-
 static void format_eta(double seconds, char *buf, size_t size) {
   long s = (long)(seconds + 0.5);
   if (s >= 3600) snprintf(buf, size, "%ldh%02ldm", s / 3600, s / 60 % 60);
@@ -479,10 +468,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK && cfg.n_layers < g->pp)
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
                   (long long)cfg.n_layers);
-  if (rc == OL_OK) rc = check_tp_method(o);
-  if (rc == OL_OK && o->weights_dtype != OL_DTYPE_F32 && (o->method.adapters & 1u << OL_AD_DORA))
-    rc = ol_error("--weights-dtype %s: dora reads the rows of W for its norms; use f32",
-                  ol_dtype_name(o->weights_dtype));
+  if (rc == OL_OK) rc = ol_method_check(&o->method, o->tp, o->weights_dtype);
   if (rc == OL_OK && mf && ol_weights_tied(mf) && o->method.full)
     rc = ol_error("--method full on %s: its embedding and LM head are tied "
                   "(tie_word_embeddings), which onelora trains as two tensors; use another method",

@@ -93,7 +93,7 @@ def rank0_values(name, shape, tp, pp, n_layers):
         return size if column else size // tp
     if param == "lora_B":  # [d, r]: rows sharded on a column-parallel layer, replicated on a row one
         return size // tp if column else size
-    if param in ("vera_lambda_d", "mora_M"):
+    if param in ("vera_lambda_d", "mora_M", "test_scalar_c"):
         return size  # replicated
     raise ValueError("no placement known for " + name)
 

@@ -38,13 +38,14 @@ static void init(fixture *f, const char *methods, int64_t kv, int64_t bias, uint
  * the perturbed parameters, then undoes that: z is rescaled from 1/n_new to the held 1/n and
  * the held values are put back, so every perturbed forward sees the reference point's n. */
 static ol_adapter_ops held_norm_ops;
+#define DORA_OPS (ol_adapter_find("dora"))
 
 static void held_rescale_forward(ol_adapter *a, const ol_linear *lin, float *z, size_t N,
                                  float *saved) {
   const size_t d = lin->out;
   float *held = ol_calloc(d, sizeof(float));  // (d) 1/n at the reference point
   memcpy(held, a->state, d * sizeof(float));
-  ol_dora_ops.rescale_forward(a, lin, z, N, saved);  // z *= m / n_new, a->state = 1/n_new
+  DORA_OPS->rescale_forward(a, lin, z, N, saved);  // z *= m / n_new, a->state = 1/n_new
   for (size_t t = 0; t < N; t++)
     for (size_t i = 0; i < d; i++) z[t * d + i] *= held[i] / a->state[i];
   memcpy(a->state, held, d * sizeof(float));
@@ -53,15 +54,15 @@ static void held_rescale_forward(ol_adapter *a, const ol_linear *lin, float *z, 
 
 /* swaps every DoRA adapter between the real ops and the held-norm wrapper */
 static void hold_dora_norms(fixture *f, int on) {
-  held_norm_ops = ol_dora_ops;
+  held_norm_ops = *DORA_OPS;
   held_norm_ops.rescale_forward = held_rescale_forward;
   for (size_t l = 0; l < (size_t)f->m.cfg.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++) {
       ol_linear *lin = &f->m.blocks[l].lin[p];
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_adapter *a = &lin->adapters[i];
-        if (a->ops == &ol_dora_ops || a->ops == &held_norm_ops)
-          a->ops = on ? &held_norm_ops : &ol_dora_ops;
+        if (a->ops == DORA_OPS || a->ops == &held_norm_ops)
+          a->ops = on ? &held_norm_ops : DORA_OPS;
       }
     }
 }
@@ -286,7 +287,7 @@ static void check_linear(const char *methods, double beta) {
   fixture_mean_loss(&f);  // binds lin->work
   ol_linear *lin = &f.m.blocks[1].lin[OL_DOWN];  // (d, k) = (32, 48)
   const ol_adapter *a = &lin->adapters[0];
-  const int dora = a->ops == &ol_dora_ops;
+  const int dora = a->ops == DORA_OPS;
   const size_t N = (size_t)B * T, d = lin->out, k = lin->in, r = RANK;
   const double s = ALPHA / RANK;
   ol_rng rng;

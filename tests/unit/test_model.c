@@ -59,6 +59,22 @@ static void test_onelora_random_bitfit_gradient(void **state) {
   fixture_free(&f);
 }
 
+/* The test build's one-file method (src/peft/test_scalar.c, one line in methods.def): its
+ * gradient against finite differences, with 1LoRA on the same layers; it is absent (skipped)
+ * from a build without ONELORA_TEST_HOOKS. */
+static void test_test_scalar_gradient(void **state) {
+  if (!ol_adapter_find("test-scalar")) skip();
+  fixture f;
+  init(&f, "1lora,test-scalar", "all", 2, 11);
+  randomize_trainables(&f, 0.05f);
+  // c shifts every output of its layer together, so the loss curves d times faster in c than
+  // in one b_i: a step of 1e-3 keeps the central difference's O(eps^2) truncation below the 2%
+  // tolerance, and its f32 rounding (loss ~4, u = 6e-8: ~1e-4 of the gradient) too
+  const fd_check c = {24, 1e-3, 2e-2, NULL};
+  fixture_check_gradient(&f, &c);
+  fixture_free(&f);
+}
+
 static void test_bitfit_on_some_layers_gradient(void **state) {
   // targets leave some layers plain: their dx must still come out of the frozen GEMM alone
   fixture f;
@@ -218,6 +234,7 @@ int main(void) {
       cmocka_unit_test(test_full_gradient_with_biases),
       cmocka_unit_test(test_onelora_random_bitfit_gradient),
       cmocka_unit_test(test_bitfit_on_some_layers_gradient),
+      cmocka_unit_test(test_test_scalar_gradient),
       cmocka_unit_test(test_merge_random_and_bitfit),
       cmocka_unit_test(test_onelora_zero_is_identity),
       cmocka_unit_test(test_onelora_merge_matches_adapter),

@@ -179,17 +179,17 @@ typedef struct {
 } single;
 
 /* One linear (d, k) with one adapter of `kind`, declared through the seam as the model does */
-static void single_init(single *s, ol_adapter_kind kind, size_t d, size_t k, int64_t rank,
+static void single_init(single *s, const char *kind, size_t d, size_t k, int64_t rank,
                         size_t k_max, size_t d_max, uint64_t seed) {
   memset(s, 0, sizeof *s);
-  assert_int_equal(ol_method_parse(ol_adapter_lookup(kind)->name, "q", rank, 1.0, &s->method),
+  assert_int_equal(ol_method_parse(kind, "q", rank, 1.0, &s->method),
                    OL_OK);
   ol_linear *lin = &s->lin;
   snprintf(lin->name, sizeof lin->name, "test.proj");
   lin->out = d, lin->in = k, lin->ldw = k, lin->w_param = -1;
   ol_peft_ctx ctx = {&s->params, &s->frozen, &s->method, seed, k_max, d_max};
   ol_adapter *a = &lin->adapters[lin->n_adapters++];
-  a->ops = ol_adapter_lookup(kind);
+  a->ops = ol_adapter_find(kind);
   a->ops->declare(a, lin, &ctx);
   ol_params_alloc(&s->params);
   ol_adapter_bind(a, &s->params);
@@ -379,7 +379,7 @@ typedef struct {
   size_t N;
 } layer_case;
 
-static void mora_single_cases(ol_adapter_kind kind, int type, const layer_case *cases,
+static void mora_single_cases(const char *kind, int type, const layer_case *cases,
                               size_t n_cases, unsigned want_cover) {
   unsigned cover = 0;
   for (size_t c = 0; c < n_cases; c++) {
@@ -407,7 +407,7 @@ static void test_mora_single_layer(void **state) {
       {5, 7, 40, 3},    // r^ 22 > k: x_pad wraps x three times; d < r^
       {300, 50, 2, 70}, // r^ 26, k_pad 52; more tokens than one chunk
   };
-  mora_single_cases(OL_AD_MORA, 1, cases, 3, 1u | 2u | 16u);
+  mora_single_cases("mora", 1, cases, 3, 1u | 2u | 16u);
 }
 
 static void test_mora6_single_layer(void **state) {
@@ -417,13 +417,13 @@ static void test_mora6_single_layer(void **state) {
       {7, 5, 30, 3},    // r^ 19 -> 18: one group wrapping x (k 5) almost four times
       {300, 50, 2, 40}, // r^ 26, two groups, tiled about six times; more tokens than a chunk
   };
-  mora_single_cases(OL_AD_MORA6, 6, cases, 4, 1u | 2u | 4u | 8u);
+  mora_single_cases("mora6", 6, cases, 4, 1u | 2u | 4u | 8u);
 }
 
 static void test_vera_single_layer(void **state) {
   // the slices: k 20 of k_max 33, d 300 of d_max 310; d spans two blocks of output rows
   single s;
-  single_init(&s, OL_AD_VERA, 300, 20, 3, 33, 310, 50);
+  single_init(&s, "vera", 300, 20, 3, 33, 310, 50);
   assert_int_equal(s.params.count, 2);
   assert_string_equal(s.params.entries[0].name, "test.proj.vera_lambda_b");
   assert_int_equal(s.params.entries[0].shape[0], 300);

@@ -70,8 +70,10 @@ size_t ol_rss_bytes(void);                  /* VmRSS of this process */
 /* ---- half precision --------------------------------------------------------- */
 uint16_t ol_f32_to_f16(float f);            /* round to nearest even */
 float ol_f16_to_f32(uint16_t h);
-/* Value types of weights on disk and in memory (ol_dtype_name/ol_dtype_parse: io.h). */
+/* Value types of weights on disk and in memory, as the CLI spells them (--weights-dtype) */
 typedef enum { OL_DTYPE_F32 = 0, OL_DTYPE_F16 = 1, OL_DTYPE_BF16 = 2 } ol_dtype;
+const char *ol_dtype_name(ol_dtype t);
+int ol_dtype_parse(const char *s, ol_dtype *out);  /* "f32" | "f16" | "bf16" */
 uint16_t ol_f32_to_bf16(float f);           /* round to nearest even */
 float ol_bf16_to_f32(uint16_t h);
 

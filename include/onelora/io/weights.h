@@ -10,8 +10,6 @@
 #include "onelora/core/config.h"
 #include "onelora/core/core.h"
 
-const char *ol_dtype_name(ol_dtype t);
-int ol_dtype_parse(const char *s, ol_dtype *out);  /* "f32" | "f16" | "bf16" */
 
 #define OL_MAX_DIMS 4
 

@@ -10,7 +10,7 @@
 #include "onelora/peft/method.h"
 #include "onelora/peft/params.h"
 
-struct ol_grid;
+struct ol_linear;
 typedef struct ol_adapter ol_adapter;
 
 /* ---- frozen tensors that methods generate themselves (VeRA's shared A and B, 1lora-random's
@@ -41,9 +41,18 @@ typedef struct {
   size_t k_max, d_max;     /* largest in and out of the adapted linears (VeRA's shared shapes) */
 } ol_peft_ctx;
 
-/* An adapter method: a small vtable. Every function works on this rank's shard. */
+/* An adapter method: a small vtable, one per file in src/peft/, registered by one line in
+ * src/peft/methods.def. Every function works on this rank's shard; the flags let the rest of the
+ * program ask the method instead of knowing it. */
 typedef struct {
   const char *name;         /* the --method name */
+  int supports_tp;          /* its tensor-parallel derivation is implemented (docs/PARALLEL.md) */
+  int reads_w;              /* it reads W's rows itself (DoRA's norms): W must be f32 in memory
+                             * with contiguous rows (no --weights-dtype f16/bf16, no mapped
+                             * row-parallel view) */
+  int uses_rank, uses_alpha;/* --rank and --alpha mean something to it (reports) */
+  int merges_bias;          /* merge adds to the layer's bias, not W (the model creates a zero
+                             * bias to merge into when the model file has none) */
   /* declares its trainable tensors for this linear (ctx->params) and creates or looks up the
    * frozen tensors it generates (ctx->frozen, filled right away from ctx->seed); sets
    * a->state_floats when it needs per-layer scratch that persists across calls */
@@ -95,9 +104,19 @@ struct ol_adapter {
 /* Points a->value/a->grad at the allocated flat buffers. */
 void ol_adapter_bind(ol_adapter *a, const ol_params *p);
 
-const ol_adapter_ops *ol_adapter_lookup(ol_adapter_kind k);
-extern const ol_adapter_ops ol_onelora_ops, ol_onelora_random_ops, ol_lora_ops, ol_dora_ops,
-    ol_vera_ops, ol_mora_ops, ol_mora6_ops, ol_bitfit_ops;
+/* ---- the registry (src/peft/methods.def) ---- */
+size_t ol_adapter_count(void);
+const ol_adapter_ops *ol_adapter_at(size_t i);
+/* The method named `name`, or NULL */
+const ol_adapter_ops *ol_adapter_find(const char *name);
+/* The adapters of m, in registry order, into ops (room for 32); returns how many. */
+int ol_method_adapters(const ol_method *m, const ol_adapter_ops **ops);
+/* Whether any adapter of m sets flag (e.g. offsetof(ol_adapter_ops, reads_w)); NULL when none,
+ * else the first such adapter. */
+const ol_adapter_ops *ol_method_with(const ol_method *m, size_t flag_offset);
+/* One line naming the flag, when method m cannot run with TP degree tp or frozen weights held as
+ * weights_dtype; OL_OK when it can. Shared by train and plan. */
+int ol_method_check(const ol_method *m, int tp, ol_dtype weights_dtype);
 
 /* LoRA scaling s = alpha / rank, shared by lora and dora */
 float ol_lora_scale(const ol_method *m);

@@ -11,7 +11,6 @@
 #include "onelora/peft/adapter.h"
 
 /* ---- the linear layer ---------------------------------------------------------------------- */
-#define OL_MAX_ADAPTERS 4
 typedef struct ol_linear {
   char name[96];            /* HF module, e.g. "model.layers.3.self_attn.q_proj" */
   size_t out, in;           /* this rank's shard: d, k */

@@ -15,22 +15,16 @@ const char *ol_proj_module(ol_proj p);   /* "self_attn.q_proj", ..., "mlp.down_p
 typedef enum { OL_PAR_COLUMN, OL_PAR_ROW, OL_PAR_REPLICATED } ol_par_kind;
 
 /* ---- methods ------------------------------------------------------------------------------- */
-typedef enum {
-  OL_AD_ONELORA = 0,   /* 1lora: y += b sum(x) */
-  OL_AD_ONELORA_RANDOM,/* 1lora-random: y += b (v . x), v a fixed seeded random vector */
-  OL_AD_LORA,          /* lora: y += (alpha/r) B A x */
-  OL_AD_DORA,          /* dora: y = m / |W + sBA|_row * (W x + s B A x) */
-  OL_AD_VERA,          /* vera: y += lambda_b * B (lambda_d * A x), A and B frozen, shared */
-  OL_AD_MORA,          /* mora: y += tile(M compress(x)), type 1 */
-  OL_AD_MORA6,         /* mora6: type 6, RoPE-rotated groups */
-  OL_AD_BITFIT,        /* bitfit: y += beta */
-  OL_AD_COUNT
-} ol_adapter_kind;
+/* Adapters one linear layer carries at most (one per method of a --method list). */
+#define OL_MAX_ADAPTERS 4
 
+/* What a run trains. The adapter methods are the registry's (src/peft/methods.def, one line a
+ * method; peft/adapter.h); none, full and norms are not adapters but choices of which model
+ * tensors are trainable. */
 typedef struct {
   char text[128];          /* the --method value, normalised */
   char targets_text[128];  /* the --targets value */
-  unsigned adapters;       /* bitmask over ol_adapter_kind */
+  unsigned adapters;       /* bitmask over the registry's indices (ol_adapter_at) */
   unsigned targets;        /* bitmask over ol_proj */
   int full;                /* every weight trainable */
   int norms;               /* RMSNorm weights trainable */
@@ -41,7 +35,8 @@ typedef struct {
 /* Parses "--method" (comma list; "none" = frozen) and "--targets" (all | attn | mlp | q,k,...). */
 int ol_method_parse(const char *methods, const char *targets, int64_t rank, double alpha,
                     ol_method *out);
-
-struct ol_linear;
+/* Every --method name: "none, full, norms, " then the registry's, in its order (for --help and
+ * errors). Static storage. */
+const char *ol_method_names(void);
 
 #endif

@@ -1,10 +1,7 @@
 /* Names of the weight storage types, as the CLI spells them (--weights-dtype). */
 #include <string.h>
 
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
+#include "onelora/core/core.h"
 
 static const char *const dtype_names[] = {"f32", "f16", "bf16"};
 #define N_DTYPES (sizeof dtype_names / sizeof dtype_names[0])
