@@ -25,6 +25,10 @@
 /* Row loops with fewer total elements than this run on one thread. */
 #define OMP_MIN_ROWWORK ((size_t)1 << 14)
 
+/* Buffers are host memory: zeroed and 64-byte aligned (ol_calloc), so rows start on cache lines */
+static void *cpu_alloc(size_t bytes) { return ol_calloc(bytes, 1); }
+static void cpu_free(void *p) { ol_free(p); }
+
 /* ---------------------------------------------------------------------------------------------
  * Vectorised exp for the hot loops (softmax rows, cross-entropy, SiLU).
  *
@@ -839,6 +843,8 @@ static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, fl
 
 static const ol_backend cpu_backend = {
     .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
     .gemm = cpu_gemm,
     .gemm_half = cpu_gemm_half,
     .gemm_half_scratch_floats = cpu_gemm_half_scratch_floats,

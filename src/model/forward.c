@@ -17,126 +17,6 @@
 #include "onelora/backend/backend.h"
 #include "onelora/model/acts.h"
 
-#define HEAD_CHUNK 256
-
-static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
-
-/* n values of `size` bytes counted into *bytes, and allocated unless dry (planning only). */
-static void *take(int dry, size_t *bytes, size_t n, size_t size) {
-  *bytes += n * size;
-  return dry ? NULL : ol_calloc(n, size);
-}
-
-/* Lays out (dry: sizes only, nothing allocated) or allocates the activations of m's stage. */
-static void acts_layout(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute, int dry) {
-  memset(a, 0, sizeof *a);
-  const ol_config *c = &m->cfg;
-  // this rank's heads, ffn rows and vocabulary rows (all of them without TP)
-  const size_t tp = (size_t)m->stage.tp;
-  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, L = m->stage.n_layers;
-  const size_t H = (size_t)c->n_heads / tp, kvD = (size_t)c->n_kv_heads / tp * m->hd, V = m->Vl;
-  const size_t qD = H * m->hd, N = B * T, f = sizeof(float);
-  a->B = B, a->T = T, a->N = N, a->L = L;
-  a->recompute = recompute != 0;
-  a->n_blocks = a->recompute ? 1 : L;
-  size_t kept = 0, work = 0;  // bytes
-  a->xs = take(dry, &kept, (L + 1) * N * D, f);
-  a->blocks = ol_calloc(a->n_blocks, sizeof *a->blocks);
-  size_t *block = a->recompute ? &work : &kept;  // the shared slot is rewritten by every block
-  for (size_t i = 0; i < a->n_blocks; i++) {
-    ol_block_acts *ba = &a->blocks[i];
-    ba->rstd1 = take(dry, block, N, f);
-    ba->q = take(dry, block, N * qD, f);
-    ba->k = take(dry, block, N * kvD, f);
-    ba->v = take(dry, block, N * kvD, f);
-    ba->lse = take(dry, block, B * H * T, f);
-    ba->x2 = take(dry, block, N * D, f);
-    ba->rstd2 = take(dry, block, N, f);
-    ba->g = take(dry, block, N * F, f);
-    ba->u = take(dry, block, N * F, f);
-    for (int p = 0; p < OL_PROJ_COUNT; p++) {
-      // floats per token of layer i's linear p; the shared slot: the most of any layer's
-      const size_t l0 = a->recompute ? 0 : i, l1 = a->recompute ? L : i + 1;
-      size_t s = 0;
-      for (size_t l = l0; l < l1; l++) s = max_size(s, ol_linear_saved_per_token(&m->blocks[l].lin[p]));
-      ba->saved[p] = s ? take(dry, block, N * s, f) : NULL;  // (N, s)
-    }
-  }
-  a->rstd_final = take(dry, &kept, N, f);
-  a->head_chunk = N < HEAD_CHUNK ? N : HEAD_CHUNK;
-  a->xn = take(dry, &work, N * D, f);
-  a->att = take(dry, &work, N * D, f);
-  a->h = take(dry, &work, N * F, f);
-  a->dq = take(dry, &work, N * qD, f);
-  a->dk = take(dry, &work, N * kvD, f);
-  a->dv = take(dry, &work, N * kvD, f);
-  a->dres = take(dry, &work, N * D, f);
-  size_t logits = 0;
-  a->logits = take(dry, &logits, a->head_chunk * V, f);
-  a->ce_mx = take(dry, &work, a->head_chunk, f);
-  a->ce_zt = take(dry, &work, a->head_chunk, f);
-  a->ce_sum = take(dry, &work, a->head_chunk, sizeof(double));
-  a->rope_cos = take(dry, &work, T * m->hd / 2, f);
-  a->rope_sin = take(dry, &work, T * m->hd / 2, f);
-  a->attn_scratch = take(dry, &work, ol_bk->attention_scratch_floats(T), f);
-  if (!dry) ol_bk->rope_table(a->rope_cos, a->rope_sin, T, m->hd, c->rope_theta);
-  int rescaler = 0;  // one scratch for every rescaling adapter
-  for (size_t l = 0; l < L; l++)
-    for (int p = 0; p < OL_PROJ_COUNT; p++)
-      for (int i = 0; i < m->blocks[l].lin[p].n_adapters; i++)
-        rescaler |= m->blocks[l].lin[p].adapters[i].ops->rescale_forward != NULL;
-  if (rescaler) a->lin_work = take(dry, &work, N * max_size(D, F), f);
-  int any_half = 0;  // frozen matrices kept at 2 bytes, owned or mapped
-  for (size_t i = 0; i < m->n_tensors; i++)
-    any_half |= m->tensors[i]->ndim == 2 && m->tensors[i]->param < 0 &&
-                m->stage.weights_dtype != OL_DTYPE_F32;
-  if (any_half) {  // f32 tiles of the 2-byte weights: the largest any GEMM with them needs
-    size_t wide = max_size(ol_bk->gemm_half_scratch_floats(V, D),   // the LM head, forward
-                           ol_bk->gemm_half_scratch_floats(D, V));  // and backward
-    for (size_t l = 0; l < L; l++)
-      for (int p = 0; p < OL_PROJ_COUNT; p++) {
-        const ol_linear *lin = &m->blocks[l].lin[p];
-        wide = max_size(wide, ol_bk->gemm_half_scratch_floats(lin->out, lin->in));
-        wide = max_size(wide, ol_bk->gemm_half_scratch_floats(lin->in, lin->out));
-      }
-    a->wide = take(dry, &work, wide, f);
-  }
-  a->bytes_kept = kept;
-  a->bytes_logits = logits;
-  a->bytes_total = kept + work + logits;
-}
-
-void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute) {
-  acts_layout(a, m, B, T, recompute, 0);
-}
-
-void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_sizes *out) {
-  ol_acts a;
-  acts_layout(&a, m, B, T, recompute, 1);
-  out->kept_bytes = a.bytes_kept;
-  out->logits_bytes = a.bytes_logits;
-  out->total_bytes = a.bytes_total;
-  ol_free(a.blocks);
-}
-
-void ol_acts_free(ol_acts *a) {
-  for (size_t i = 0; a->blocks && i < a->n_blocks; i++) {
-    ol_block_acts *ba = &a->blocks[i];
-    ol_free(ba->rstd1), ol_free(ba->q), ol_free(ba->k), ol_free(ba->v), ol_free(ba->lse);
-    ol_free(ba->x2), ol_free(ba->rstd2), ol_free(ba->g), ol_free(ba->u);
-    for (int p = 0; p < OL_PROJ_COUNT; p++) ol_free(ba->saved[p]);
-  }
-  ol_free(a->blocks);
-  ol_free(a->xs);
-  ol_free(a->rstd_final);
-  ol_free(a->xn), ol_free(a->att), ol_free(a->h);
-  ol_free(a->dq), ol_free(a->dk), ol_free(a->dv), ol_free(a->dres);
-  ol_free(a->logits), ol_free(a->rope_cos), ol_free(a->rope_sin), ol_free(a->attn_scratch);
-  ol_free(a->lin_work), ol_free(a->wide);
-  ol_free(a->ce_mx), ol_free(a->ce_zt), ol_free(a->ce_sum);
-  memset(a, 0, sizeof *a);
-}
-
 /* Points every linear at these activations' scratch (rescaling adapters, 2-byte weights). */
 static void set_linear_work(ol_model *m, ol_acts *a) {
   for (size_t l = 0; l < a->L; l++)
@@ -146,9 +26,6 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
     }
 }
 
-/* Layer l's activations: its own slot, or with recompute the one slot every layer shares */
-static ol_block_acts *block_acts(ol_acts *a, size_t l) { return &a->blocks[a->recompute ? 0 : l]; }
-
 /* x (N, D) -> out (N, D) through block l; fills its block_acts. Under TP the attention runs on
  * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
  * down sum their partial outputs over TP themselves (one all-reduce each, in ol_linear_forward)
@@ -156,7 +33,7 @@ static ol_block_acts *block_acts(ol_acts *a, size_t l) { return &a->blocks[a->re
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
-  ol_block_acts *ba = block_acts(a, l);
+  ol_block_acts *ba = ol_acts_block(a, l);
   const size_t tp = (size_t)m->stage.tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
@@ -186,7 +63,7 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
 static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
   const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
-  ol_block_acts *ba = block_acts(a, l);
+  ol_block_acts *ba = ol_acts_block(a, l);
   const size_t tp = (size_t)m->stage.tp;
   const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
   const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;

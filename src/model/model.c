@@ -231,8 +231,8 @@ int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *me
     if (t->ndim == 2 && half) m->frozen_halves += tensor_numel(t);
     else m->frozen_floats += tensor_numel(t);
   }
-  m->frozen = ol_calloc(m->frozen_floats, sizeof(float));
-  m->frozen_half = m->frozen_halves ? ol_calloc(m->frozen_halves, sizeof(uint16_t)) : NULL;
+  m->frozen = ol_bk->alloc(m->frozen_floats * sizeof(float));  // (frozen_floats)
+  m->frozen_half = m->frozen_halves ? ol_bk->alloc(m->frozen_halves * sizeof(uint16_t)) : NULL;
   size_t off = 0, off_half = 0;
   for (size_t i = 0; i < m->n_tensors; i++) {
     ol_tensor *t = m->tensors[i];
@@ -261,7 +261,7 @@ int ol_model_build_mapped(ol_model *m, const ol_config *cfg, const ol_method *me
       for (int i = 0; i < lin->n_adapters; i++) {
         ol_adapter *a = &lin->adapters[i];
         ol_adapter_bind(a, &m->params);
-        if (a->state_floats) a->state = ol_calloc(a->state_floats, sizeof(float));
+        if (a->state_floats) a->state = ol_bk->alloc(a->state_floats * sizeof(float));
       }
     }
   return OL_OK;
@@ -424,12 +424,12 @@ void ol_model_merge(ol_model *m) {
 void ol_model_free(ol_model *m) {
   for (size_t l = 0; m->blocks && l < m->stage.n_layers; l++)
     for (int p = 0; p < OL_PROJ_COUNT; p++)
-      for (int i = 0; i < OL_MAX_ADAPTERS; i++) ol_free(m->blocks[l].lin[p].adapters[i].state);
+      for (int i = 0; i < OL_MAX_ADAPTERS; i++) ol_bk->free(m->blocks[l].lin[p].adapters[i].state);
   ol_free(m->blocks);
   ol_frozen_free(&m->generated);
   ol_free(m->tensors);
-  ol_free(m->frozen);
-  ol_free(m->frozen_half);
+  ol_bk->free(m->frozen);
+  ol_bk->free(m->frozen_half);
   for (size_t i = 0; m->maps && i < m->n_tensors; i++) ol_unmap(&m->maps[i]);
   ol_free(m->maps);
   ol_params_free(&m->params);

@@ -46,55 +46,64 @@ static void gemm_w(const ol_linear *lin, int trans_w, size_t N, const float *x, 
     ol_bk->gemm(0, trans_w, N, cols, K, 1.0f, x, K, lin->W, lin->ldw, beta, C, cols);
 }
 
-static ol_adapter *rescaler(ol_linear *lin) {
+/* The index of lin's rescaling adapter (DoRA), or -1 when none */
+static int rescaler(const ol_linear *lin) {
   for (int i = 0; i < lin->n_adapters; i++)
-    if (lin->adapters[i].ops->rescale_forward) return &lin->adapters[i];
-  return NULL;
+    if (lin->adapters[i].ops->rescale_forward) return i;
+  return -1;
 }
 
-/* z(N,out) = beta*z + x W^T + adapters' additive terms; returns the rescaler's saved slot */
-static float *additive_forward(ol_linear *lin, const float *x, float *z, size_t N, float beta,
-                               float *saved, ol_adapter *scale, float **scale_slot) {
-  float *slot = saved;
-  if (lin->w_param >= 0) {
-    memcpy(slot, x, N * lin->in * sizeof(float));  // (N, in) for dW
-    slot += N * lin->in;
+/* What lin keeps, packed in saved (N, ol_linear_saved_per_token) in this order: x (N, in)
+ * first when W is trainable, then each adapter's (N, its saved_per_token). slots[i] = adapter
+ * i's part (NULL when saved is: nothing is kept). The one place that knows the packing. */
+static void saved_slots(const ol_linear *lin, float *saved, size_t N,
+                        float *slots[OL_MAX_ADAPTERS]) {
+  size_t off = lin->w_param >= 0 ? N * lin->in : 0;  // floats
+  for (int i = 0; i < lin->n_adapters; i++) {
+    slots[i] = saved ? saved + off : NULL;
+    off += N * lin->adapters[i].ops->saved_per_token(&lin->adapters[i], lin);
   }
+}
+
+/* z(N,out) = beta*z + x W^T + adapters' additive terms, each keeping slots[i]; x (N, in) is
+ * kept at the front of saved when W is trainable */
+static void additive_forward(ol_linear *lin, const float *x, float *z, size_t N, float beta,
+                             float *saved, float *const *slots) {
+  if (lin->w_param >= 0) memcpy(saved, x, N * lin->in * sizeof(float));  // (N, in) for dW
   for (int i = 0; i < lin->n_adapters; i++, beta = 1.0f) {
     ol_adapter *a = &lin->adapters[i];
-    if (a == scale) *scale_slot = slot;
-    a->ops->forward(a, lin, x, z, N, beta, slot);
-    slot += N * a->ops->saved_per_token(a, lin);
+    a->ops->forward(a, lin, x, z, N, beta, slots[i]);
   }
   gemm_w(lin, 1, N, x, beta, z);
-  return slot;
 }
 
 void ol_linear_forward(ol_linear *lin, const float *x, float *y, size_t N, float beta,
                        float *saved) {
   // x (N, in), y (N, out), W (out, in)
-  ol_adapter *scale = rescaler(lin);
+  float *slots[OL_MAX_ADAPTERS];
+  saved_slots(lin, saved, N, slots);
+  const int r = rescaler(lin);
   // a row-parallel layer holds the input columns [in_start, in_start + in): its output is a
   // partial sum, summed over TP (a no-op without TP)
   const int row = lin->par == OL_PAR_ROW;
-  if (!scale) {
+  if (r < 0) {
     // the partials are summed in y itself: the shard of the first input columns carries
     // beta*y and the bias, the others their product alone
     const int first = lin->in_start == 0;
     if (row && !first) beta = 0.0f;
     if (lin->bias && (!row || first))
       ol_bk->add_bias(y, lin->bias, N, lin->out, beta), beta = 1.0f;
-    additive_forward(lin, x, y, N, beta, saved, NULL, NULL);
+    additive_forward(lin, x, y, N, beta, saved, slots);
     if (row) ol_reduce_from_tp_forward(lin->tp, y, N * lin->out);
     return;
   }
   // rescaling (DoRA): the rescale needs the whole z, so a row-parallel layer sums z over TP
   // before it; z, and then y, are the same on every rank
+  ol_adapter *scale = &lin->adapters[r];
   float *z = beta == 0.0f ? y : lin->work;  // (N, out)
-  float *slot = NULL;
-  additive_forward(lin, x, z, N, 0.0f, saved, scale, &slot);
+  additive_forward(lin, x, z, N, 0.0f, saved, slots);
   if (row) ol_reduce_from_tp_forward(lin->tp, z, N * lin->out);
-  scale->ops->rescale_forward(scale, lin, z, N, slot);
+  scale->ops->rescale_forward(scale, lin, z, N, slots[r]);
   if (z != y) ol_bk->axpy(y, z, 1.0f, N * lin->out);
   if (lin->bias) ol_bk->add_bias(y, lin->bias, N, lin->out, 1.0f);
 }
@@ -103,26 +112,22 @@ void ol_linear_backward(ol_linear *lin, const float *dy, float *dx, size_t N, fl
                         float *saved) {
   // dy (N, out), dx (N, in)
   if (lin->par == OL_PAR_ROW) ol_reduce_from_tp_backward(lin->tp, dy, N * lin->out);
-  ol_adapter *scale = rescaler(lin);
-  if (scale) {
-    float *slot = saved + (lin->w_param >= 0 ? N * lin->in : 0);
-    for (ol_adapter *a = lin->adapters; a != scale; a++) slot += N * a->ops->saved_per_token(a, lin);
+  float *slots[OL_MAX_ADAPTERS];
+  saved_slots(lin, saved, N, slots);
+  const int r = rescaler(lin);
+  if (r >= 0) {
+    ol_adapter *scale = &lin->adapters[r];
     float *dz = lin->work;  // (N, out)
-    scale->ops->rescale_backward(scale, lin, dy, dz, N, slot);
+    scale->ops->rescale_backward(scale, lin, dy, dz, N, slots[r]);
     dy = dz;
   }
   if (lin->dbias) ol_bk->col_sums(lin->dbias, dy, N, lin->out);  // d(bias) (out) += sum of dy rows
-  float *slot = saved;
-  if (lin->w_param >= 0) {
-    // dW (out, in) += dy^T x
-    ol_bk->gemm(1, 0, lin->out, lin->in, N, 1.0f, dy, lin->out, slot, lin->in, 1.0f, lin->dW,
+  if (lin->w_param >= 0)  // dW (out, in) += dy^T x, x (N, in) at the front of saved
+    ol_bk->gemm(1, 0, lin->out, lin->in, N, 1.0f, dy, lin->out, saved, lin->in, 1.0f, lin->dW,
                 lin->in);
-    slot += N * lin->in;
-  }
   for (int i = 0; i < lin->n_adapters; i++, beta = 1.0f) {
     ol_adapter *a = &lin->adapters[i];
-    a->ops->backward(a, lin, dy, dx, N, beta, slot);
-    slot += N * a->ops->saved_per_token(a, lin);
+    a->ops->backward(a, lin, dy, dx, N, beta, slots[i]);
   }
   gemm_w(lin, 0, N, dy, beta, dx);
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "onelora/backend/backend.h"
 #include "onelora/peft/linear.h"
 
 #ifdef ONELORA_TEST_HOOKS
@@ -96,7 +97,7 @@ float *ol_frozen_add(ol_frozen *f, const char *name, int ndim, const size_t *sha
   e->ndim = ndim;
   size_t n = 1;
   for (int i = 0; i < ndim; i++) e->shape[i] = shape[i], n *= shape[i];
-  e->data = ol_calloc(n, sizeof(float));
+  e->data = ol_bk->alloc(n * sizeof(float));
   return e->data;
 }
 
@@ -107,7 +108,7 @@ ol_frozen_entry *ol_frozen_find(const ol_frozen *f, const char *name) {
 }
 
 void ol_frozen_free(ol_frozen *f) {
-  for (size_t i = 0; i < f->count; i++) ol_free(f->entries[i].data);
+  for (size_t i = 0; i < f->count; i++) ol_bk->free(f->entries[i].data);
   ol_free(f->entries);
   memset(f, 0, sizeof *f);
 }

@@ -2,6 +2,7 @@
  * and checkpoint I/O all iterate this one table. */
 #include <string.h>
 
+#include "onelora/backend/backend.h"
 #include "onelora/peft/linear.h"
 
 int ol_param_sharded(const ol_param_entry *e) {
@@ -40,10 +41,10 @@ size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t 
 }
 
 void ol_params_alloc(ol_params *p) {
-  p->data = ol_calloc(p->total, sizeof(float));
-  p->grad = ol_calloc(p->total, sizeof(float));
-  p->m = ol_calloc(p->total, sizeof(float));
-  p->v = ol_calloc(p->total, sizeof(float));
+  p->data = ol_bk->alloc(p->total * sizeof(float));  // (total) each
+  p->grad = ol_bk->alloc(p->total * sizeof(float));
+  p->m = ol_bk->alloc(p->total * sizeof(float));
+  p->v = ol_bk->alloc(p->total * sizeof(float));
 }
 
 float *ol_params_value(const ol_params *p, size_t index) {
@@ -58,9 +59,9 @@ float *ol_params_grad(const ol_params *p, size_t index) {
 
 void ol_params_free(ol_params *p) {
   ol_free(p->entries);
-  ol_free(p->data);
-  ol_free(p->grad);
-  ol_free(p->m);
-  ol_free(p->v);
+  ol_bk->free(p->data);
+  ol_bk->free(p->grad);
+  ol_bk->free(p->m);
+  ol_bk->free(p->v);
   memset(p, 0, sizeof *p);
 }

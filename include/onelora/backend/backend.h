@@ -1,7 +1,7 @@
 /* onelora backend: the numeric kernels behind one table of function pointers.
  * cpu.c implements it with CBLAS + OpenMP; cuda/ will implement it with cuBLAS.
  * All tensors are f32 (frozen weights may be 2-byte: gemm_half), row-major, contiguous, in
- * memory the backend owns (host memory for cpu).
+ * memory the backend owns (alloc/free; host memory for cpu).
  * Shapes are given in comments; N = number of tokens (B*T), D = width, F = ffn width,
  * H = query heads, Hkv = kv heads, hd = head dim, V = vocab. "+=" means the op accumulates. */
 #ifndef ONELORA_BACKEND_BACKEND_H
@@ -12,6 +12,11 @@
 
 typedef struct {
   const char *name;
+
+  /* Every buffer a kernel touches comes from here (device memory on a GPU): `bytes` zeroed,
+   * 64-byte aligned; running out of memory is fatal. free(NULL) is a no-op. */
+  void *(*alloc)(size_t bytes);
+  void (*free)(void *p);
 
   /* C(M,N) = alpha * op(A) * op(B) + beta * C; op(A) is (M,K), op(B) is (K,N).
    * trans_a: A stored as (K,M); trans_b: B stored as (N,K). Leading dims are row strides. */

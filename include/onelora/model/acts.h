@@ -19,6 +19,21 @@ typedef struct {
   float *saved[OL_PROJ_COUNT]; /* (N, saved_per_token) what each linear keeps */
 } ol_block_acts;
 
+/* One named buffer of the activations' table (llm.c's fill_in_activation_sizes): kept for
+ * backward, transient workspace, or the LM head's logits chunk (workspace too, counted apart
+ * because it grows with the vocabulary) */
+typedef enum { OL_ACT_KEPT, OL_ACT_WORK, OL_ACT_LOGITS } ol_act_kind;
+typedef struct {
+  const char *name;        /* the field, e.g. "q" or "saved.down" */
+  int slot;                /* its block slot, or -1 outside the blocks */
+  ol_act_kind kind;
+  size_t count, size;      /* count values of `size` bytes (float, or double for ce_sum) */
+  size_t bytes;            /* count * size rounded up to 64, so every buffer is 64-byte aligned */
+  size_t offset;           /* bytes into the one allocation */
+  float **f;               /* the pointer the carving sets: a float buffer's, */
+  double **d;              /* or a double one's */
+} ol_act_entry;
+
 typedef struct {
   size_t B, T, N;          /* micro-batch, sequence length, N = B*T tokens */
   size_t L;                /* layers held */
@@ -44,10 +59,14 @@ typedef struct {
   float *rope_cos, *rope_sin; /* (T, hd/2) */
   float *attn_scratch;     /* attention_scratch_floats(T) */
   size_t head_chunk;       /* tokens per LM-head chunk */
-  size_t bytes_kept;       /* bytes that forward keeps for backward (analytic; with recompute
-                            * xs and the final norm's 1/rms: the shared slot is workspace) */
+  size_t bytes_kept;       /* bytes that forward keeps for backward (the table's kept entries;
+                            * with recompute xs and the final norm's 1/rms: the shared slot is
+                            * workspace) */
   size_t bytes_logits;     /* the logits chunk's bytes (workspace) */
-  size_t bytes_total;      /* all activation + workspace bytes */
+  size_t bytes_total;      /* all activation + workspace bytes: the one allocation */
+  ol_act_entry *table;     /* (n_table) every buffer above, in allocation order */
+  size_t n_table, cap_table;
+  void *memory;            /* the one backend allocation the table is carved from */
 } ol_acts;
 
 /* What ol_acts_alloc would allocate, without allocating it (the planner). */
@@ -62,6 +81,8 @@ void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_
  * one more forward of the blocks. */
 void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recompute);
 void ol_acts_free(ol_acts *a);
+/* Layer l's activations: its own slot, or with recompute the one slot every layer shares */
+ol_block_acts *ol_acts_block(ol_acts *a, size_t l);
 
 /* Forward of one micro-batch: tokens/targets (B, T). Returns the summed cross-entropy.
  * When grad_scale != 0 the LM head's backward runs fused with its forward (logits are never
