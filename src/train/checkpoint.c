@@ -11,13 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 #include "onelora/model/acts.h"
 #include "onelora/train/optim.h"
 #include "onelora/train/data.h"
@@ -294,11 +294,11 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
     t0 = ol_now();
     rc = ol_checkpoint_verify(path, &m, &meta, &found, &mismatch);
     out->verify_s = ol_now() - t0;
-    struct stat st;
-    out->bytes = stat(path, &st) == 0 ? (double)st.st_size : 0.0;
+    size_t bytes;
+    out->bytes = ol_file_size(path, &bytes) == OL_OK ? (double)bytes : 0.0;
   }
   rc = ol_grid_agree(g, rc);
-  if (g->world_rank == 0) unlink(path);
+  if (g->world_rank == 0) ol_file_remove(path);  // the benchmark's file, not a run's: no error
   ol_model whole = {0};
   if (rc == OL_OK) rc = ol_model_layout(&whole, cfg, &o->method, o->seed);
   out->trainable = ol_model_trainable(&whole);
