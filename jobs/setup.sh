@@ -27,8 +27,13 @@ onelora_install() {
   fi
 }
 
+# onelora_build [cmake -D flags...]: configures and builds $ONELORA_BUILD. An option not passed
+# keeps what the build directory's cache holds, so the two users of build/ never undo each other:
+# tests/run.sh passes -DONELORA_TEST_HOOKS=ON, and jobs/demo.sh, passing nothing, builds build/
+# as it finds it (the hooks act only under their test-only environment variables; a fresh build/
+# has none).
 onelora_build() {
-  local flags=()
+  local flags=("$@")
   [ -n "${CI:-}" ] && flags+=(-DONELORA_WERROR=ON)
   cmake -S "$ONELORA_ROOT" -B "$ONELORA_BUILD" -DCMAKE_BUILD_TYPE=Release "${flags[@]}" >/dev/null
   cmake --build "$ONELORA_BUILD" -j"$(nproc)"

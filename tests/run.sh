@@ -9,7 +9,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../jobs/setup.sh"
 onelora_install python3-torch python3-h5py python3-numpy procps "${ONELORA_SLURM_PKGS[@]}"
-onelora_build
+onelora_build -DONELORA_TEST_HOOKS=ON  # mpi.resume.in_write needs them (jobs/setup.sh)
 sanitize=${ONELORA_SAN:-$([ $# -eq 0 ] && echo 1 || echo 0)}
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -23,7 +23,7 @@ if [ "$sanitize" = 1 ]; then
   start=$SECONDS
   echo "onelora: sanitizer pass: building $san_build (ASan + UBSan)"
   if cmake -S "$ONELORA_ROOT" -B "$san_build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-           -DONELORA_SANITIZE=ON >/dev/null &&
+           -DONELORA_SANITIZE=ON -DONELORA_TEST_HOOKS=ON >/dev/null &&
      cmake --build "$san_build" -j"$(nproc)" >"$logs/san-build.txt" 2>&1; then
     built=$((SECONDS - start))
     # every report ends the process, with a status no onelora error uses; Open MPI's and HDF5's

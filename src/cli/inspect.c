@@ -8,13 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 #include "onelora/peft/linear.h"
 
 #define NAME_LEN 256
@@ -492,7 +492,7 @@ static int inspect(const char *path, const char *other, const options *o) {
   ckpt_file a, b;
   row_list rows = {0};
   buffer ba = {0}, bb = {0};
-  struct stat st;
+  size_t bytes = 0;
   int rc = open_file(&a, path);
   if (rc == OL_OK && other) rc = open_file(&b, other);
   for (int k = 0; rc == OL_OK && k < OL_GROUP_COUNT; k++)
@@ -506,8 +506,7 @@ static int inspect(const char *path, const char *other, const options *o) {
                     "tensor in common: nothing to compare", path, a.meta.method, other,
                     b.meta.method);
   }
-  if (rc == OL_OK && stat(path, &st) != 0)
-    rc = ol_error("%s: cannot stat the file after reading it", path);
+  if (rc == OL_OK) rc = ol_file_size(path, &bytes);
   if (rc == OL_OK) {
     layer_table t;
     layer_table_build(&t, &rows, (size_t)a.meta.cfg.n_layers);
@@ -516,7 +515,7 @@ static int inspect(const char *path, const char *other, const options *o) {
     } else if (o->csv) {
       print_csv(&rows, o, other != NULL);
     } else {
-      print_header(&a, (long long)st.st_size);
+      print_header(&a, (long long)bytes);
       if (other)
         printf("diff        a = this checkpoint, b = %s (the reference): diff_abs = ||a-b||, "
                "diff_rel = ||a-b||/||b||\n", other);

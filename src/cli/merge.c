@@ -4,13 +4,13 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 #include "onelora/model/acts.h"
 #include "onelora/train/optim.h"
 #include "onelora/train/data.h"
@@ -51,16 +51,15 @@ static int check_ckpt_fits(const char *ckpt_path, const ol_config *cfg, const ol
   if (method->rank > widest)
     return ol_error("%s: rank %lld is more than the model's widest layer (%lld): the file is "
                     "corrupt", ckpt_path, (long long)method->rank, (long long)widest);
-  struct stat st;
-  if (stat(ckpt_path, &st) != 0) return ol_error("%s: cannot stat the checkpoint", ckpt_path);
+  size_t bytes;
+  OL_TRY(ol_file_size(ckpt_path, &bytes));
   ol_model plan = {0};
   OL_TRY(ol_model_layout(&plan, cfg, method, seed));
   size_t trainable = ol_model_trainable(&plan);
   ol_model_free(&plan);
-  if ((double)trainable * sizeof(float) > (double)st.st_size)
-    return ol_error("%s: method '%s' trains %zu values, more than the file's %lld bytes hold: "
-                    "the file is truncated or corrupt", ckpt_path, method->text, trainable,
-                    (long long)st.st_size);
+  if ((double)trainable * sizeof(float) > (double)bytes)
+    return ol_error("%s: method '%s' trains %zu values, more than the file's %zu bytes hold: "
+                    "the file is truncated or corrupt", ckpt_path, method->text, trainable, bytes);
   return OL_OK;
 }
 

@@ -1,10 +1,8 @@
 /* onelora tokenize: text files -> data file, with a byte-level tokenizer (token = byte value,
  * vocab 256). The inputs are concatenated in order; the last --val-fraction of the tokens is
  * the val split, the rest train. */
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "cli.h"
 #include "onelora/core/core.h"
@@ -12,6 +10,7 @@
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 
 #define BYTE_VOCAB 256
 #define MIN_SPLIT_TOKENS 2  /* one input and one target token */
@@ -34,15 +33,17 @@ static void append_bytes(token_buf *b, const unsigned char *bytes, size_t n) {
   b->n += n;
 }
 
-static int read_file(const char *path, token_buf *b) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return ol_error("onelora tokenize: cannot read '%s': %s", path, strerror(errno));
-  unsigned char chunk[1 << 16];  /* (65536,) bytes */
-  size_t got;
-  while ((got = fread(chunk, 1, sizeof chunk, f)) > 0) append_bytes(b, chunk, got);
-  int failed = ferror(f), err = errno;
-  fclose(f);
-  if (failed) return ol_error("onelora tokenize: cannot read '%s': %s", path, strerror(err));
+/* The byte tokenizer holds 4 bytes a token beside the text itself, so one input file is at most
+ * 4 GiB (16 GiB of tokens); a bigger corpus needs a real tokenizer, not this one. */
+#define MAX_TEXT_BYTES ((size_t)4 << 30)
+
+static int read_text(const char *path, token_buf *b) {
+  unsigned char *text;  // (n,) bytes
+  size_t n;
+  if (ol_file_read(path, MAX_TEXT_BYTES, &text, &n) != OL_OK)
+    return ol_error("onelora tokenize: %s", ol_last_error());
+  append_bytes(b, text, n);
+  ol_free(text);
   return OL_OK;
 }
 
@@ -53,7 +54,7 @@ static int tokenize(const ol_strs *in, const char *out, double val_fraction) {
     return ol_error("onelora tokenize: --val-fraction must be in [0, 1), got %g", val_fraction);
   token_buf b = {0};
   int rc = OL_OK;
-  for (int i = 0; rc == OL_OK && i < in->count; i++) rc = read_file(in->items[i], &b);
+  for (int i = 0; rc == OL_OK && i < in->count; i++) rc = read_text(in->items[i], &b);
   size_t n_val = (size_t)(val_fraction * (double)b.n + 0.5);  /* rounded: 0.29 * 100 is 29 */
   size_t n_train = b.n - n_val;
   if (rc == OL_OK && n_train < MIN_SPLIT_TOKENS)

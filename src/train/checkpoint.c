@@ -11,13 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#ifdef ONELORA_TEST_HOOKS
 #include <unistd.h>
+#endif
 
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 #include "onelora/model/acts.h"
 #include "onelora/train/optim.h"
 #include "onelora/train/data.h"
@@ -35,8 +37,11 @@ static int plan_layout(ol_model *plan, const ol_model *m, uint64_t seed) {
   return ol_model_layout_stage(plan, &m->cfg, &m->method, seed, &all);
 }
 
-/* Optional test hook: ONELORA_TEST_CKPT_PAUSE=STEP pauses every rank for 60 s in the middle of
- * the write of checkpoint STEP, so that a test can kill a rank inside a checkpoint write. */
+#ifdef ONELORA_TEST_HOOKS
+/* Test hook, compiled only with -DONELORA_TEST_HOOKS=ON (the builds of tests/run.sh), so that
+ * no production binary sleeps on an environment variable: ONELORA_TEST_CKPT_PAUSE=STEP pauses
+ * every rank for 60 s in the middle of the write of checkpoint STEP, so that
+ * tests/mpi/resume.py --in-write-only can kill a rank inside a checkpoint write. */
 static void test_pause(int64_t step, int world_rank) {
   const char *s = getenv("ONELORA_TEST_CKPT_PAUSE");
   if (!s || strtoll(s, NULL, 10) != step) return;
@@ -47,6 +52,9 @@ static void test_pause(int64_t step, int world_rank) {
   }
   sleep(60);
 }
+#else
+static void test_pause(int64_t step, int world_rank) { (void)step, (void)world_rank; }
+#endif
 
 /* Writes every tensor of the plan: this rank's slices where it is the writer, nothing else.
  * The ranks agree after every tensor, so that one rank's failure (a full disk) stops them all
@@ -294,11 +302,11 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
     t0 = ol_now();
     rc = ol_checkpoint_verify(path, &m, &meta, &found, &mismatch);
     out->verify_s = ol_now() - t0;
-    struct stat st;
-    out->bytes = stat(path, &st) == 0 ? (double)st.st_size : 0.0;
+    size_t bytes;
+    out->bytes = ol_file_size(path, &bytes) == OL_OK ? (double)bytes : 0.0;
   }
   rc = ol_grid_agree(g, rc);
-  if (g->world_rank == 0) unlink(path);
+  if (g->world_rank == 0) ol_file_remove(path);  // the benchmark's file, not a run's: no error
   ol_model whole = {0};
   if (rc == OL_OK) rc = ol_model_layout(&whole, cfg, &o->method, o->seed);
   out->trainable = ol_model_trainable(&whole);

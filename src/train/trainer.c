@@ -5,13 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "onelora/backend/backend.h"
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 #include "onelora/model/acts.h"
 #include "onelora/parallel/grid.h"
 #include "onelora/parallel/dp.h"
@@ -149,8 +149,8 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   OL_TRY(ol_checkpoint_save(g, &t->model, &meta, path));
   double seconds = ol_now() - t0;
   if (g->world_rank == 0) {
-    struct stat st;
-    double bytes = stat(path, &st) == 0 ? (double)st.st_size : 0.0;
+    size_t size;
+    double bytes = ol_file_size(path, &size) == OL_OK ? (double)size : 0.0;
     ol_info("checkpoint %s | %.2f MiB written in %.2f s", path, bytes / 1048576.0, seconds);
     const char *k[] = {"step", "write_s", "bytes"};
     double v[] = {(double)step, seconds, bytes};

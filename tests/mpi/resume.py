@@ -6,8 +6,7 @@
 - elastic resume: a checkpoint written under one layout continues under another (TP=2 -> DP=2,
   PP=2 -> TP=2 x DP=2): the step a layout takes from a shared checkpoint has the gradient and loss
   of the one-rank run's step from it, within the error model of tests/mpi/equivalence.py;
-- crash safety: SIGKILL of one rank mid-training, and inside a checkpoint write (the test hook
-  ONELORA_TEST_CKPT_PAUSE holds the writers), then --resume auto reaches the final state of a
+- crash safety: SIGKILL of one rank mid-training, then --resume auto reaches the final state of a
   run that was never killed, bit for bit;
 - signals: SIGUSR1 or SIGTERM to one rank makes every rank stop with a checkpoint and exit 75;
 - --keep, and bad input: a truncated or bit-flipped checkpoint, one from another model or method,
@@ -16,6 +15,10 @@
   continues bit for bit.
 --full-disk-only (ctest mpi.resume.full_disk): a real full disk, a small tmpfs that fills after a
   few checkpoints. Mounting it needs CAP_SYS_ADMIN; without it the script exits 77 (skipped).
+--in-write-only (ctest mpi.resume.in_write): SIGKILL of one rank inside a checkpoint write (the
+  test hook ONELORA_TEST_CKPT_PAUSE holds the writers), then --resume auto as above. The hook is
+  compiled only with -DONELORA_TEST_HOOKS=ON, which CMake passes on as --test-hooks 1; without it
+  the script exits 77 (skipped).
 Prints PASS/FAIL per check; exits nonzero on any failure."""
 
 import argparse
@@ -159,6 +162,21 @@ def complete_steps(d):
         if os.path.isdir(d) else []
 
 
+# The crash tests: 2 ranks (DP=2) against an uninterrupted 2-rank run of LONG_STEPS steps, with
+# steps long enough to act on while it runs (~10-50 ms)
+LONG_STEPS = 40
+SLOW = dict(dp=2, seq=128)
+
+
+def resume_and_compare(R, train, name, ref, d, expect_from):
+    """--resume auto in d reaches the final state of the uninterrupted run ref, bit for bit."""
+    rc, out, err = R.run(2, train(LONG_STEPS, d, ["--ckpt-every", "5", "--resume", "auto"], **SLOW))
+    check(name + ".resumed", rc == 0 and ("at step %d " % expect_from) in out,
+          "expected a resume from step %d: %s" % (expect_from, (out + err)[-400:]))
+    check(name + ".final", rc == 0 and identical(ckpt(ref, LONG_STEPS), ckpt(d, LONG_STEPS)),
+          "bit-identical to the run that was never interrupted")
+
+
 def one_error_line(err):
     lines = [l for l in err.splitlines() if l.startswith("onelora: error:")]
     return lines[0] if len(lines) == 1 else None
@@ -277,6 +295,30 @@ def full_disk_tmpfs(R, train, w):
     return 1 if failures else 0
 
 
+def in_write(R, train, w):
+    """SIGKILL inside a checkpoint write: the writers pause in the middle of step 10's file (the
+    test hook), rank 1 is killed there; only a .tmp is left, and --resume auto from step 5 ends as
+    the uninterrupted run. A binary without the hook never pauses: crash.in_write.killed fails."""
+    ref = w("ref40")
+    rc, _, err = R.run(2, train(LONG_STEPS, ref, ["--ckpt-every", "5"], **SLOW))
+    if check("crash.in_write.reference", rc == 0, err[-300:]):
+        d = w("killed-in-write")
+        env = dict(R.env, ONELORA_TEST_CKPT_PAUSE="10")
+        p = R.start(2, train(LONG_STEPS, d, ["--ckpt-every", "5"], **SLOW), env)
+        paused, rc = signal_when(p, 1, signal.SIGKILL, lambda: "pausing inside the write of checkpoint "
+                                 "step 10" in open(p.err.name).read())
+        ok = check("crash.in_write.killed", paused and rc not in (0, "hung"),
+                   "mpirun exit %s" % rc)
+        check("crash.in_write.atomic", complete_steps(d) == [5] and os.path.exists(ckpt(d, 10) + ".tmp"),
+              "complete %s; the half-written step 10 is only a .tmp" % complete_steps(d))
+        if ok:
+            resume_and_compare(R, train, "crash.in_write", ref, d, 5)
+            check("crash.in_write.tmp_removed", not os.path.exists(ckpt(d, 10) + ".tmp"),
+                  "the dead write's temporary file is cleaned up once newer checkpoints exist")
+    print("%d failed" % failures)
+    return 1 if failures else 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--onelora", required=True)
@@ -284,7 +326,15 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--full-disk-only", action="store_true",
                     help="only the tmpfs full-disk test (exits 77 where no tmpfs can be mounted)")
+    ap.add_argument("--in-write-only", action="store_true",
+                    help="only the kill inside a checkpoint write (exits 77 without --test-hooks 1)")
+    ap.add_argument("--test-hooks", type=int, choices=(0, 1), default=0,
+                    help="1: onelora was built with -DONELORA_TEST_HOOKS=ON (CMake passes it)")
     a = ap.parse_args()
+    if a.in_write_only and not a.test_hooks:
+        print("SKIP mpi.resume.in_write: onelora was built without -DONELORA_TEST_HOOKS=ON, so it has "
+              "no ONELORA_TEST_CKPT_PAUSE to hold a checkpoint write (tests/run.sh builds with it)")
+        return 77
     if a.full_disk_only:  # a tmpfs left mounted by a killed run would block the clean-up below
         subprocess.run(["umount", os.path.join(a.workdir, "small-disk")], stderr=subprocess.DEVNULL)
     shutil.rmtree(a.workdir, ignore_errors=True)
@@ -310,6 +360,8 @@ def main():
 
     if a.full_disk_only:
         return full_disk_tmpfs(R, train, w)
+    if a.in_write_only:
+        return in_write(R, train, w)
 
     # ---- exact resume: 3 + 3 steps equal 6 in one go, bit for bit --------------------------
     for name, ranks, layout in (("1rank", 1, []), ("tp2pp2", 4, ["--tp", "2", "--pp", "2"])):
@@ -371,55 +423,31 @@ def main():
             continue
         same_step("elastic.%s.read_step" % name, got, want, int(rl[1]) if rl else 1)
 
-    # ---- crash safety and signals: 2 ranks (DP=2), against an uninterrupted 2-rank run -------
-    long_steps = 40
-    slow = dict(dp=2, seq=128)  # steps long enough to act on while it runs (~10-50 ms)
+    # ---- crash safety and signals (inside a checkpoint write: --in-write-only) --------------
     ref40 = w("ref40")
-    rc, _, err = R.run(2, train(long_steps, ref40, ["--ckpt-every", "5"], **slow))
+    rc, _, err = R.run(2, train(LONG_STEPS, ref40, ["--ckpt-every", "5"], **SLOW))
     check("crash.reference", rc == 0, err[-300:])
-
-    def resume_and_compare(name, d, expect_from):
-        rc, out, err = R.run(2, train(long_steps, d, ["--ckpt-every", "5", "--resume", "auto"], **slow))
-        check(name + ".resumed", rc == 0 and ("at step %d " % expect_from) in out,
-              "expected a resume from step %d: %s" % (expect_from, (out + err)[-400:]))
-        check(name + ".final", rc == 0 and identical(ckpt(ref40, long_steps), ckpt(d, long_steps)),
-              "bit-identical to the run that was never interrupted")
 
     # SIGKILL one rank mid-training
     d = w("killed")
-    p = R.start(2, train(long_steps, d, ["--ckpt-every", "5"], **slow))
+    p = R.start(2, train(LONG_STEPS, d, ["--ckpt-every", "5"], **SLOW))
     reached, rc = signal_when(p, 1, signal.SIGKILL, lambda: len(logged(d + ".jsonl")) >= 12)
     done = len(logged(d + ".jsonl"))
-    if check("crash.sigkill.killed", reached and rc not in (0, "hung") and done < long_steps,
+    if check("crash.sigkill.killed", reached and rc not in (0, "hung") and done < LONG_STEPS,
              "rank 1 killed after %d logged steps; mpirun exit %s" % (done, rc)):
         last = complete_steps(d)[-1]
-        resume_and_compare("crash.sigkill", d, last)
-
-    # SIGKILL inside a checkpoint write: the writers pause in the middle of step 10's file
-    d = w("killed-in-write")
-    env = dict(R.env, ONELORA_TEST_CKPT_PAUSE="10")
-    p = R.start(2, train(long_steps, d, ["--ckpt-every", "5"], **slow), env)
-    paused, rc = signal_when(p, 1, signal.SIGKILL, lambda: "pausing inside the write of checkpoint "
-                             "step 10" in open(p.err.name).read())
-    ok = check("crash.in_write.killed", paused and rc not in (0, "hung"),
-               "mpirun exit %s" % rc)
-    check("crash.in_write.atomic", complete_steps(d) == [5] and os.path.exists(ckpt(d, 10) + ".tmp"),
-          "complete %s; the half-written step 10 is only a .tmp" % complete_steps(d))
-    if ok:
-        resume_and_compare("crash.in_write", d, 5)
-        check("crash.in_write.tmp_removed", not os.path.exists(ckpt(d, 10) + ".tmp"),
-              "the dead write's temporary file is cleaned up once newer checkpoints exist")
+        resume_and_compare(R, train, "crash.sigkill", ref40, d, last)
 
     # SIGUSR1 to rank 1 / SIGTERM to rank 0: every rank stops after the step, checkpoints, exits 75
     for sig, rank in ((signal.SIGUSR1, 1), (signal.SIGTERM, 0)):
         name = "signal.%s" % sig.name
         d = w("stopped-" + sig.name)
-        p = R.start(2, train(long_steps, d, ["--ckpt-every", "100"], **slow))
+        p = R.start(2, train(LONG_STEPS, d, ["--ckpt-every", "100"], **SLOW))
         reached, rc = signal_when(p, rank, sig, lambda: len(logged(d + ".jsonl")) >= 5)
         done = len(logged(d + ".jsonl"))
-        if check(name + ".stopped", reached and rc == 75 and complete_steps(d) == [done] and done < long_steps,
+        if check(name + ".stopped", reached and rc == 75 and complete_steps(d) == [done] and done < LONG_STEPS,
                  "exit %s; checkpoints %s after %d steps" % (rc, complete_steps(d), done)):
-            resume_and_compare(name, d, done)
+            resume_and_compare(R, train, name, ref40, d, done)
 
     # ---- --keep ----------------------------------------------------------------------------
     d = w("keep")

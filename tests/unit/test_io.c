@@ -1,6 +1,7 @@
 /* io/: model, data and checkpoint files, and the metrics log. Bad files are made by copying,
  * truncating or byte-patching files written by io/ itself (attribute names are stored verbatim
- * in HDF5 object headers), so the tests need no HDF5 or Python of their own. */
+ * in HDF5 object headers), so the tests need no HDF5 or Python of their own. Also the plain-file
+ * helpers (io/files.c). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,7 @@
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
+#include "onelora/io/files.h"
 
 /* ---- fixture: one fresh temp directory per test ---------------------------------------- */
 
@@ -1038,6 +1040,41 @@ static void test_metrics(void **state) {
   expect_error(ol_metrics_open(tpath(f, 1, "nodir/log.jsonl"), 0, &m), "nodir/log.jsonl", NULL, NULL);
 }
 
+/* ---- plain files ------------------------------------------------------------------------------ */
+
+static void test_files(void **state) {
+  fixture *f = *state;
+  const char *path = tpath(f, 0, "text.txt");
+  enum { N = 150000 };  // more than the 64 KiB a read starts with
+  unsigned char *want = malloc(N);  // (N,) bytes
+  for (size_t i = 0; i < N; i++) want[i] = (unsigned char)(i * 7 + 3);
+  write_all(path, want, N);
+  size_t size, n;
+  unsigned char *got;
+  assert_int_equal(ol_file_size(path, &size), OL_OK);
+  assert_int_equal(size, N);
+  assert_int_equal(ol_file_read(path, N, &got, &n), OL_OK);
+  assert_int_equal(n, N);
+  assert_memory_equal(got, want, N);
+  ol_free(got);
+  // over the bound: a regular file by its size, a stream (no size, endless) by the bytes read
+  expect_error(ol_file_read(path, N - 1, &got, &n), path, "150000 bytes, more than the 149999", NULL);
+  assert_null(got);
+  expect_error(ol_file_read("/dev/zero", 200000, &got, &n), "/dev/zero", "more than the 200000 bytes", NULL);
+  assert_null(got);
+  write_all(path, want, 0);
+  assert_int_equal(ol_file_read(path, N, &got, &n), OL_OK);
+  assert_int_equal(n, 0);
+  ol_free(got);
+  expect_error(ol_file_read(f->dir, N, &got, &n), f->dir, "cannot read", NULL);
+  assert_int_equal(ol_file_remove(path), OL_OK);
+  assert_int_equal(ol_file_remove(path), OL_OK);  // already gone
+  expect_error(ol_file_size(path, &size), path, "cannot stat", NULL);
+  expect_error(ol_file_read(path, N, &got, &n), path, "No such file", NULL);
+  expect_error(ol_file_remove(f->dir), f->dir, "cannot delete", NULL);
+  free(want);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dtype),
@@ -1061,6 +1098,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_limits_global_heap, setup, teardown),
       cmocka_unit_test_setup_teardown(test_metadata_checksums, setup, teardown),
       cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_files, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
