@@ -15,6 +15,20 @@
 #define HEAD_CHUNK 256
 #define ALIGN ((size_t)64)  /* every buffer starts on a cache line, as ol_calloc gave each before */
 
+/* Under AddressSanitizer every buffer is followed by a poisoned gap, from its last byte to the
+ * next buffer, so an overrun from one named buffer into the next is reported as it was when each
+ * had its own allocation. Elsewhere the buffers are packed. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define REDZONE ALIGN
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define REDZONE ((size_t)0)
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static const char *const saved_names[OL_PROJ_COUNT] = {
@@ -123,8 +137,8 @@ static void acts_table(ol_acts *a, const ol_model *m, size_t B, size_t T, int re
   for (size_t i = 0; i < a->n_table; i++) {  // offsets in table order, and the sums by kind
     ol_act_entry *e = &a->table[i];
     e->offset = a->bytes_total;
-    OL_CHECK(e->bytes <= SIZE_MAX - a->bytes_total);
-    a->bytes_total += e->bytes;
+    OL_CHECK(e->bytes <= SIZE_MAX - REDZONE - a->bytes_total);
+    a->bytes_total += e->bytes + REDZONE;
     if (e->kind == OL_ACT_KEPT) a->bytes_kept += e->bytes;
     if (e->kind == OL_ACT_LOGITS) a->bytes_logits += e->bytes;
   }
@@ -138,6 +152,8 @@ void ol_acts_alloc(ol_acts *a, const ol_model *m, size_t B, size_t T, int recomp
     const ol_act_entry *e = &a->table[i];
     if (e->f) *e->f = (float *)(void *)(base + e->offset);
     else *e->d = (double *)(void *)(base + e->offset);
+    const size_t used = e->count * e->size;  // poison up to the next buffer (sanitizer builds)
+    POISON(base + e->offset + used, e->bytes + REDZONE - used);
   }
   ol_bk->rope_table(a->rope_cos, a->rope_sin, T, m->hd, m->cfg.rope_theta);
 }
@@ -153,6 +169,7 @@ void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_
 }
 
 void ol_acts_free(ol_acts *a) {
+  UNPOISON(a->memory, a->bytes_total);
   if (a->memory) ol_bk->free(a->memory);
   ol_free(a->table);
   ol_free(a->blocks);
