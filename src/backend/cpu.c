@@ -663,7 +663,9 @@ static void cpu_axpy(float *y, const float *x, float alpha, size_t n) {
   for (size_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
-static double cpu_sumsq(const float *x, size_t n) {
+/* noinline: row_sumsq calls this very code for each row, so its rows have the bits that one
+ * sumsq per row has (an inlined copy could be vectorised differently) */
+__attribute__((noinline)) static double cpu_sumsq(const float *x, size_t n) {
   // x (n)
   double acc = 0.0;
 #pragma omp parallel for simd schedule(static) reduction(+ : acc) if (n >= OMP_MIN_ELEMS)
@@ -839,6 +841,101 @@ static void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, fl
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * fills, conversions, row scalings and the adapters' index maps: the loops that adapters, merges
+ * and model set-up would otherwise run over tensor elements themselves */
+
+static void cpu_fill(float *x, float value, size_t n) {
+  // x (n) = value
+#pragma omp parallel for simd schedule(static) if (n >= OMP_MIN_ELEMS)
+  for (size_t i = 0; i < n; i++) x[i] = value;
+}
+
+static void cpu_narrow(uint16_t *dst, const float *src, size_t n, int bf16) {
+  // dst (n) 2-byte, src (n) f32; core's conversions, so the bits are theirs
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_ELEMS)
+  for (size_t i = 0; i < n; i++) dst[i] = bf16 ? ol_f32_to_bf16(src[i]) : ol_f32_to_f16(src[i]);
+}
+
+static void cpu_scale_rows(float *x, const float *g, size_t N, size_t k) {
+  // x (N, k): row n *= g (N)[n]
+#pragma omp parallel for schedule(static) if (N * k >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) {
+    float *xn = x + n * k;
+    const float gn = g[n];
+#pragma omp simd
+    for (size_t i = 0; i < k; i++) xn[i] *= gn;
+  }
+}
+
+static void cpu_row_sumsq(float *n2, const float *x, size_t N, size_t k) {
+  // n2 (N) = (float) sumsq of each row of x (N, k). A row long enough for sumsq to use threads
+  // keeps them (rows one after another, each sum the same as alone); shorter rows, which sumsq
+  // sums on one thread anyway, are spread over the threads instead
+#pragma omp parallel for schedule(static) if (k < OMP_MIN_ELEMS && N * k >= OMP_MIN_ROWWORK)
+  for (size_t n = 0; n < N; n++) n2[n] = (float)cpu_sumsq(x + n * k, k);
+}
+
+static void cpu_sqrt_inplace(float *x, size_t n) {
+  // x (n) = sqrtf(x)
+#pragma omp parallel for simd schedule(static) if (n >= OMP_MIN_ELEMS)
+  for (size_t i = 0; i < n; i++) x[i] = sqrtf(x[i]);
+}
+
+static void cpu_diag_scale(float *S, const float *lb, const float *B, const float *ld, size_t n,
+                           size_t r) {
+  // S (n, r) = diag(lb (n)) B (n, r) diag(ld (r)), left to right
+#pragma omp parallel for schedule(static) if (n * r >= OMP_MIN_ROWWORK)
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < r; j++) S[i * r + j] = lb[i] * B[i * r + j] * ld[j];
+}
+
+static void cpu_diag_scale_backward(float *dlb, float *dld, const float *dS, const float *B,
+                                    const float *lb, const float *ld, size_t n, size_t r) {
+  // dlb (n) += rows of (dS * B) (n, r) . ld (r);  dld (r) += columns of (dS * B) . lb (n).
+  // One thread: dld sums over the rows in row order, which a split over rows would reorder
+  // (it is O(n r) beside the O(N n r) product that makes dS)
+  for (size_t i = 0; i < n; i++) {
+    const float *Bi = B + i * r, *Pi = dS + i * r;
+    float acc = 0.0f;
+    for (size_t j = 0; j < r; j++) {
+      const float q = Pi[j] * Bi[j];
+      acc += q * ld[j];
+      dld[j] += q * lb[i];
+    }
+    dlb[i] += acc;
+  }
+}
+
+/* dst[(p + a) mod nd] += src[(p + b) mod ns] for every p in [0, len), in contiguous runs */
+static void cyclic_add(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
+                       size_t len) {
+  size_t i = a % nd, j = b % ns;  // (p + a) mod nd, (p + b) mod ns
+  for (size_t p = 0; p < len;) {
+    size_t run = len - p;
+    if (nd - i < run) run = nd - i;
+    if (ns - j < run) run = ns - j;
+    for (size_t q = 0; q < run; q++) dst[i + q] += src[j + q];
+    p += run, i += run, j += run;
+    if (i == nd) i = 0;
+    if (j == ns) j = 0;
+  }
+}
+
+static void cpu_cyclic_rows(float *dst, size_t nd, size_t a, const float *src, size_t ns,
+                            size_t b, size_t len, size_t n, float beta) {
+  // dst (n, nd) = beta dst + the cyclic map of src (n, ns) over len positions; rows independent
+#pragma omp parallel for schedule(static) if (n * (nd + len) >= OMP_MIN_ELEMS)
+  for (size_t t = 0; t < n; t++) {
+    float *row = dst + t * nd;
+    if (beta == 0.0f)
+      memset(row, 0, nd * sizeof(float));
+    else if (beta != 1.0f)
+      for (size_t i = 0; i < nd; i++) row[i] *= beta;
+    cyclic_add(row, nd, a, src + t * ns, ns, b, len);
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * the table */
 
 static const ol_backend cpu_backend = {
@@ -883,6 +980,15 @@ static const ol_backend cpu_backend = {
     .vp_ce_sumexp = cpu_vp_ce_sumexp,
     .vp_ce_grad = cpu_vp_ce_grad,
     .vp_ce_loss = cpu_vp_ce_loss,
+    /* fills, conversions, row scalings, index maps */
+    .fill = cpu_fill,
+    .narrow = cpu_narrow,
+    .scale_rows = cpu_scale_rows,
+    .row_sumsq = cpu_row_sumsq,
+    .sqrt_inplace = cpu_sqrt_inplace,
+    .diag_scale = cpu_diag_scale,
+    .diag_scale_backward = cpu_diag_scale_backward,
+    .cyclic_rows = cpu_cyclic_rows,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "onelora/backend/backend.h"
 #include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
@@ -27,7 +28,7 @@ int ol_model_load(ol_model *m, ol_weights *f) {
     const ol_tensor *t = m->tensors[i];
     if (t->mapped) continue;  // its pages come from the file itself
     if (t->not_in_file) {  // its config says the file has none: never read a stray dataset
-      memset(t->data, 0, tensor_numel(t) * sizeof(float));
+      ol_bk->fill(t->data, 0.0f, tensor_numel(t));
       continue;
     }
     // this rank's slice only: rows of column-parallel and vocab tensors, columns of row-parallel

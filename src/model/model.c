@@ -315,7 +315,7 @@ static uint64_t tensor_key(const char *name, uint64_t seed) {
 
 void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed) {
   if (t->ndim == 1) {  // norm weights and biases: ones
-    for (size_t j = 0; j < t->count[0]; j++) data[j] = 1.0f;  // (count[0])
+    ol_bk->fill(data, 1.0f, t->count[0]);  // (count[0])
     return;
   }
   // (count[0], count[1]): only the slice's values are computed
@@ -339,8 +339,7 @@ int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, voi
     rows.count[0] = t->count[0] - r0 < per ? t->count[0] - r0 : per;
     rc = fill(ctx, &rows, buf);
     uint16_t *dst = t->half + r0 * cols;  // (rows.count[0], cols)
-    for (size_t k = 0; rc == OL_OK && k < rows.count[0] * cols; k++)
-      dst[k] = dtype == OL_DTYPE_BF16 ? ol_f32_to_bf16(buf[k]) : ol_f32_to_f16(buf[k]);
+    if (rc == OL_OK) ol_bk->narrow(dst, buf, rows.count[0] * cols, dtype == OL_DTYPE_BF16);
   }
   ol_free(buf);
   return rc;

@@ -13,8 +13,7 @@ static void bitfit_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx
 }
 
 static void bitfit_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
-  (void)rng;
-  for (size_t i = 0; i < lin->out; i++) a->value[0][i] = 0.0f;
+  (void)rng;  // beta (d) = 0: the parameter buffer starts zeroed (ol_params_alloc)
 }
 
 static size_t bitfit_saved(const ol_adapter *a, const ol_linear *lin) { return 0; }
@@ -39,7 +38,7 @@ static void bitfit_backward(ol_adapter *a, const ol_linear *lin, const float *dy
  * creates (zeroed) when it merges a bitfit checkpoint. */
 static void bitfit_merge(const ol_adapter *a, ol_linear *lin) {
   OL_CHECK(lin->bias != NULL);
-  for (size_t i = 0; i < lin->out; i++) lin->bias[i] += a->value[0][i];
+  ol_bk->axpy(lin->bias, a->value[0], 1.0f, lin->out);  // bias (d) += beta: 1 * beta_i is exact
 }
 
 const ol_adapter_ops ol_bitfit_ops = {

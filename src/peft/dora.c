@@ -35,7 +35,6 @@
  * rescale; dy and dz = g * dy are the same on every rank, and the z that backward recomputes
  * from the kept x is this rank's partial z, so dm is a partial sum (summed over TP with the
  * other partial gradients). */
-#include <math.h>
 #include <stdio.h>
 
 #include "onelora/backend/backend.h"
@@ -59,9 +58,10 @@ static void dora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   ol_lora_ops.init(a, lin, rng);  // A uniform, B = 0
   const size_t k = lin->in;
   float *m = a->value[2];  // (d) = |W|_row: with B = 0, m / n = 1
-  for (size_t i = 0; i < lin->out; i++) m[i] = (float)ol_bk->sumsq(lin->W + i * k, k);
+  // the squared norms rounded to f32 (a row-parallel rank's share, summed over TP), then sqrtf
+  ol_bk->row_sumsq(m, lin->W, lin->out, k);
   if (lin->par == OL_PAR_ROW) ol_reduce_from_tp_forward(lin->tp, m, lin->out);
-  for (size_t i = 0; i < lin->out; i++) m[i] = sqrtf(m[i]);
+  ol_bk->sqrt_inplace(m, lin->out);
 }
 
 /* rn (d) = 1 / |W_i + s (B A)_i| for the current A and B; uses P and AA of the state. A
@@ -134,7 +134,7 @@ static void dora_merge(const ol_adapter *a, ol_linear *lin) {
   ol_bk->scale_cols(g, a->value[2], rn, 1, d);
   // W (d, k) = g * (W + s B A), row by row
   ol_bk->gemm(0, 0, d, k, r, a->scale, a->value[1], r, a->value[0], k, 1.0f, lin->W, k);
-  for (size_t i = 0; i < d; i++) ol_bk->scale(lin->W + i * k, g[i], k);
+  ol_bk->scale_rows(lin->W, g, d, k);
 }
 
 const ol_adapter_ops ol_dora_ops = {

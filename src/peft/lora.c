@@ -30,17 +30,18 @@ static void lora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
 }
 
 static void lora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
-  const size_t r = a->rank, k = lin->in, d = lin->out;
+  const size_t r = a->rank, k = lin->in;
   const size_t k_full = lin->in_full ? lin->in_full : k;
   const float bound = 1.0f / sqrtf((float)k_full);  // fan-in of the whole layer
   float *A = a->value[0];  // (r, k) this rank's columns [in_start, in_start + k) of (r, k_full)
-  float *B = a->value[1];  // (d, r)
+  // B (d, r) = 0: the parameter buffer starts zeroed (ol_params_alloc). A is drawn here, on
+  // the host, from the adapter's sequential stream (ol_rng has no counter form to hand to a
+  // kernel): set-up data written once, never a step's work
   for (size_t i = 0; i < r; i++)  // the full tensor's stream: the same values under any TP
     for (size_t j = 0; j < k_full; j++) {
       float u = bound * (2.0f * ol_rng_uniform(rng) - 1.0f);
       if (j >= lin->in_start && j < lin->in_start + k) A[i * k + j - lin->in_start] = u;
     }
-  for (size_t i = 0; i < d * r; i++) B[i] = 0.0f;
 }
 
 static size_t lora_saved(const ol_adapter *a, const ol_linear *lin) {

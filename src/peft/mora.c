@@ -16,12 +16,12 @@
  *   onto k_pad outputs (tiles summed); dM += sum_g f_g rot_g(x_g)^T; dx gets rot_g^T(M^T f_g)
  *   folded back through the padding.
  *
- * Every compression, decompression and fold is one index map, cyclic_add below. The (tokens, r^)
- * products run as GEMMs over chunks of tokens in the layer's scratch, so no call allocates and
- * the scratch does not grow with the number of tokens. Both types are linear in x, and merge
- * writes delta W directly: row i of delta W is row (i mod r^) of M spread cyclically over the
- * k_pad inputs (type 1), or, for type 6, row a of M rotated back, rot_g^T(M_a), on group g's
- * inputs, with (g, a) the group and row that output i reads. */
+ * Every compression, decompression and fold is one index map, the backend's cyclic_rows. The
+ * (tokens, r^) products run as GEMMs over chunks of tokens in the layer's scratch, so no call
+ * allocates and the scratch does not grow with the number of tokens. Both types are linear in
+ * x, and merge writes delta W directly: row i of delta W is row (i mod r^) of M spread
+ * cyclically over the k_pad inputs (type 1), or, for type 6, row a of M rotated back,
+ * rot_g^T(M_a), on group g's inputs, with (g, a) the group and row that output i reads. */
 #include <stdio.h>
 #include <string.h>
 
@@ -32,41 +32,8 @@ enum {
   MORA_CHUNK = 64,   /* tokens per chunk of type 1's (tokens, r^) scratch */
   MORA6_CHUNK = 16,  /* tokens per chunk of type 6's (tokens, k_pad) scratch */
 };
-#define MORA_OMP_MIN ((size_t)1 << 15) /* element work below which the row loops stay serial */
 
 static size_t padded(size_t k, size_t rhat) { return (k + rhat - 1) / rhat * rhat; }
-
-/* dst[(p + a) mod nd] += src[(p + b) mod ns] for every p in [0, len), in contiguous runs:
- * compression, padding, tiling and folding are all this one map (the phases a, b place a
- * tensor-parallel shard within the full layer) */
-static void cyclic_add(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
-                       size_t len) {
-  size_t i = a % nd, j = b % ns;  // (p + a) mod nd, (p + b) mod ns
-  for (size_t p = 0; p < len;) {
-    size_t run = len - p;
-    if (nd - i < run) run = nd - i;
-    if (ns - j < run) run = ns - j;
-    for (size_t q = 0; q < run; q++) dst[i + q] += src[j + q];
-    p += run, i += run, j += run;
-    if (i == nd) i = 0;
-    if (j == ns) j = 0;
-  }
-}
-
-/* Row by row for n rows: dst(n, nd) = beta dst + the cyclic map of src(n, ns) over len
- * positions; beta 0 writes without reading dst */
-static void cyclic_rows(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
-                        size_t len, size_t n, float beta) {
-#pragma omp parallel for schedule(static) if (n * (nd + len) >= MORA_OMP_MIN)
-  for (size_t t = 0; t < n; t++) {
-    float *row = dst + t * nd;
-    if (beta == 0.0f)
-      memset(row, 0, nd * sizeof(float));
-    else if (beta != 1.0f)
-      for (size_t i = 0; i < nd; i++) row[i] *= beta;
-    cyclic_add(row, nd, a, src + t * ns, ns, b, len);
-  }
-}
 
 static void declare_M(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, size_t rhat) {
   OL_CHECK(rhat >= 1);
@@ -78,8 +45,7 @@ static void declare_M(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx, siz
 }
 
 static void mora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
-  (void)rng;
-  memset(a->value[0], 0, a->rank * a->rank * sizeof(float));  // M (r^, r^) = 0: the identity
+  (void)rng;  // M (r^, r^) = 0, the identity: the parameter buffer starts zeroed (ol_params_alloc)
 }
 
 /* ---- type 1 ------------------------------------------------------------------------------ */
@@ -111,9 +77,9 @@ static void pad_map(const ol_linear *lin, size_t rhat, size_t width, float *c, f
     if (lo >= hi) break;
     const size_t at = w * k_full + lo;                    // their first padded position
     if (!back)
-      cyclic_rows(c, width, at, x + (lo - s), k, 0, hi - lo, n, beta);
+      ol_bk->cyclic_rows(c, width, at, x + (lo - s), k, 0, hi - lo, n, beta);
     else
-      cyclic_rows(x + (lo - s), k, 0, c, width, at, hi - lo, n, beta);
+      ol_bk->cyclic_rows(x + (lo - s), k, 0, c, width, at, hi - lo, n, beta);
     beta = 1.0f;
   }
 }
@@ -129,7 +95,7 @@ static void mora_forward(ol_adapter *a, const ol_linear *lin, const float *x, fl
     const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
     ol_bk->gemm(0, 1, n, rhat, rhat, 1.0f, c + t0 * rhat, rhat, M, rhat, 0.0f, mc, rhat);
     // y (n, d) = beta y + tile(M c), this rank's rows [out_start, out_start + d) of the tiling
-    cyclic_rows(y + t0 * d, d, 0, mc, rhat, lin->out_start, d, n, beta);
+    ol_bk->cyclic_rows(y + t0 * d, d, 0, mc, rhat, lin->out_start, d, n, beta);
   }
 }
 
@@ -142,7 +108,7 @@ static void mora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, 
   for (size_t t0 = 0; t0 < N; t0 += MORA_CHUNK) {
     const size_t n = N - t0 < MORA_CHUNK ? N - t0 : MORA_CHUNK;
     float *c = saved + t0 * rhat;  // (n, r^) c from forward, then g = M^T f
-    cyclic_rows(f, rhat, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
+    ol_bk->cyclic_rows(f, rhat, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
     ol_bk->gemm(1, 0, rhat, rhat, n, 1.0f, f, rhat, c, rhat, 1.0f, dM, rhat);  // dM += f^T c
     ol_bk->gemm(0, 0, n, rhat, rhat, 1.0f, f, rhat, M, rhat, 0.0f, c, rhat);   // g = f M
     pad_map(lin, rhat, rhat, c, dx + t0 * k, n, beta, 1);  // dx_{p mod k} += g_{p mod r^}
@@ -150,10 +116,13 @@ static void mora_backward(ol_adapter *a, const ol_linear *lin, const float *dy, 
 }
 
 static void mora_merge(const ol_adapter *a, ol_linear *lin) {
-  // W (d, k): W[i, p mod k] += M[i mod r^, p mod r^] for p < k_pad
-  const size_t rhat = a->rank, k = lin->in, kp = padded(k, rhat);
-  for (size_t i = 0; i < lin->out; i++)
-    cyclic_add(lin->W + i * k, k, 0, a->value[0] + (i % rhat) * rhat, rhat, 0, kp);
+  // W (d, k): W[i, p mod k] += M[i mod r^, p mod r^] for p < k_pad, so each block of r^ rows
+  // of W, from a multiple of r^, gains M (r^, r^) row for row
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = padded(k, rhat);
+  for (size_t i0 = 0; i0 < d; i0 += rhat) {
+    const size_t n = d - i0 < rhat ? d - i0 : rhat;
+    ol_bk->cyclic_rows(lin->W + i0 * k, k, 0, a->value[0], rhat, 0, kp, n, 1.0f);
+  }
 }
 
 const ol_adapter_ops ol_mora_ops = {
@@ -232,7 +201,7 @@ static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, f
     rotated_groups(a, lin, x + t0 * k, n, Z);
     ol_bk->gemm(0, 1, n * (kp / rhat), rhat, rhat, 1.0f, Z, rhat, M, rhat, 0.0f, O, rhat);
     // y (n, d) = beta y + o truncated or tiled: this rank's rows [out_start, out_start + d)
-    cyclic_rows(y + t0 * d, d, 0, O, kp, lin->out_start, d, n, beta);
+    ol_bk->cyclic_rows(y + t0 * d, d, 0, O, kp, lin->out_start, d, n, beta);
   }
 }
 
@@ -250,7 +219,7 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, saved + t0 * k, n, Z);
     // f_q = sum over the rows i (global out_start + i) = q mod k_pad of dy_i
-    cyclic_rows(F, kp, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
+    ol_bk->cyclic_rows(F, kp, lin->out_start, dy + t0 * d, d, 0, d, n, 0.0f);
     ol_bk->gemm(1, 0, rhat, rhat, n * rows, 1.0f, F, rhat, Z, rhat, 1.0f, dM, rhat);  // f z^T
     ol_bk->gemm(0, 0, n * rows, rhat, rhat, 1.0f, F, rhat, M, rhat, 0.0f, Z, rhat);   // M^T f
     ol_bk->rope_apply(Z, cos_t, sin_t, n, rows, 1, rhat, 1);  // rot_g^T
@@ -258,17 +227,24 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
   }
 }
 
+/* Output i is row a = q mod r^ of o_g, q = i mod k_pad, g = q / r^; group g reads x_pad[g r^ +
+ * s] = x[(g r^ + s) mod k], so row i of W gains rot_g^T(M_a) at the inputs (g r^ + s) mod k. The
+ * rows from a multiple of r^ share g and take a = 0, 1, ..: they are done a block at a time,
+ * with the block's rows of M rotated back in the scratch after the RoPE tables. */
 static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
-  const size_t rhat = a->rank, k = lin->in, kp = mora6_kp(a, lin), half = rhat / 2;
+  const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = mora6_kp(a, lin), half = rhat / 2;
   const float *cos_t, *sin_t;
   rope_tables(a, kp, &cos_t, &sin_t);
-  float *v = a->state + kp;  // (r^) a row of M rotated back
-  for (size_t i = 0; i < lin->out; i++) {
-    const size_t q = i % kp, g = q / rhat;  // output i is row q mod r^ of o_g
-    memcpy(v, a->value[0] + (q % rhat) * rhat, rhat * sizeof(float));
-    ol_bk->rope_apply(v, cos_t + g * half, sin_t + g * half, 1, 1, 1, rhat, 1);
-    float *Wi = lin->W + i * k;  // (k): group g reads x_pad[g r^ + s] = x[(g r^ + s) mod k]
-    for (size_t s = 0; s < rhat; s++) Wi[(g * rhat + s) % k] += v[s];
+  const size_t per = 2 * (size_t)MORA6_CHUNK * kp / rhat;  // rows of V that fit: >= 32, as kp >= r^
+  float *V = a->state + kp;  // (per, r^) rows of M rotated back
+  for (size_t i = 0; i < d;) {
+    const size_t q = i % kp, g = q / rhat, a0 = q % rhat;
+    size_t n = rhat - a0 < per ? rhat - a0 : per;  // to the end of the group's block of rows
+    if (d - i < n) n = d - i;
+    memcpy(V, a->value[0] + a0 * rhat, n * rhat * sizeof(float));  // rows a0 .. of M
+    ol_bk->rope_apply(V, cos_t + g * half, sin_t + g * half, 1, 1, n, rhat, 1);  // rot_g^T
+    ol_bk->cyclic_rows(lin->W + i * k, k, g * rhat, V, rhat, 0, rhat, n, 1.0f);
+    i += n;
   }
 }
 

@@ -16,8 +16,7 @@ static void onelora_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ct
 }
 
 static void onelora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
-  (void)rng;
-  for (size_t i = 0; i < lin->out; i++) a->value[0][i] = 0.0f;  // b = 0: starts as identity
+  (void)rng;  // b (d) = 0, the identity: the parameter buffer starts zeroed (ol_params_alloc)
 }
 
 static size_t onelora_saved(const ol_adapter *a, const ol_linear *lin) { return 1; }
@@ -38,9 +37,8 @@ static void onelora_backward(ol_adapter *a, const ol_linear *lin, const float *d
 }
 
 static void onelora_merge(const ol_adapter *a, ol_linear *lin) {
-  const float *b = a->value[0];  // (d)
-  for (size_t i = 0; i < lin->out; i++)
-    for (size_t j = 0; j < lin->in; j++) lin->W[i * lin->in + j] += b[i];
+  // W (d, k) += b (d) 1^T: beta 1 is exact (1 * w = w), so each weight is w + b_i as written
+  ol_bk->broadcast_rows(lin->W, a->value[0], lin->out, lin->in, 1.0f);
 }
 
 const ol_adapter_ops ol_onelora_ops = {
@@ -95,9 +93,8 @@ static void random_backward(ol_adapter *a, const ol_linear *lin, const float *dy
 }
 
 static void random_merge(const ol_adapter *a, ol_linear *lin) {
-  const float *b = a->value[0], *v = a->frozen[0];  // (d), (k)
-  for (size_t i = 0; i < lin->out; i++)
-    for (size_t j = 0; j < lin->in; j++) lin->W[i * lin->in + j] += b[i] * v[j];
+  // W (d, k) += b (d) v (k)^T: beta 1 is exact, so each weight is w + b_i v_j as written
+  ol_bk->outer(lin->W, a->value[0], a->frozen[0], lin->out, lin->in, 1.0f);
 }
 
 const ol_adapter_ops ol_onelora_random_ops = {

@@ -42,6 +42,8 @@ static const float *shared_uniform(ol_peft_ctx *ctx, const char *name, size_t ro
     return e->data;
   }
   const float bound = (float)sqrt(6.0 / (double)cols);
+  // drawn here, on the host, from one sequential stream (ol_rng has no counter form to hand to
+  // a kernel): set-up data written once, never a step's work
   ol_rng rng;
   ol_rng_seed(&rng, ctx->seed ^ name_hash(name));
   for (size_t i = 0; i < rows * cols; i++) w[i] = bound * (2.0f * ol_rng_uniform(&rng) - 1.0f);
@@ -73,9 +75,8 @@ static void vera_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx) 
 
 static void vera_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   (void)rng;
-  float *lambda_b = a->value[0], *lambda_d = a->value[1];  // (d), (r)
-  for (size_t i = 0; i < lin->out; i++) lambda_b[i] = 0.0f;  // starts as the identity
-  for (size_t j = 0; j < a->rank; j++) lambda_d[j] = 0.1f;
+  // lambda_b (d) = 0, the identity: the parameter buffer starts zeroed (ol_params_alloc)
+  ol_bk->fill(a->value[1], 0.1f, a->rank);  // lambda_d (r)
 }
 
 static size_t vera_saved(const ol_adapter *a, const ol_linear *lin) { return a->rank; }
@@ -85,9 +86,7 @@ static size_t vera_saved(const ol_adapter *a, const ol_linear *lin) { return a->
 static void scaled_rows(const ol_adapter *a, size_t i0, size_t n, float *S) {
   const size_t r = a->rank;
   const float *B = a->frozen[1] + i0 * r;  // (n, r) rows of the shared B
-  const float *lambda_b = a->value[0] + i0, *lambda_d = a->value[1];
-  for (size_t i = 0; i < n; i++)
-    for (size_t j = 0; j < r; j++) S[i * r + j] = lambda_b[i] * B[i * r + j] * lambda_d[j];
+  ol_bk->diag_scale(S, a->value[0] + i0, B, a->value[1], n, r);  // lambda_b (n), lambda_d (r)
 }
 
 static void vera_forward(ol_adapter *a, const ol_linear *lin, const float *x, float *y, size_t N,
@@ -119,16 +118,8 @@ static void vera_backward(ol_adapter *a, const ol_linear *lin, const float *dy, 
   for (size_t i0 = 0; i0 < d; i0 += VERA_ROWS) {
     const size_t n = d - i0 < VERA_ROWS ? d - i0 : VERA_ROWS;
     ol_bk->gemm(1, 0, n, r, N, 1.0f, dy + i0, d, u, r, 0.0f, P, r);
-    for (size_t i = 0; i < n; i++) {
-      const float *Bi = B + (i0 + i) * r, *Pi = P + i * r;
-      float acc = 0.0f;
-      for (size_t j = 0; j < r; j++) {
-        const float q = Pi[j] * Bi[j];
-        acc += q * lambda_d[j];
-        dlambda_d[j] += q * lambda_b[i0 + i];
-      }
-      dlambda_b[i0 + i] += acc;
-    }
+    ol_bk->diag_scale_backward(dlambda_b + i0, dlambda_d, P, B + i0 * r, lambda_b + i0,
+                               lambda_d, n, r);
   }
   // pass 2: v (N, r) = dy B~ = (dy * lambda_b) B_d * lambda_d, over u's dead slot
   float *v = saved;

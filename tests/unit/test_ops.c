@@ -854,6 +854,275 @@ static void test_adamw(void **state) {
   ol_free(vd);
 }
 
+/* ---- fills, conversions, row scalings, index maps ----------------------------------------
+ * Each op is compared with a plain loop here. Where the op's arithmetic is copies, single
+ * correctly rounded operations or adds in a fixed order, the reference does the same operations
+ * in the same order and the comparison is bit for bit (memcmp). Elsewhere the reference is in
+ * double and the tolerance comes from the error model of the f32 arithmetic: a sum of m rounded
+ * terms is within gamma_m * sum|terms| of the exact value, gamma_m = m u / (1 - m u), u = 2^-24.
+ * Each comparison is then shown to fail for a deliberately wrong input, so it is not vacuous. */
+
+static double gamma_n(double m) {
+  const double u = 0x1p-24;
+  return m * u / (1.0 - m * u);
+}
+
+static int same_bits(const void *a, const void *b, size_t bytes) {
+  return memcmp(a, b, bytes) == 0;
+}
+
+static void test_fill_narrow(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 14);
+  const size_t n = 100003;  // OpenMP path, odd length
+  float *x = fvec(n), *ref = fvec(n), *src = fvec(n);
+  ol_bk->fill(x, 0.1f, n);
+  for (size_t i = 0; i < n; i++) ref[i] = 0.1f;
+  assert_true(same_bits(x, ref, n * sizeof(float)));
+  ol_bk->fill(x, 0.2f, n);  // wrong value
+  assert_false(same_bits(x, ref, n * sizeof(float)));
+
+  fill_normal(src, n, &rng, 3.0f);
+  src[7] = 0.0f, src[8] = -0.0f;     // signed zeros
+  src[9] = 1e-6f, src[10] = 70000.0f;  // an f16 subnormal, an f16 overflow
+  uint16_t *h = ol_calloc(n, sizeof(uint16_t)), *href = ol_calloc(n, sizeof(uint16_t));
+  for (int bf16 = 0; bf16 <= 1; bf16++) {
+    for (size_t i = 0; i < n; i++) href[i] = bf16 ? ol_f32_to_bf16(src[i]) : ol_f32_to_f16(src[i]);
+    ol_bk->narrow(h, src, n, bf16);
+    assert_true(same_bits(h, href, n * sizeof(uint16_t)));
+    const float keep = src[5];
+    src[5] *= 1.01f;  // a wrong input: 1% is more than one step of either 2-byte format
+    ol_bk->narrow(h, src, n, bf16);
+    assert_false(same_bits(h, href, n * sizeof(uint16_t)));
+    src[5] = keep;
+  }
+  ol_free(x);
+  ol_free(ref);
+  ol_free(src);
+  ol_free(h);
+  ol_free(href);
+}
+
+static void test_scale_rows_sqrt(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 15);
+  const size_t N = 300, k = 77;  // N k >= the row-work threshold: OpenMP path
+  float *x = fvec(N * k), *y = fvec(N * k), *ref = fvec(N * k), *g = fvec(N);
+  fill_normal(x, N * k, &rng, 1.0f);
+  fill_normal(g, N, &rng, 1.0f);
+  for (size_t i = 0; i < N; i++)
+    for (size_t j = 0; j < k; j++) ref[i * k + j] = x[i * k + j] * g[i];  // one rounding each
+  memcpy(y, x, N * k * sizeof(float));
+  ol_bk->scale_rows(y, g, N, k);
+  assert_true(same_bits(y, ref, N * k * sizeof(float)));
+  g[N - 1] = -g[N - 1];  // a wrong input: the last row's factor
+  memcpy(y, x, N * k * sizeof(float));
+  ol_bk->scale_rows(y, g, N, k);
+  assert_false(same_bits(y, ref, N * k * sizeof(float)));
+
+  // sqrtf is correctly rounded: bit for bit
+  const size_t n = 40000;
+  float *v = fvec(n), *w = fvec(n), *vref = fvec(n);
+  for (size_t i = 0; i < n; i++) v[i] = fabsf(ol_rng_normal(&rng)) * 10.0f;
+  v[3] = 0.0f;
+  for (size_t i = 0; i < n; i++) vref[i] = sqrtf(v[i]);
+  memcpy(w, v, n * sizeof(float));
+  ol_bk->sqrt_inplace(w, n);
+  assert_true(same_bits(w, vref, n * sizeof(float)));
+  v[n / 2] *= 1.5f;  // a wrong input
+  memcpy(w, v, n * sizeof(float));
+  ol_bk->sqrt_inplace(w, n);
+  assert_false(same_bits(w, vref, n * sizeof(float)));
+  ol_free(x);
+  ol_free(y);
+  ol_free(ref);
+  ol_free(g);
+  ol_free(v);
+  ol_free(w);
+  ol_free(vref);
+}
+
+/* row_sumsq's contract is sumsq's sum of each row, rounded to f32: bit for bit against one sumsq
+ * per row, and within the error model of a plain double loop. Products of two floats are exact
+ * in double, so each double sum of k terms is within gamma_k^double (u = 2^-53) of the exact
+ * value, the reference's likewise, and the final rounding to f32 adds u = 2^-24 relative. */
+static int row_sumsq_close(const float *got, const float *x, size_t N, size_t k) {
+  for (size_t i = 0; i < N; i++) {
+    double want = 0.0;
+    for (size_t j = 0; j < k; j++) want += (double)x[i * k + j] * (double)x[i * k + j];
+    const double ud = 0x1p-53, gk = (double)k * ud / (1.0 - (double)k * ud);
+    if (fabs((double)got[i] - want) > (0x1p-24 * (1.0 + 2.0 * gk) + 2.0 * gk) * want) return 0;
+  }
+  return 1;
+}
+
+static void row_sumsq_case(size_t N, size_t k, uint64_t seed) {
+  ol_rng rng;
+  ol_rng_seed(&rng, seed);
+  float *x = fvec(N * k), *got = fvec(N), *ref = fvec(N);
+  fill_normal(x, N * k, &rng, 1.0f);
+  for (size_t i = 0; i < N; i++) ref[i] = (float)ol_bk->sumsq(x + i * k, k);
+  ol_bk->row_sumsq(got, x, N, k);
+  assert_true(same_bits(got, ref, N * sizeof(float)));
+  assert_true(row_sumsq_close(got, x, N, k));
+  x[(N - 1) * k + k / 2] += 1.0f;  // a wrong input: one element of the last row
+  ol_bk->row_sumsq(got, x, N, k);
+  assert_false(same_bits(got, ref, N * sizeof(float)));
+  x[(N - 1) * k + k / 2] -= 1.0f;  // restored (x + 1 - 1 may differ in the last bit: recompute)
+  for (size_t i = 0; i < N; i++) ref[i] = (float)ol_bk->sumsq(x + i * k, k);
+  ol_bk->row_sumsq(got, x, N, k);
+  got[0] *= 1.0f + 1e-4f;  // a wrong result: far outside the error model
+  assert_false(row_sumsq_close(got, x, N, k));
+  ol_free(x);
+  ol_free(got);
+  ol_free(ref);
+}
+
+static void test_row_sumsq(void **state) {
+  (void)state;
+  row_sumsq_case(600, 53, 16);   // short rows, spread over threads
+  row_sumsq_case(3, 40001, 17);  // rows long enough for sumsq's own threads
+}
+
+/* VeRA's diagonal scaling: two products in a fixed order, bit for bit */
+static void test_diag_scale(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 18);
+  const size_t n = 700, r = 24;  // n r >= the row-work threshold: OpenMP path
+  float *S = fvec(n * r), *ref = fvec(n * r), *B = fvec(n * r), *lb = fvec(n), *ld = fvec(r);
+  fill_normal(B, n * r, &rng, 1.0f);
+  fill_normal(lb, n, &rng, 1.0f);
+  fill_normal(ld, r, &rng, 1.0f);
+  for (size_t i = 0; i < n; i++)
+    for (size_t j = 0; j < r; j++) ref[i * r + j] = (lb[i] * B[i * r + j]) * ld[j];
+  ol_bk->diag_scale(S, lb, B, ld, n, r);
+  assert_true(same_bits(S, ref, n * r * sizeof(float)));
+  ld[r - 1] *= 2.0f;  // a wrong input
+  ol_bk->diag_scale(S, lb, B, ld, n, r);
+  assert_false(same_bits(S, ref, n * r * sizeof(float)));
+  ol_free(S);
+  ol_free(ref);
+  ol_free(B);
+  ol_free(lb);
+  ol_free(ld);
+}
+
+/* Its gradients: q_ij = dS_ij B_ij, dlb_i += sum_j q_ij ld_j, dld_j += sum_i q_ij lb_i, against
+ * double. Each term has two roundings and each sum of m terms m - 1 more, then one for the add to
+ * the initial value: |got - exact| <= gamma_{m+2} (|initial| + sum|terms|), m = r for dlb and n
+ * for dld; the double reference's own error (~m 2^-53) is covered by the margin of 2. */
+static int diag_grads_close(const float *got, const float *init, const double *want,
+                            const double *abs_sum, size_t count, size_t m) {
+  for (size_t i = 0; i < count; i++)
+    if (fabs((double)got[i] - want[i]) >
+        2.0 * gamma_n((double)m + 2.0) * (fabs(init[i]) + abs_sum[i]))
+      return 0;
+  return 1;
+}
+
+static void test_diag_scale_backward(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 19);
+  const size_t n = 300, r = 40;
+  float *dS = fvec(n * r), *B = fvec(n * r), *lb = fvec(n), *ld = fvec(r);
+  float *dlb0 = fvec(n), *dld0 = fvec(r), *dlb = fvec(n), *dld = fvec(r);
+  double *wlb = dvec(n), *wld = dvec(r), *alb = dvec(n), *ald = dvec(r);
+  fill_normal(dS, n * r, &rng, 1.0f);
+  fill_normal(B, n * r, &rng, 1.0f);
+  fill_normal(lb, n, &rng, 1.0f);
+  fill_normal(ld, r, &rng, 1.0f);
+  fill_normal(dlb0, n, &rng, 1.0f);
+  fill_normal(dld0, r, &rng, 1.0f);
+  for (size_t j = 0; j < r; j++) wld[j] = dld0[j];
+  for (size_t i = 0; i < n; i++) {
+    wlb[i] = dlb0[i];
+    for (size_t j = 0; j < r; j++) {
+      const double q = (double)dS[i * r + j] * (double)B[i * r + j];
+      wlb[i] += q * ld[j], alb[i] += fabs(q * ld[j]);
+      wld[j] += q * lb[i], ald[j] += fabs(q * lb[i]);
+    }
+  }
+  memcpy(dlb, dlb0, n * sizeof(float));
+  memcpy(dld, dld0, r * sizeof(float));
+  ol_bk->diag_scale_backward(dlb, dld, dS, B, lb, ld, n, r);
+  assert_true(diag_grads_close(dlb, dlb0, wlb, alb, n, r));
+  assert_true(diag_grads_close(dld, dld0, wld, ald, r, n));
+  // wrong inputs: ld reaches only dlb, lb only dld
+  const float ld0 = ld[0];
+  ld[0] *= 1.5f;
+  memcpy(dlb, dlb0, n * sizeof(float));
+  memcpy(dld, dld0, r * sizeof(float));
+  ol_bk->diag_scale_backward(dlb, dld, dS, B, lb, ld, n, r);
+  assert_false(diag_grads_close(dlb, dlb0, wlb, alb, n, r));
+  assert_true(diag_grads_close(dld, dld0, wld, ald, r, n));
+  ld[0] = ld0;
+  lb[n - 1] *= 1.5f;
+  memcpy(dlb, dlb0, n * sizeof(float));
+  memcpy(dld, dld0, r * sizeof(float));
+  ol_bk->diag_scale_backward(dlb, dld, dS, B, lb, ld, n, r);
+  assert_false(diag_grads_close(dld, dld0, wld, ald, r, n));
+  ol_free(dS);
+  ol_free(B);
+  ol_free(lb);
+  ol_free(ld);
+  ol_free(dlb0);
+  ol_free(dld0);
+  ol_free(dlb);
+  ol_free(dld);
+  ol_free(wlb);
+  ol_free(wld);
+  ol_free(alb);
+  ol_free(ald);
+}
+
+/* MoRA's cyclic map: copies and adds in p order, bit for bit against the definition */
+static void cyclic_ref(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
+                       size_t len, size_t n, float beta) {
+  for (size_t t = 0; t < n; t++) {
+    float *row = dst + t * nd;
+    for (size_t i = 0; i < nd; i++) row[i] = beta == 0.0f ? 0.0f : row[i] * beta;
+    for (size_t p = 0; p < len; p++) row[(p + a) % nd] += src[t * ns + (p + b) % ns];
+  }
+}
+
+static void test_cyclic_rows(void **state) {
+  (void)state;
+  ol_rng rng;
+  ol_rng_seed(&rng, 20);
+  // (nd, a, ns, b, len, n): compression (len > nd: positions summed), tiling and truncation
+  // (len = nd > ns, < ns), the phases of a shard, and n (nd + len) past the OpenMP threshold
+  const size_t cases[][6] = {{7, 0, 30, 0, 30, 3},     {7, 12, 30, 5, 23, 4},
+                             {50, 0, 7, 3, 50, 2},     {10, 0, 64, 17, 10, 5},
+                             {13, 4, 11, 9, 100, 600}, {64, 63, 64, 1, 64, 300}};
+  const float betas[] = {0.0f, 1.0f, 0.5f};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+    for (size_t bi = 0; bi < 3; bi++) {
+      const size_t nd = cases[c][0], a = cases[c][1], ns = cases[c][2], b = cases[c][3];
+      const size_t len = cases[c][4], n = cases[c][5];
+      const float beta = betas[bi];
+      float *src = fvec(n * ns), *dst0 = fvec(n * nd), *dst = fvec(n * nd), *ref = fvec(n * nd);
+      fill_normal(src, n * ns, &rng, 1.0f);
+      fill_normal(dst0, n * nd, &rng, 1.0f);
+      memcpy(ref, dst0, n * nd * sizeof(float));
+      cyclic_ref(ref, nd, a, src, ns, b, len, n, beta);
+      memcpy(dst, dst0, n * nd * sizeof(float));
+      ol_bk->cyclic_rows(dst, nd, a, src, ns, b, len, n, beta);
+      assert_true(same_bits(dst, ref, n * nd * sizeof(float)));
+      src[(n - 1) * ns + b % ns] += 1.0f;  // a wrong input: read at p = 0 of the last row
+      memcpy(dst, dst0, n * nd * sizeof(float));
+      ol_bk->cyclic_rows(dst, nd, a, src, ns, b, len, n, beta);
+      assert_false(same_bits(dst, ref, n * nd * sizeof(float)));
+      ol_free(src);
+      ol_free(dst0);
+      ol_free(dst);
+      ol_free(ref);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gemm_transposes), cmocka_unit_test(test_gemm_half),
@@ -866,6 +1135,10 @@ int main(void) {
       cmocka_unit_test(test_softmax_exp_accuracy),
       cmocka_unit_test(test_onelora_linear),  cmocka_unit_test(test_vector_helpers),
       cmocka_unit_test(test_adamw),
+      cmocka_unit_test(test_fill_narrow),     cmocka_unit_test(test_scale_rows_sqrt),
+      cmocka_unit_test(test_row_sumsq),       cmocka_unit_test(test_diag_scale),
+      cmocka_unit_test(test_diag_scale_backward),
+      cmocka_unit_test(test_cyclic_rows),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

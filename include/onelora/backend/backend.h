@@ -146,6 +146,35 @@ typedef struct {
                      const double *sum, float grad_scale);
   /* The summed loss: sum over n of log(sum_n) + mx_n - zt_n, in row order */
   double (*vp_ce_loss)(const float *mx, const float *zt, const double *sum, size_t N);
+  /* ---- fills, conversions and the adapters' index maps, so that no code outside the backend
+   * loops over a tensor's elements ---- */
+  /* x(n) = value */
+  void (*fill)(float *x, float value, size_t n);
+  /* dst(n) = src(n) rounded to 2 bytes, to nearest even (bf16 when bf16, else IEEE f16): the
+   * inverse of widen, as ol_f32_to_bf16 and ol_f32_to_f16 round */
+  void (*narrow)(uint16_t *dst, const float *src, size_t n, int bf16);
+  /* x(N,k): row i multiplied by g(i) in place, each product rounded once (as scale per row) */
+  void (*scale_rows)(float *x, const float *g, size_t N, size_t k);
+  /* n2(N) = (float) sumsq of each row of x(N,k): every row is summed as sumsq sums it, in
+   * double, and only the row's total is rounded to f32 */
+  void (*row_sumsq)(float *n2, const float *x, size_t N, size_t k);
+  /* x(n) = sqrtf(x) in place */
+  void (*sqrt_inplace)(float *x, size_t n);
+  /* VeRA's scaled block S(n,r) = diag(lb(n)) B(n,r) diag(ld(r)): S_ij = (lb_i B_ij) ld_j */
+  void (*diag_scale)(float *S, const float *lb, const float *B, const float *ld, size_t n,
+                     size_t r);
+  /* The gradients of the diagonals of S = diag(lb) B diag(ld) from dS(n,r), with q_ij =
+   * dS_ij B_ij: dlb(n) += sum_j q_ij ld_j (each row summed in f32 in j order, then added) and
+   * dld(r) += sum_i q_ij lb_i (added row after row, in i order). B, lb, ld as diag_scale. */
+  void (*diag_scale_backward)(float *dlb, float *dld, const float *dS, const float *B,
+                              const float *lb, const float *ld, size_t n, size_t r);
+  /* MoRA's index map, row by row for n rows: dst(n, nd) = beta dst + the map of src(n, ns),
+   * dst[t, (p + a) mod nd] += src[t, (p + b) mod ns] for p = 0 .. len - 1 in that order (a
+   * position reached twice sums in p order); beta 0 writes dst without reading it. Compression,
+   * padding, tiling and folding are all this one map; the phases a, b place a tensor-parallel
+   * shard within the whole layer. */
+  void (*cyclic_rows)(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
+                      size_t len, size_t n, float beta);
 } ol_backend;
 
 /* The active backend (set once at start-up) */
