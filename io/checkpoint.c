@@ -571,13 +571,7 @@ static int list_steps(const char *dir, const char *suffix, int64_t **steps, size
   for (struct dirent *e; (e = readdir(d)) != NULL;) {
     int64_t s = step_of(e->d_name, suffix);
     if (s < 0) continue;
-    if (*n == cap) {
-      cap = cap ? 2 * cap : 16;
-      int64_t *grown = ol_calloc(cap, sizeof *grown);  /* (cap,) */
-      if (*n) memcpy(grown, *steps, *n * sizeof *grown);
-      ol_free(*steps);
-      *steps = grown;
-    }
+    *steps = ol_grow(*steps, *n, &cap, sizeof **steps);
     (*steps)[(*n)++] = s;
   }
   closedir(d);

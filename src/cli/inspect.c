@@ -169,13 +169,7 @@ static size_t group_rows(const row_list *rows, ol_ckpt_group g) {
 }
 
 static row *add_row(row_list *rows, ol_ckpt_group g, const entry *e, presence in) {
-  if (rows->n == rows->cap) {
-    size_t cap = rows->cap ? 2 * rows->cap : 64;
-    row *r = ol_calloc(cap, sizeof *r);
-    if (rows->n) memcpy(r, rows->r, rows->n * sizeof *r);
-    ol_free(rows->r);
-    rows->r = r, rows->cap = cap;
-  }
+  rows->r = ol_grow(rows->r, rows->n, &rows->cap, sizeof *rows->r);
   row *r = &rows->r[rows->n++];
   r->group = g;
   r->e = *e;

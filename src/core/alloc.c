@@ -17,3 +17,13 @@ void *ol_calloc(size_t count, size_t size) {
 }
 
 void ol_free(void *p) { free(p); }
+
+void *ol_grow(void *items, size_t count, size_t *cap, size_t size) {
+  if (count < *cap) return items;
+  const size_t grown = *cap ? 2 * *cap : 16;
+  void *bigger = ol_calloc(grown, size);  // (grown, size)
+  if (count) memcpy(bigger, items, count * size);
+  ol_free(items);
+  *cap = grown;
+  return bigger;
+}

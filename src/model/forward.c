@@ -26,18 +26,25 @@ static void set_linear_work(ol_model *m, ol_acts *a) {
     }
 }
 
+/* This rank's ffn rows F/TP, query heads H/TP and kv heads Hkv/TP (all of them without TP). */
+static void rank_widths(const ol_model *m, size_t *F, size_t *H, size_t *Hkv) {
+  const size_t tp = (size_t)m->stage.tp;
+  *F = (size_t)m->cfg.ffn_dim / tp;
+  *H = (size_t)m->cfg.n_heads / tp;
+  *Hkv = (size_t)m->cfg.n_kv_heads / tp;
+}
+
 /* x (N, D) -> out (N, D) through block l; fills its block_acts. Under TP the attention runs on
  * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
  * down sum their partial outputs over TP themselves (one all-reduce each, in ol_linear_forward)
  * and add them to the residual, which is the same on every rank. */
 static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
-  const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = ol_acts_block(a, l);
-  const size_t tp = (size_t)m->stage.tp;
-  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
-  const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
-  const float eps = (float)c->norm_eps;
+  const size_t N = a->N, D = (size_t)m->cfg.dim, hd = m->hd;
+  size_t F, H, Hkv;
+  rank_widths(m, &F, &H, &Hkv);
+  const float eps = (float)m->cfg.norm_eps;
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd1, x, b->attn_norm.data, N, D, eps);
   float *qkv[3] = {ba->q, ba->k, ba->v};
@@ -61,12 +68,11 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
  * the column-parallel layers' dx is a partial sum (adapter terms included): one all-reduce after
  * q, k, v and one after gate, up. */
 static void block_backward(ol_model *m, ol_acts *a, size_t l, const float *x) {
-  const ol_config *c = &m->cfg;
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = ol_acts_block(a, l);
-  const size_t tp = (size_t)m->stage.tp;
-  const size_t N = a->N, D = (size_t)c->dim, F = (size_t)c->ffn_dim / tp, hd = m->hd;
-  const size_t H = (size_t)c->n_heads / tp, Hkv = (size_t)c->n_kv_heads / tp;
+  const size_t N = a->N, D = (size_t)m->cfg.dim, hd = m->hd;
+  size_t F, H, Hkv;
+  rank_widths(m, &F, &H, &Hkv);
   float *dnorm1 = ol_model_grad(m, &b->attn_norm), *dnorm2 = ol_model_grad(m, &b->mlp_norm);
 
   // MLP: out = x2 + down(silu(gate(xn2)) * up(xn2))

@@ -42,13 +42,7 @@ static void bitfit_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_bitfit_ops = {
-    .name = "bitfit",
-    .supports_tp = 1,
-    .merges_bias = 1,
-    .declare = bitfit_declare,
-    .init = bitfit_init,
-    .saved_per_token = bitfit_saved,
-    .forward = bitfit_forward,
-    .backward = bitfit_backward,
-    .merge = bitfit_merge,
+    .name = "bitfit", .supports_tp = 1, .merges_bias = 1,
+    .declare = bitfit_declare, .init = bitfit_init, .saved_per_token = bitfit_saved,
+    .forward = bitfit_forward, .backward = bitfit_backward, .merge = bitfit_merge,
 };

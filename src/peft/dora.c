@@ -138,17 +138,8 @@ static void dora_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_dora_ops = {
-    .name = "dora",
-    .supports_tp = 1,
-    .reads_w = 1,
-    .uses_rank = 1,
-    .uses_alpha = 1,
-    .declare = dora_declare,
-    .init = dora_init,
-    .saved_per_token = dora_saved,
-    .forward = dora_forward,
-    .backward = dora_backward,
-    .merge = dora_merge,
-    .rescale_forward = dora_rescale_forward,
-    .rescale_backward = dora_rescale_backward,
+    .name = "dora", .supports_tp = 1, .reads_w = 1, .uses_rank = 1, .uses_alpha = 1,
+    .declare = dora_declare, .init = dora_init, .saved_per_token = dora_saved,
+    .forward = dora_forward, .backward = dora_backward, .merge = dora_merge,
+    .rescale_forward = dora_rescale_forward, .rescale_backward = dora_rescale_backward,
 };

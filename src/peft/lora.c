@@ -82,14 +82,7 @@ static void lora_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_lora_ops = {
-    .name = "lora",
-    .supports_tp = 1,
-    .uses_rank = 1,
-    .uses_alpha = 1,
-    .declare = lora_declare,
-    .init = lora_init,
-    .saved_per_token = lora_saved,
-    .forward = lora_forward,
-    .backward = lora_backward,
-    .merge = lora_merge,
+    .name = "lora", .supports_tp = 1, .uses_rank = 1, .uses_alpha = 1,
+    .declare = lora_declare, .init = lora_init, .saved_per_token = lora_saved,
+    .forward = lora_forward, .backward = lora_backward, .merge = lora_merge,
 };

@@ -85,13 +85,7 @@ size_t ol_mora_rhat(size_t k, size_t d, int64_t rank) {
 
 float *ol_frozen_add(ol_frozen *f, const char *name, int ndim, const size_t *shape) {
   if (ol_frozen_find(f, name)) return NULL;
-  if (f->count == f->cap) {
-    size_t cap = f->cap ? 2 * f->cap : 16;
-    ol_frozen_entry *e = ol_calloc(cap, sizeof *e);
-    if (f->count) memcpy(e, f->entries, f->count * sizeof *e);
-    ol_free(f->entries);
-    f->entries = e, f->cap = cap;
-  }
+  f->entries = ol_grow(f->entries, f->count, &f->cap, sizeof *f->entries);
   ol_frozen_entry *e = &f->entries[f->count++];
   ol_strlcpy(e->name, name, sizeof e->name);
   e->ndim = ndim;

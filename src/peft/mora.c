@@ -126,15 +126,9 @@ static void mora_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_mora_ops = {
-    .name = "mora",
-    .supports_tp = 1,
-    .uses_rank = 1,
-    .declare = mora_declare,
-    .init = mora_init,
-    .saved_per_token = mora_saved,
-    .forward = mora_forward,
-    .backward = mora_backward,
-    .merge = mora_merge,
+    .name = "mora", .supports_tp = 1, .uses_rank = 1,
+    .declare = mora_declare, .init = mora_init, .saved_per_token = mora_saved,
+    .forward = mora_forward, .backward = mora_backward, .merge = mora_merge,
 };
 
 /* ---- type 6 ------------------------------------------------------------------------------ */
@@ -249,13 +243,7 @@ static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_mora6_ops = {
-    .name = "mora6",
-    .supports_tp = 1,
-    .uses_rank = 1,
-    .declare = mora6_declare,
-    .init = mora_init,
-    .saved_per_token = mora6_saved,
-    .forward = mora6_forward,
-    .backward = mora6_backward,
-    .merge = mora6_merge,
+    .name = "mora6", .supports_tp = 1, .uses_rank = 1,
+    .declare = mora6_declare, .init = mora_init, .saved_per_token = mora6_saved,
+    .forward = mora6_forward, .backward = mora6_backward, .merge = mora6_merge,
 };

@@ -42,14 +42,9 @@ static void onelora_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_onelora_ops = {
-    .name = "1lora",
-    .supports_tp = 1,
-    .declare = onelora_declare,
-    .init = onelora_init,
-    .saved_per_token = onelora_saved,
-    .forward = onelora_forward,
-    .backward = onelora_backward,
-    .merge = onelora_merge,
+    .name = "1lora", .supports_tp = 1,
+    .declare = onelora_declare, .init = onelora_init, .saved_per_token = onelora_saved,
+    .forward = onelora_forward, .backward = onelora_backward, .merge = onelora_merge,
 };
 
 /* 1lora-random (the paper's Table S1 ablation): the ones of the compression are replaced by a
@@ -98,12 +93,7 @@ static void random_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_onelora_random_ops = {
-    .name = "1lora-random",
-    .supports_tp = 1,
-    .declare = random_declare,
-    .init = onelora_init,
-    .saved_per_token = onelora_saved,
-    .forward = random_forward,
-    .backward = random_backward,
-    .merge = random_merge,
+    .name = "1lora-random", .supports_tp = 1,
+    .declare = random_declare, .init = onelora_init, .saved_per_token = onelora_saved,
+    .forward = random_forward, .backward = random_backward, .merge = random_merge,
 };

@@ -13,14 +13,7 @@ size_t ol_params_declare(ol_params *p, const char *name, int ndim, const size_t 
                          ol_placement place, size_t start, size_t count) {
   OL_CHECK(ndim >= 1 && ndim <= 2 && !p->data);
   OL_CHECK(place != OL_PLACE_COLS || ndim == 2);
-  if (p->count == p->cap) {
-    size_t cap = p->cap ? 2 * p->cap : 64;
-    ol_param_entry *e = ol_calloc(cap, sizeof *e);
-    if (p->count) memcpy(e, p->entries, p->count * sizeof *e);
-    ol_free(p->entries);
-    p->entries = e;
-    p->cap = cap;
-  }
+  p->entries = ol_grow(p->entries, p->count, &p->cap, sizeof *p->entries);
   ol_param_entry *e = &p->entries[p->count];
   memset(e, 0, sizeof *e);
   ol_strlcpy(e->name, name, sizeof e->name);

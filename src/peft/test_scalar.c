@@ -44,12 +44,7 @@ static void scalar_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_test_scalar_ops = {
-    .name = "test-scalar",
-    .supports_tp = 1,
-    .declare = scalar_declare,
-    .init = scalar_init,
-    .saved_per_token = scalar_saved,
-    .forward = scalar_forward,
-    .backward = scalar_backward,
-    .merge = scalar_merge,
+    .name = "test-scalar", .supports_tp = 1,
+    .declare = scalar_declare, .init = scalar_init, .saved_per_token = scalar_saved,
+    .forward = scalar_forward, .backward = scalar_backward, .merge = scalar_merge,
 };

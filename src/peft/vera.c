@@ -144,13 +144,7 @@ static void vera_merge(const ol_adapter *a, ol_linear *lin) {
 }
 
 const ol_adapter_ops ol_vera_ops = {
-    .name = "vera",
-    .supports_tp = 1,
-    .uses_rank = 1,
-    .declare = vera_declare,
-    .init = vera_init,
-    .saved_per_token = vera_saved,
-    .forward = vera_forward,
-    .backward = vera_backward,
-    .merge = vera_merge,
+    .name = "vera", .supports_tp = 1, .uses_rank = 1,
+    .declare = vera_declare, .init = vera_init, .saved_per_token = vera_saved,
+    .forward = vera_forward, .backward = vera_backward, .merge = vera_merge,
 };

@@ -40,6 +40,9 @@ void ol_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* ---- allocation: 64-byte aligned, zeroed; abort on out of memory ----------- */
 void *ol_calloc(size_t count, size_t size);
 void ol_free(void *p);
+/* A growing array: returns `items` (count used elements of `size` bytes, room for *cap), moved
+ * to a zeroed allocation twice as large (16 at first) when it is full, so that one more fits. */
+void *ol_grow(void *items, size_t count, size_t *cap, size_t size);
 
 /* ---- RNG: splitmix64 stream, and counter-based hashing --------------------- */
 typedef struct {
