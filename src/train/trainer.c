@@ -77,50 +77,49 @@ static int load_step(trainer *t, ol_split s, int64_t step) {
   return ol_grid_agree(t->o->grid, rc);
 }
 
-/* Whether op runs: backwards only when grad_scale != 0 */
-static int op_runs(ol_pp_op op, float grad_scale) { return op.kind == 'F' || grad_scale != 0.0f; }
+/* The pipeline executor's callbacks: micro-batch mb runs on activation slot `slot`. */
+typedef struct {
+  trainer *t;
+  float grad_scale;  /* 0: forwards only (evaluation) */
+} pass;
 
-/* Whether op receives from a neighbouring stage: its input (F) or d(output) (B) */
-static int op_receives(const ol_stage *st, ol_pp_op op) {
-  return op.kind == 'F' ? !st->has_embed : !st->has_head;
+static double stage_forward(void *ctx, int mb, int slot) {
+  const pass *p = ctx;
+  trainer *t = p->t;
+  const size_t N = t->B * t->T;
+  return ol_model_forward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * N,
+                          t->targets + (size_t)mb * N, p->grad_scale);
 }
 
-/* Posts the receive of the first op from index i on that runs, when it receives (N, D). */
-static void post_next_recv(trainer *t, size_t i, float grad_scale, size_t nd) {
-  while (i < t->n_ops && !op_runs(t->ops[i], grad_scale)) i++;
-  if (i < t->n_ops && op_receives(&t->model.stage, t->ops[i]))
-    ol_pp_post_recv(t->o->grid, t->ops[i].kind == 'F', nd, t->ops[i].mb);
+static void stage_backward(void *ctx, int mb, int slot) {
+  trainer *t = ((const pass *)ctx)->t;
+  ol_model_backward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * t->B * t->T);
 }
+
+/* The residual stream at the stage's first block boundary: its input, (N, D) */
+static float *stage_input(void *ctx, int slot) { return ((const pass *)ctx)->t->acts[slot].xs; }
+
+/* The residual stream at the stage's last block boundary: its output, (N, D) */
+static float *stage_output(void *ctx, int slot) {
+  const trainer *t = ((const pass *)ctx)->t;
+  const ol_acts *a = &t->acts[slot];
+  return a->xs + t->model.stage.n_layers * a->N * (size_t)t->model.cfg.dim;
+}
+
+/* Backward reads d(output) from dres and leaves d(input) there: (N, D) */
+static float *stage_dres(void *ctx, int slot) { return ((const pass *)ctx)->t->acts[slot].dres; }
 
 /* Runs the stage's schedule over the loaded micro-batches: forwards only when grad_scale is 0.
- * Each op's receive is posted before the previous op computes, so the transfer overlaps it.
  * Returns this stage's summed loss (nonzero on the last stage only). */
 static double run_schedule(trainer *t, float grad_scale) {
-  ol_grid *g = t->o->grid;
-  ol_model *m = &t->model;
-  const ol_stage *st = &m->stage;
-  const size_t N = t->B * t->T, nd = N * (size_t)m->cfg.dim, L = st->n_layers;
-  double loss = 0.0;
-  post_next_recv(t, 0, grad_scale, nd);
-  for (size_t i = 0; i < t->n_ops; i++) {
-    const ol_pp_op op = t->ops[i];
-    if (!op_runs(op, grad_scale)) continue;
-    int slot = op.mb % t->n_slots;
-    ol_acts *a = &t->acts[slot];
-    const int32_t *tokens = t->tokens + (size_t)op.mb * N, *targets = t->targets + (size_t)op.mb * N;
-    ol_pp_wait_send(g, slot);  // the slot's buffers are about to be rewritten
-    if (op_receives(st, op)) ol_pp_wait_recv(g, op.kind == 'F' ? a->xs : a->dres, nd);  // (N, D)
-    post_next_recv(t, i + 1, grad_scale, nd);
-    if (op.kind == 'F') {
-      loss += ol_model_forward(m, a, tokens, targets, grad_scale);
-      if (!st->has_head) ol_pp_send(g, 1, a->xs + L * nd, nd, op.mb, slot);  // output (N, D)
-    } else {
-      ol_model_backward(m, a, tokens);
-      if (!st->has_embed) ol_pp_send(g, 0, a->dres, nd, op.mb, slot);    // d(input) (N, D)
-    }
-  }
-  for (int s = 0; s < t->n_slots; s++) ol_pp_wait_send(g, s);
-  return loss;
+  const ol_stage *st = &t->model.stage;
+  const ol_pp_step step = {
+      .forward = stage_forward, .backward = stage_backward,
+      .input = stage_input, .output = stage_output, .d_output = stage_dres, .d_input = stage_dres,
+      .has_prev = !st->has_embed, .has_next = !st->has_head,
+      .n = t->B * t->T * (size_t)t->model.cfg.dim};
+  pass p = {t, grad_scale};
+  return ol_pp_run(t->o->grid, t->ops, t->n_ops, t->n_slots, grad_scale != 0.0f, &step, &p);
 }
 
 /* Mean validation loss over eval_batches global batches, in unshuffled order. */
