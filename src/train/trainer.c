@@ -1,5 +1,5 @@
-/* The step loop: data, forward/backward over micro-batches, clip, AdamW, logging, evaluation
- * and checkpoints. */
+/* The step loop: data, the pipeline schedule over micro-batches, clip, AdamW, logging,
+ * evaluation, checkpoints and resume, signals, and bench timing. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -9,7 +9,6 @@
 
 #include "onelora/backend/backend.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 #include "onelora/model/acts.h"
@@ -30,10 +29,9 @@ typedef struct {
   int n_slots;
   ol_pp_op *ops;           /* (2M) this stage's schedule of a step */
   size_t n_ops;
-  ol_dataset *data;
+  ol_loader *data;         /* this replica's tokens: the data file's, or random ones (bench) */
   ol_metrics *log;
   size_t B, T, M, G;       /* micro-batch, seq len, micro-batches, global batch (sequences) */
-  int32_t *window;         /* (T+1) one sample's tokens */
   int32_t *tokens;         /* (M, B, T) inputs of the step's micro-batches */
   int32_t *targets;        /* (M, B, T) next-token targets */
   double *step_s;          /* (steps) wall time of each step */
@@ -41,40 +39,10 @@ typedef struct {
   size_t trainable;        /* trainable values of the whole model (every rank's shard) */
 } trainer;
 
-/* Fills micro-batch mb of t->tokens/targets for step `step` from split s. DP replica r takes
- * the r-th contiguous block of G/DP samples of the global batch (DESIGN §6). */
-static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
-  const size_t first = (size_t)t->o->grid->dp_rank * t->B * t->M + mb * t->B;  // global sample
-  int32_t *tokens = t->tokens + mb * t->B * t->T, *targets = t->targets + mb * t->B * t->T;
-  if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, sample)
-    uint64_t V = (uint64_t)t->model.cfg.vocab_size;
-    for (size_t i = 0; i < t->B; i++) {
-      uint64_t sample = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->G + first + i) * 2 + s));
-      for (size_t x = 0; x < t->T; x++) {
-        uint64_t h = ol_hash64(sample ^ x);
-        tokens[i * t->T + x] = (int32_t)(h % V);
-        targets[i * t->T + x] = (int32_t)((h >> 32) % V);
-      }
-    }
-    return OL_OK;
-  }
-  size_t n = ol_dataset_len(t->data, s);
-  int shuffle = s == OL_SPLIT_TRAIN && t->o->shuffle;
-  for (size_t i = 0; i < t->B; i++) {
-    size_t j = first + i;
-    size_t p = ol_sample_position(t->o->seed, shuffle, step, t->G, j, n, t->T);
-    OL_TRY(ol_dataset_read(t->data, s, p, t->T + 1, t->window));
-    memcpy(tokens + i * t->T, t->window, t->T * sizeof(int32_t));
-    memcpy(targets + i * t->T, t->window + 1, t->T * sizeof(int32_t));
-  }
-  return OL_OK;
-}
-
-/* Loads every micro-batch of a step (all ranks agree on the outcome before any message flows). */
+/* Loads this replica's micro-batches of a step; all ranks agree on the outcome before any
+ * message flows. */
 static int load_step(trainer *t, ol_split s, int64_t step) {
-  int rc = OL_OK;
-  for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) rc = load_micro_batch(t, s, step, mb);
-  return ol_grid_agree(t->o->grid, rc);
+  return ol_grid_agree(t->o->grid, ol_loader_step(t->data, s, step, t->tokens, t->targets));
 }
 
 /* The pipeline executor's callbacks: micro-batch mb runs on activation slot `slot`. */
@@ -254,23 +222,6 @@ static void format_eta(double seconds, char *buf, size_t size) {
   if (s >= 3600) snprintf(buf, size, "%ldh%02ldm", s / 3600, s / 60 % 60);
   else if (s >= 60) snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
   else snprintf(buf, size, "%lds", s);
-}
-
-static int check_inputs(trainer *t, const ol_config *cfg) {
-  const ol_train_opts *o = t->o;
-  if (o->seq_len > cfg->max_seq_len)
-    return ol_error("--seq-len %lld exceeds max_seq_len %lld of model %s", (long long)o->seq_len,
-                    (long long)cfg->max_seq_len, o->model_path);
-  if (ol_dataset_vocab(t->data) > cfg->vocab_size)
-    return ol_error("data %s has vocab_size %lld, larger than the model's %lld (%s)", o->data_path,
-                    (long long)ol_dataset_vocab(t->data), (long long)cfg->vocab_size, o->model_path);
-  if (ol_dataset_len(t->data, OL_SPLIT_TRAIN) < t->T + 2)
-    return ol_error("data %s: train split has %zu tokens, fewer than --seq-len + 2 = %zu",
-                    o->data_path, ol_dataset_len(t->data, OL_SPLIT_TRAIN), t->T + 2);
-  if (o->eval_every > 0 && ol_dataset_len(t->data, OL_SPLIT_VAL) < t->T + 2)
-    return ol_error("data %s: val split has %zu tokens, fewer than --seq-len + 2 = %zu (needed by "
-                    "--eval-every)", o->data_path, ol_dataset_len(t->data, OL_SPLIT_VAL), t->T + 2);
-  return OL_OK;
 }
 
 /* Zeroes the gradients, runs forward and backward over this replica's micro-batches, then sums
@@ -472,8 +423,16 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     cfg = *o->synthetic;
   } else {
     rc = ol_weights_open(o->model_path, &mf, &cfg);
-    if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
-    if (rc == OL_OK) rc = check_inputs(&t, &cfg);
+    if (rc == OL_OK && o->seq_len > cfg.max_seq_len)
+      rc = ol_error("--seq-len %lld exceeds max_seq_len %lld of model %s", (long long)o->seq_len,
+                    (long long)cfg.max_seq_len, o->model_path);
+  }
+  if (rc == OL_OK) {  // bench (synthetic) draws random tokens instead of reading a file
+    ol_loader_opts data = {.path = o->synthetic ? NULL : o->data_path, .seed = o->seed,
+                           .shuffle = o->shuffle, .B = t.B, .T = t.T, .M = t.M, .dp = g->dp,
+                           .dp_rank = g->dp_rank, .vocab_size = cfg.vocab_size,
+                           .need_val = o->eval_every > 0};
+    rc = ol_loader_open(&data, &t.data);
   }
   if (rc == OL_OK && cfg.n_layers < g->pp)
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
@@ -514,7 +473,6 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
       ol_acts_alloc(&t.acts[s], &t.model, t.B, t.T, o->recompute);
     t.ops = ol_calloc(2 * t.M, sizeof *t.ops);
     t.n_ops = ol_pp_schedule(g->pp, g->pp_rank, (int)t.M, o->gpipe, t.ops);
-    t.window = ol_calloc(t.T + 1, sizeof(int32_t));
     t.tokens = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.targets = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
@@ -556,8 +514,8 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     sigaction(SIGUSR1, &old_usr1, NULL);
   }
   ol_metrics_close(t.log);
-  if (t.data) ol_dataset_close(t.data);
-  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
+  ol_loader_close(t.data);
+  ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
   for (int s = 0; s < t.n_slots; s++) ol_acts_free(&t.acts[s]);
   ol_free(t.acts), ol_free(t.ops);
   ol_model_free(&t.model);
