@@ -453,7 +453,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     stage.weights_dtype = o->weights_dtype;
     rc = ol_model_build_mapped(&t.model, &cfg, &o->method, o->seed, &stage,
                                o->map_weights ? mf : NULL);
-    ol_model_bind_tp(&t.model, ol_grid_tp(g));
+    if (rc == OL_OK) ol_model_bind_tp(&t.model, ol_grid_tp(g));  // a failed build has no blocks
   }
   // (memory_only: the allocation has touched every page already; the values do not matter)
   if (rc == OL_OK && o->synthetic && !o->memory_only) ol_model_randomize(&t.model, o->seed);
