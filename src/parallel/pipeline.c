@@ -1,11 +1,10 @@
 /* Pipeline parallelism: contiguous layer ranges per stage, micro-batches flowing between
- * neighbouring stages by MPI_Isend/MPI_Irecv, scheduled as 1F1B (or GPipe for comparison). */
+ * neighbouring stages by MPI_Isend/MPI_Irecv, scheduled as 1F1B (or GPipe for comparison), and
+ * the executor that runs a stage's schedule (as Megatron's schedules.py does). */
 #include <mpi.h>
 #include <string.h>
 
 #include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
 #include "onelora/parallel/pipeline.h"
 
 static MPI_Comm pp_comm(const ol_grid *g) { return *(MPI_Comm *)g->pp_comm; }
@@ -43,7 +42,9 @@ static MPI_Request *request(ol_grid *g, int slot, int dir) {
   return (MPI_Request *)g->pp_requests + 2 * slot + dir;
 }
 
-void ol_pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot) {
+/* Non-blocking send of n floats to the next (to_next = 1) or previous stage for micro-batch mb,
+ * from the buffer of activation slot `slot` (waits for that slot's previous send first). */
+static void pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot) {
   MPI_Request *r = request(g, slot, to_next);
   MPI_Wait(r, MPI_STATUS_IGNORE);
   OL_CHECK(n <= (size_t)INT32_MAX);
@@ -51,7 +52,8 @@ void ol_pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int s
   g->bytes[OL_COMM_PP] += (double)n * sizeof(float);
 }
 
-void ol_pp_wait_send(ol_grid *g, int slot) {
+/* Waits for the slot's pending sends, before its buffers are reused or freed. */
+static void pp_wait_send(ol_grid *g, int slot) {
   for (int dir = 0; dir < 2; dir++) MPI_Wait(request(g, slot, dir), MPI_STATUS_IGNORE);
 }
 
@@ -64,7 +66,10 @@ typedef struct {
   float buf[];  /* (cap) */
 } inbox;
 
-void ol_pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
+/* Non-blocking receive of n floats from the previous (from_prev = 1) or next stage for
+ * micro-batch mb, into the inbox: it can be posted before its destination is free (one op
+ * ahead), so that the transfer overlaps the current op. One at a time. */
+static void pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
   inbox *in = g->pp_inbox;
   OL_CHECK(!in || in->n == 0);  // the previous receive was waited for
   OL_CHECK(n > 0 && n <= (size_t)INT32_MAX);
@@ -80,12 +85,52 @@ void ol_pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
             pp_comm(g), &in->request);
 }
 
-void ol_pp_wait_recv(ol_grid *g, float *x, size_t n) {
+/* Waits for the posted receive and copies its n floats into x, right before x is used. */
+static void pp_wait_recv(ol_grid *g, float *x, size_t n) {
   inbox *in = g->pp_inbox;
   OL_CHECK(in && in->n == n);  // the receive this op expects was posted
   MPI_Wait(&in->request, MPI_STATUS_IGNORE);
   memcpy(x, in->buf, n * sizeof(float));
   in->n = 0;
+}
+
+/* Whether op runs: backwards only when the pass has them */
+static int op_runs(ol_pp_op op, int backward) { return op.kind == 'F' || backward; }
+
+/* Whether op receives from a neighbouring stage: its input (F) or d(output) (B) */
+static int op_receives(const ol_pp_step *s, ol_pp_op op) {
+  return op.kind == 'F' ? s->has_prev : s->has_next;
+}
+
+/* Posts the receive of the first op from index i on that runs, when it receives. */
+static void post_next_recv(ol_grid *g, const ol_pp_op *ops, size_t n_ops, size_t i, int backward,
+                           const ol_pp_step *s) {
+  while (i < n_ops && !op_runs(ops[i], backward)) i++;
+  if (i < n_ops && op_receives(s, ops[i])) pp_post_recv(g, ops[i].kind == 'F', s->n, ops[i].mb);
+}
+
+double ol_pp_run(ol_grid *g, const ol_pp_op *ops, size_t n_ops, int n_slots, int backward,
+                 const ol_pp_step *s, void *ctx) {
+  double loss = 0.0;
+  post_next_recv(g, ops, n_ops, 0, backward, s);
+  for (size_t i = 0; i < n_ops; i++) {
+    const ol_pp_op op = ops[i];
+    if (!op_runs(op, backward)) continue;
+    const int slot = op.mb % n_slots;
+    pp_wait_send(g, slot);  // the slot's buffers are about to be rewritten
+    if (op_receives(s, op))
+      pp_wait_recv(g, op.kind == 'F' ? s->input(ctx, slot) : s->d_output(ctx, slot), s->n);  // (n)
+    post_next_recv(g, ops, n_ops, i + 1, backward, s);
+    if (op.kind == 'F') {
+      loss += s->forward(ctx, op.mb, slot);
+      if (s->has_next) pp_send(g, 1, s->output(ctx, slot), s->n, op.mb, slot);  // (n)
+    } else {
+      s->backward(ctx, op.mb, slot);
+      if (s->has_prev) pp_send(g, 0, s->d_input(ctx, slot), s->n, op.mb, slot);  // (n)
+    }
+  }
+  for (int k = 0; k < n_slots; k++) pp_wait_send(g, k);
+  return loss;
 }
 
 void ol_pp_sum(ol_grid *g, double *x, int n) {

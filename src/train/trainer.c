@@ -1,5 +1,5 @@
-/* The step loop: data, forward/backward over micro-batches, clip, AdamW, logging, evaluation
- * and checkpoints. */
+/* The step loop: data, the pipeline schedule over micro-batches, clip, AdamW, logging,
+ * evaluation, checkpoints and resume, signals, and bench timing. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -8,7 +8,6 @@
 
 #include "onelora/backend/backend.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 #include "onelora/io/files.h"
@@ -30,10 +29,9 @@ typedef struct {
   int n_slots;
   ol_pp_op *ops;           /* (2M) this stage's schedule of a step */
   size_t n_ops;
-  ol_dataset *data;
+  ol_loader *data;         /* this replica's tokens: the data file's, or random ones (bench) */
   ol_metrics *log;
   size_t B, T, M, G;       /* micro-batch, seq len, micro-batches, global batch (sequences) */
-  int32_t *window;         /* (T+1) one sample's tokens */
   int32_t *tokens;         /* (M, B, T) inputs of the step's micro-batches */
   int32_t *targets;        /* (M, B, T) next-token targets */
   double *step_s;          /* (steps) wall time of each step */
@@ -41,86 +39,55 @@ typedef struct {
   size_t trainable;        /* trainable values of the whole model (every rank's shard) */
 } trainer;
 
-/* Fills micro-batch mb of t->tokens/targets for step `step` from split s. DP replica r takes
- * the r-th contiguous block of G/DP samples of the global batch (DESIGN §6). */
-static int load_micro_batch(trainer *t, ol_split s, int64_t step, size_t mb) {
-  const size_t first = (size_t)t->o->grid->dp_rank * t->B * t->M + mb * t->B;  // global sample
-  int32_t *tokens = t->tokens + mb * t->B * t->T, *targets = t->targets + mb * t->B * t->T;
-  if (t->o->synthetic) {  // random tokens, a pure function of (seed, split, step, sample)
-    uint64_t V = (uint64_t)t->model.cfg.vocab_size;
-    for (size_t i = 0; i < t->B; i++) {
-      uint64_t sample = ol_hash64(t->o->seed ^ ol_hash64(((uint64_t)step * t->G + first + i) * 2 + s));
-      for (size_t x = 0; x < t->T; x++) {
-        uint64_t h = ol_hash64(sample ^ x);
-        tokens[i * t->T + x] = (int32_t)(h % V);
-        targets[i * t->T + x] = (int32_t)((h >> 32) % V);
-      }
-    }
-    return OL_OK;
-  }
-  size_t n = ol_dataset_len(t->data, s);
-  int shuffle = s == OL_SPLIT_TRAIN && t->o->shuffle;
-  for (size_t i = 0; i < t->B; i++) {
-    size_t j = first + i;
-    size_t p = ol_sample_position(t->o->seed, shuffle, step, t->G, j, n, t->T);
-    OL_TRY(ol_dataset_read(t->data, s, p, t->T + 1, t->window));
-    memcpy(tokens + i * t->T, t->window, t->T * sizeof(int32_t));
-    memcpy(targets + i * t->T, t->window + 1, t->T * sizeof(int32_t));
-  }
-  return OL_OK;
-}
-
-/* Loads every micro-batch of a step (all ranks agree on the outcome before any message flows). */
+/* Loads this replica's micro-batches of a step; all ranks agree on the outcome before any
+ * message flows. */
 static int load_step(trainer *t, ol_split s, int64_t step) {
-  int rc = OL_OK;
-  for (size_t mb = 0; mb < t->M && rc == OL_OK; mb++) rc = load_micro_batch(t, s, step, mb);
-  return ol_grid_agree(t->o->grid, rc);
+  return ol_grid_agree(t->o->grid, ol_loader_step(t->data, s, step, t->tokens, t->targets));
 }
 
-/* Whether op runs: backwards only when grad_scale != 0 */
-static int op_runs(ol_pp_op op, float grad_scale) { return op.kind == 'F' || grad_scale != 0.0f; }
+/* The pipeline executor's callbacks: micro-batch mb runs on activation slot `slot`. */
+typedef struct {
+  trainer *t;
+  float grad_scale;  /* 0: forwards only (evaluation) */
+} pass;
 
-/* Whether op receives from a neighbouring stage: its input (F) or d(output) (B) */
-static int op_receives(const ol_stage *st, ol_pp_op op) {
-  return op.kind == 'F' ? !st->has_embed : !st->has_head;
+static double stage_forward(void *ctx, int mb, int slot) {
+  const pass *p = ctx;
+  trainer *t = p->t;
+  const size_t N = t->B * t->T;
+  return ol_model_forward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * N,
+                          t->targets + (size_t)mb * N, p->grad_scale);
 }
 
-/* Posts the receive of the first op from index i on that runs, when it receives (N, D). */
-static void post_next_recv(trainer *t, size_t i, float grad_scale, size_t nd) {
-  while (i < t->n_ops && !op_runs(t->ops[i], grad_scale)) i++;
-  if (i < t->n_ops && op_receives(&t->model.stage, t->ops[i]))
-    ol_pp_post_recv(t->o->grid, t->ops[i].kind == 'F', nd, t->ops[i].mb);
+static void stage_backward(void *ctx, int mb, int slot) {
+  trainer *t = ((const pass *)ctx)->t;
+  ol_model_backward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * t->B * t->T);
 }
+
+/* The residual stream at the stage's first block boundary: its input, (N, D) */
+static float *stage_input(void *ctx, int slot) { return ((const pass *)ctx)->t->acts[slot].xs; }
+
+/* The residual stream at the stage's last block boundary: its output, (N, D) */
+static float *stage_output(void *ctx, int slot) {
+  const trainer *t = ((const pass *)ctx)->t;
+  const ol_acts *a = &t->acts[slot];
+  return a->xs + t->model.stage.n_layers * a->N * (size_t)t->model.cfg.dim;
+}
+
+/* Backward reads d(output) from dres and leaves d(input) there: (N, D) */
+static float *stage_dres(void *ctx, int slot) { return ((const pass *)ctx)->t->acts[slot].dres; }
 
 /* Runs the stage's schedule over the loaded micro-batches: forwards only when grad_scale is 0.
- * Each op's receive is posted before the previous op computes, so the transfer overlaps it.
  * Returns this stage's summed loss (nonzero on the last stage only). */
 static double run_schedule(trainer *t, float grad_scale) {
-  ol_grid *g = t->o->grid;
-  ol_model *m = &t->model;
-  const ol_stage *st = &m->stage;
-  const size_t N = t->B * t->T, nd = N * (size_t)m->cfg.dim, L = st->n_layers;
-  double loss = 0.0;
-  post_next_recv(t, 0, grad_scale, nd);
-  for (size_t i = 0; i < t->n_ops; i++) {
-    const ol_pp_op op = t->ops[i];
-    if (!op_runs(op, grad_scale)) continue;
-    int slot = op.mb % t->n_slots;
-    ol_acts *a = &t->acts[slot];
-    const int32_t *tokens = t->tokens + (size_t)op.mb * N, *targets = t->targets + (size_t)op.mb * N;
-    ol_pp_wait_send(g, slot);  // the slot's buffers are about to be rewritten
-    if (op_receives(st, op)) ol_pp_wait_recv(g, op.kind == 'F' ? a->xs : a->dres, nd);  // (N, D)
-    post_next_recv(t, i + 1, grad_scale, nd);
-    if (op.kind == 'F') {
-      loss += ol_model_forward(m, a, tokens, targets, grad_scale);
-      if (!st->has_head) ol_pp_send(g, 1, a->xs + L * nd, nd, op.mb, slot);  // output (N, D)
-    } else {
-      ol_model_backward(m, a, tokens);
-      if (!st->has_embed) ol_pp_send(g, 0, a->dres, nd, op.mb, slot);    // d(input) (N, D)
-    }
-  }
-  for (int s = 0; s < t->n_slots; s++) ol_pp_wait_send(g, s);
-  return loss;
+  const ol_stage *st = &t->model.stage;
+  const ol_pp_step step = {
+      .forward = stage_forward, .backward = stage_backward,
+      .input = stage_input, .output = stage_output, .d_output = stage_dres, .d_input = stage_dres,
+      .has_prev = !st->has_embed, .has_next = !st->has_head,
+      .n = t->B * t->T * (size_t)t->model.cfg.dim};
+  pass p = {t, grad_scale};
+  return ol_pp_run(t->o->grid, t->ops, t->n_ops, t->n_slots, grad_scale != 0.0f, &step, &p);
 }
 
 /* Mean validation loss over eval_batches global batches, in unshuffled order. */
@@ -244,23 +211,6 @@ static void format_eta(double seconds, char *buf, size_t size) {
   if (s >= 3600) snprintf(buf, size, "%ldh%02ldm", s / 3600, s / 60 % 60);
   else if (s >= 60) snprintf(buf, size, "%ldm%02lds", s / 60, s % 60);
   else snprintf(buf, size, "%lds", s);
-}
-
-static int check_inputs(trainer *t, const ol_config *cfg) {
-  const ol_train_opts *o = t->o;
-  if (o->seq_len > cfg->max_seq_len)
-    return ol_error("--seq-len %lld exceeds max_seq_len %lld of model %s", (long long)o->seq_len,
-                    (long long)cfg->max_seq_len, o->model_path);
-  if (ol_dataset_vocab(t->data) > cfg->vocab_size)
-    return ol_error("data %s has vocab_size %lld, larger than the model's %lld (%s)", o->data_path,
-                    (long long)ol_dataset_vocab(t->data), (long long)cfg->vocab_size, o->model_path);
-  if (ol_dataset_len(t->data, OL_SPLIT_TRAIN) < t->T + 2)
-    return ol_error("data %s: train split has %zu tokens, fewer than --seq-len + 2 = %zu",
-                    o->data_path, ol_dataset_len(t->data, OL_SPLIT_TRAIN), t->T + 2);
-  if (o->eval_every > 0 && ol_dataset_len(t->data, OL_SPLIT_VAL) < t->T + 2)
-    return ol_error("data %s: val split has %zu tokens, fewer than --seq-len + 2 = %zu (needed by "
-                    "--eval-every)", o->data_path, ol_dataset_len(t->data, OL_SPLIT_VAL), t->T + 2);
-  return OL_OK;
 }
 
 /* Zeroes the gradients, runs forward and backward over this replica's micro-batches, then sums
@@ -462,8 +412,16 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     cfg = *o->synthetic;
   } else {
     rc = ol_weights_open(o->model_path, &mf, &cfg);
-    if (rc == OL_OK) rc = ol_dataset_open(o->data_path, &t.data);
-    if (rc == OL_OK) rc = check_inputs(&t, &cfg);
+    if (rc == OL_OK && o->seq_len > cfg.max_seq_len)
+      rc = ol_error("--seq-len %lld exceeds max_seq_len %lld of model %s", (long long)o->seq_len,
+                    (long long)cfg.max_seq_len, o->model_path);
+  }
+  if (rc == OL_OK) {  // bench (synthetic) draws random tokens instead of reading a file
+    ol_loader_opts data = {.path = o->synthetic ? NULL : o->data_path, .seed = o->seed,
+                           .shuffle = o->shuffle, .B = t.B, .T = t.T, .M = t.M, .dp = g->dp,
+                           .dp_rank = g->dp_rank, .vocab_size = cfg.vocab_size,
+                           .need_val = o->eval_every > 0};
+    rc = ol_loader_open(&data, &t.data);
   }
   if (rc == OL_OK && cfg.n_layers < g->pp)
     rc = ol_error("--pp %d: the model has only %lld layers, fewer than the pipeline stages", g->pp,
@@ -481,7 +439,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     stage.weights_dtype = o->weights_dtype;
     rc = ol_model_build_mapped(&t.model, &cfg, &o->method, o->seed, &stage,
                                o->map_weights ? mf : NULL);
-    ol_model_bind_tp(&t.model, ol_grid_tp(g));
+    if (rc == OL_OK) ol_model_bind_tp(&t.model, ol_grid_tp(g));  // a failed build has no blocks
   }
   // (memory_only: the allocation has touched every page already; the values do not matter)
   if (rc == OL_OK && o->synthetic && !o->memory_only) ol_model_randomize(&t.model, o->seed);
@@ -501,7 +459,6 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
       ol_acts_alloc(&t.acts[s], &t.model, t.B, t.T, o->recompute);
     t.ops = ol_calloc(2 * t.M, sizeof *t.ops);
     t.n_ops = ol_pp_schedule(g->pp, g->pp_rank, (int)t.M, o->gpipe, t.ops);
-    t.window = ol_calloc(t.T + 1, sizeof(int32_t));
     t.tokens = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.targets = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
@@ -543,8 +500,8 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     sigaction(SIGUSR1, &old_usr1, NULL);
   }
   ol_metrics_close(t.log);
-  if (t.data) ol_dataset_close(t.data);
-  ol_free(t.window), ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
+  ol_loader_close(t.data);
+  ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
   for (int s = 0; s < t.n_slots; s++) ol_acts_free(&t.acts[s]);
   ol_free(t.acts), ol_free(t.ops);
   ol_model_free(&t.model);
