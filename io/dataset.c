@@ -5,10 +5,7 @@
 
 #include "h5util.h"
 #include "onelora/core/core.h"
-#include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 
 static const char *const split_names[2] = {"train", "val"};
 

@@ -8,9 +8,6 @@
 #include "h5util.h"
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 
 /* Datasets are written (and 2-byte ones rounded) this many elements at a time. */
 #define WRITE_BLOCK ((size_t)1 << 22)

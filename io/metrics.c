@@ -6,9 +6,6 @@
 #include <string.h>
 
 #include "onelora/core/core.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 
 struct ol_metrics {

@@ -16,8 +16,6 @@
 #include "h5util.h"
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__

@@ -14,9 +14,6 @@
 
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "io/safetensors_read.c reads little-endian floats as host floats; port it first"

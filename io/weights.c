@@ -11,9 +11,6 @@
 #include "hf.h"
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 
 struct ol_weights {
   ol_h5model *h5;  /* exactly one of the two */

@@ -5,17 +5,11 @@
 #include <string.h>
 
 #include "cli.h"
+#include "onelora/train/plan.h"
+#include "onelora/train/state.h"
+#include "onelora/io/metrics.h"
 #include "onelora/backend/backend.h"
 #include "onelora/core/core.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
 
 /* Best rate of an n x n x n sgemm over a few repetitions, in FLOP/s. */
 static double sgemm_rate(size_t n) {
@@ -41,8 +35,8 @@ static int bench_checkpoint(ol_train_opts *o, const ol_config *cfg) {
   char path[4096];
   snprintf(path, sizeof path, "%s/bench-rank%d.h5", o->ckpt_dir, o->grid->world_rank);
   ol_grid_bcast_str(o->grid, path, sizeof path);  // rank 0's name, on every rank
-  ol_ckpt_bench b;
-  OL_TRY(ol_checkpoint_bench(o, cfg, path, &b));
+  ol_state_bench_result b;
+  OL_TRY(ol_state_bench(o, cfg, path, &b));
   double rate = o->grid->world_rank == 0 ? sgemm_rate(2048) : 0.0;
   double step_s = b.step_flops / (rate * o->grid->world_size);  // perfectly balanced ranks
   ol_info("bench checkpoint | method %s | layout tp %d pp %d dp %d | trainable %zu | file %.2f MiB "

@@ -5,10 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "onelora/core/config.h"
 #include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
+#include "onelora/train/trainer.h"
+
 int ol_cmd_train(int argc, char **argv, ol_grid *grid);
 int ol_cmd_init(int argc, char **argv);
 int ol_cmd_tokenize(int argc, char **argv);
@@ -39,7 +39,6 @@ int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, con
                   size_t nargs, int *help, char **pos, int max_pos, int *npos);
 
 /* Model shape flags (init, bench): --preset and per-field overrides. */
-#include "onelora/model/acts.h"
 #define OL_SHAPE_NARGS 8
 typedef struct {
   const char *preset;
@@ -50,11 +49,6 @@ int ol_shape_config(const ol_shape_args *s, ol_config *cfg);  /* preset + overri
 
 /* The training flags (train, bench), parsed and checked into o; `extra` flags are appended.
  * File flags (--model, --data) are required unless `synthetic`. */
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
 int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, const ol_arg *extra,
                    size_t n_extra, int synthetic, ol_train_opts *o, int *help);
 

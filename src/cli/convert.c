@@ -1,11 +1,8 @@
 /* onelora convert: a Hugging Face directory (or another model file) to an onelora model file,
  * tensor by tensor, so memory stays at one tensor whatever the model's size. */
 #include "cli.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
-#include "onelora/model/acts.h"
+#include "onelora/model/model.h"
+#include "onelora/core/core.h"
 
 static const char *usage_text =
     "HF_DIR --out M.h5 [--dtype f32|f16|bf16]\n\n"

@@ -2,11 +2,8 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
-#include "onelora/model/acts.h"
+#include "onelora/model/model.h"
+#include "onelora/core/core.h"
 
 /* Generates rows [r0, r0 + n) of a tensor: its synthetic values as a slice of rows. */
 typedef struct {

@@ -10,12 +10,10 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
-#include "onelora/io/files.h"
 #include "onelora/peft/linear.h"
+#include "onelora/io/checkpoint.h"
+#include "onelora/io/files.h"
+#include "onelora/core/core.h"
 
 #define NAME_LEN 256
 /* per-layer columns: the seven projections, then the two RMSNorms */

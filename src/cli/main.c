@@ -5,10 +5,6 @@
 #include "cli.h"
 #include "onelora/backend/backend.h"
 #include "onelora/core/core.h"
-#include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
 
 typedef struct {
   const char *name;

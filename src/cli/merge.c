@@ -6,17 +6,9 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
+#include "onelora/train/state.h"
 #include "onelora/io/files.h"
-#include "onelora/model/acts.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
+#include "onelora/core/core.h"
 
 static int ends_with(const char *s, const char *suffix) {
   size_t n = strlen(s), k = strlen(suffix);
@@ -89,7 +81,7 @@ static int merge(const char *model_path, const char *ckpt_path, const char *out,
     mark_new_biases(&m, &cfg);
     rc = ol_model_load(&m, mf);
   }
-  if (rc == OL_OK) rc = ol_checkpoint_load(&m.params, &m.generated, c, 0);
+  if (rc == OL_OK) rc = ol_state_load(&m.params, &m.generated, c, 0);
   if (rc == OL_OK) {
     ol_model_merge(&m);
     rc = hf ? ol_model_save_hf(&m, out, dtype) : ol_model_save(&m, out, dtype);

@@ -6,20 +6,10 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
-#include "onelora/model/acts.h"
-#include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
 #include "onelora/train/plan.h"
+#include "onelora/parallel/dp.h"
+#include "onelora/model/model.h"
+#include "onelora/core/core.h"
 
 /* "1234567" -> "1,234,567" */
 static const char *grouped(size_t v, char *buf, size_t size) {

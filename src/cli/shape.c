@@ -1,5 +1,6 @@
 /* The model-shape flags shared by init and bench: a preset, then any field overridden. */
 #include "cli.h"
+#include "onelora/model/model.h"
 #include "onelora/core/core.h"
 
 void ol_shape_flags(ol_shape_args *s, ol_arg *out) {

@@ -5,12 +5,9 @@
 #include <stdlib.h>
 
 #include "cli.h"
-#include "onelora/core/core.h"
-#include "onelora/io/weights.h"
 #include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 #include "onelora/io/files.h"
+#include "onelora/core/core.h"
 
 #define BYTE_VOCAB 256
 #define MIN_SPLIT_TOKENS 2  /* one input and one target token */

@@ -3,11 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
+#include "onelora/core/core.h"
 
 static const char *usage_text =
     "--model M.h5 --data D.h5 [options]\n\n"

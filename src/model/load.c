@@ -3,9 +3,6 @@
 #include <string.h>
 
 #include "onelora/backend/backend.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 #include "onelora/model/acts.h"
 

@@ -1,10 +1,7 @@
 /* Data parallelism: replicas see disjoint samples; only the trainable gradients travel. */
 #include <mpi.h>
 
-#include "onelora/parallel/grid.h"
 #include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
 
 double ol_dp_step_bytes(const ol_params *p) { return (double)p->total * sizeof(float); }
 

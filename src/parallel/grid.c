@@ -6,9 +6,6 @@
 
 #include "onelora/core/core.h"
 #include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
 
 void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
   memset(g, 0, sizeof *g);

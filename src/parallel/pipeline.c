@@ -4,7 +4,6 @@
 #include <mpi.h>
 #include <string.h>
 
-#include "onelora/parallel/grid.h"
 #include "onelora/parallel/pipeline.h"
 
 static MPI_Comm pp_comm(const ol_grid *g) { return *(MPI_Comm *)g->pp_comm; }

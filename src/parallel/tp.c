@@ -5,10 +5,7 @@
 #include <string.h>
 
 #include "onelora/backend/backend.h"
-#include "onelora/parallel/grid.h"
-#include "onelora/parallel/dp.h"
 #include "onelora/parallel/tp.h"
-#include "onelora/parallel/pipeline.h"
 
 static int tp_active(const ol_grid *g) { return g && g->tp > 1; }
 static MPI_Comm tp_comm(const ol_grid *g) { return *(MPI_Comm *)g->tp_comm; }

@@ -5,14 +5,8 @@
 #include <string.h>
 
 #include "onelora/model/acts.h"
-#include "onelora/parallel/grid.h"
 #include "onelora/parallel/dp.h"
-#include "onelora/parallel/tp.h"
 #include "onelora/parallel/pipeline.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
 #include "onelora/train/plan.h"
 
 /* Resident memory of a rank beyond onelora's own allocations: the process image with Open MPI,

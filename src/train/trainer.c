@@ -6,21 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "onelora/backend/backend.h"
-#include "onelora/io/weights.h"
-#include "onelora/io/checkpoint.h"
 #include "onelora/io/metrics.h"
 #include "onelora/io/files.h"
 #include "onelora/model/acts.h"
-#include "onelora/parallel/grid.h"
 #include "onelora/parallel/dp.h"
 #include "onelora/parallel/tp.h"
 #include "onelora/parallel/pipeline.h"
-#include "onelora/train/optim.h"
 #include "onelora/train/data.h"
 #include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
+#include "onelora/train/state.h"
 
 typedef struct {
   const ol_train_opts *o;
@@ -111,9 +105,9 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
   int rc = OL_OK;
   char path[4096];
   ol_ckpt_path(path, sizeof path, o->ckpt_dir, step);
-  ol_ckpt_meta meta = ol_checkpoint_meta(t->o, &t->model.cfg, step, loss);
+  ol_ckpt_meta meta = ol_state_meta(t->o, &t->model.cfg, step, loss);
   double t0 = ol_now();
-  OL_TRY(ol_checkpoint_save(g, &t->model, &meta, path));
+  OL_TRY(ol_state_save(g, &t->model, &meta, path));
   double seconds = ol_now() - t0;
   if (g->world_rank == 0) {
     size_t size;
@@ -133,11 +127,11 @@ static int write_checkpoint(trainer *t, int64_t step, double loss) {
  * --ckpt-dir never starts afresh and prunes that run's checkpoints. "" = start afresh. */
 static int pick_checkpoint(trainer *t, char *path, size_t size) {
   const ol_train_opts *o = t->o;
-  ol_ckpt_meta run = ol_checkpoint_meta(o, &t->model.cfg, 0, 0.0), found;
+  ol_ckpt_meta run = ol_state_meta(o, &t->model.cfg, 0, 0.0), found;
   int mismatch;
   path[0] = '\0';
   if (strcmp(o->resume, "auto") != 0) {
-    if (ol_checkpoint_verify(o->resume, &t->model, &run, &found, &mismatch) != OL_OK)
+    if (ol_state_verify(o->resume, &t->model, &run, &found, &mismatch) != OL_OK)
       return ol_error("--resume %s", ol_last_error());
     ol_strlcpy(path, o->resume, size);
     return OL_OK;
@@ -149,7 +143,7 @@ static int pick_checkpoint(trainer *t, char *path, size_t size) {
   for (size_t i = n; i-- > 0 && !path[0] && rc == OL_OK;) {
     char candidate[4096];
     ol_ckpt_path(candidate, sizeof candidate, o->ckpt_dir, steps[i]);
-    if (ol_checkpoint_verify(candidate, &t->model, &run, &found, &mismatch) == OL_OK)
+    if (ol_state_verify(candidate, &t->model, &run, &found, &mismatch) == OL_OK)
       ol_strlcpy(path, candidate, size);
     else if (mismatch)
       rc = ol_error("--resume auto: %s (use another --ckpt-dir for another run)", ol_last_error());
@@ -192,7 +186,7 @@ static int resume(trainer *t, int64_t *start) {
   ol_ckpt_meta meta;
   rc = ol_ckpt_open(path, &c, &meta);
   if (rc == OL_OK) {
-    rc = ol_checkpoint_load(&t->model.params, &t->model.generated, c, 1);
+    rc = ol_state_load(&t->model.params, &t->model.generated, c, 1);
     ol_ckpt_close(c);
   }
   OL_TRY(ol_grid_agree(g, rc));

@@ -13,9 +13,6 @@
 
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 
 static char path[64];
 

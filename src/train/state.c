@@ -15,17 +15,8 @@
 #include <unistd.h>
 #endif
 
-#include "onelora/io/weights.h"
-#include "onelora/io/dataset.h"
-#include "onelora/io/checkpoint.h"
-#include "onelora/io/metrics.h"
 #include "onelora/io/files.h"
-#include "onelora/model/acts.h"
-#include "onelora/train/optim.h"
-#include "onelora/train/data.h"
-#include "onelora/train/trainer.h"
-#include "onelora/train/checkpoint.h"
-#include "onelora/train/plan.h"
+#include "onelora/train/state.h"
 
 static const ol_ckpt_group state_groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
 
@@ -129,7 +120,7 @@ static size_t checkpoint_bytes(const ol_model *plan) {
   return bytes;
 }
 
-int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
+int ol_state_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
                        const char *path) {
   ol_model plan = {0};
   int rc = plan_layout(&plan, m, meta->seed);
@@ -153,7 +144,7 @@ int ol_checkpoint_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
   return ol_grid_agree(g, rc);
 }
 
-int ol_checkpoint_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments) {
+int ol_state_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments) {
   for (int k = 0; k < (moments ? 3 : 1); k++)
     for (size_t i = 0; i < p->count; i++) {
       const ol_param_entry *e = &p->entries[i];
@@ -193,7 +184,7 @@ static int verify_group(ol_ckpt *c, const char *path, int k, const ol_model *pla
   return rc;
 }
 
-int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta *run,
+int ol_state_verify(const char *path, const ol_model *m, const ol_ckpt_meta *run,
                          ol_ckpt_meta *found, int *mismatch) {
   *mismatch = 0;
   ol_ckpt *c;
@@ -230,7 +221,7 @@ int ol_checkpoint_verify(const char *path, const ol_model *m, const ol_ckpt_meta
   return rc;
 }
 
-ol_ckpt_meta ol_checkpoint_meta(const ol_train_opts *o, const ol_config *cfg, int64_t step,
+ol_ckpt_meta ol_state_meta(const ol_train_opts *o, const ol_config *cfg, int64_t step,
                                 double loss) {
   const ol_grid *g = o->grid;
   ol_ckpt_meta meta = {0};
@@ -253,8 +244,8 @@ ol_ckpt_meta ol_checkpoint_meta(const ol_train_opts *o, const ol_config *cfg, in
 
 /* ---- the checkpoint benchmark ---------------------------------------------------------- */
 
-int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char *path,
-                        ol_ckpt_bench *out) {
+int ol_state_bench(const ol_train_opts *o, const ol_config *cfg, const char *path,
+                        ol_state_bench_result *out) {
   ol_grid *g = o->grid;
   memset(out, 0, sizeof *out);
   OL_TRY(ol_grid_layout(g, o->tp, o->pp));
@@ -270,11 +261,11 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
   float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each
   for (size_t i = 0; i < m.params.total; i++)
     for (int k = 0; k < 3; k++) bufs[k][i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;
-  ol_ckpt_meta meta = ol_checkpoint_meta(o, cfg, 1, 0.0);
+  ol_ckpt_meta meta = ol_state_meta(o, cfg, 1, 0.0);
 
   ol_grid_agree(g, OL_OK);  // start together
   double t0 = ol_now();
-  rc = ol_checkpoint_save(g, &m, &meta, path);  // ends agreed: every rank done
+  rc = ol_state_save(g, &m, &meta, path);  // ends agreed: every rank done
   out->write_s = ol_now() - t0;
   // read back into fresh buffers, each rank its own slices, and compare
   ol_params back = m.params;
@@ -286,7 +277,7 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
     ol_ckpt_meta found;
     rc = ol_ckpt_open(path, &c, &found);
     if (rc == OL_OK) {
-      rc = ol_checkpoint_load(&back, &m.generated, c, 1);
+      rc = ol_state_load(&back, &m.generated, c, 1);
       ol_ckpt_close(c);
     }
     const float *again[3] = {back.data, back.m, back.v};
@@ -300,7 +291,7 @@ int ol_checkpoint_bench(const ol_train_opts *o, const ol_config *cfg, const char
     int mismatch;
     ol_ckpt_meta found;
     t0 = ol_now();
-    rc = ol_checkpoint_verify(path, &m, &meta, &found, &mismatch);
+    rc = ol_state_verify(path, &m, &meta, &found, &mismatch);
     out->verify_s = ol_now() - t0;
     size_t bytes;
     out->bytes = ol_file_size(path, &bytes) == OL_OK ? (double)bytes : 0.0;
