@@ -7,6 +7,7 @@
 
 #include "onelora/core/core.h"
 #include "onelora/io/metrics.h"
+#include "json.h"
 
 struct ol_metrics {
   FILE *fp;    /* NULL: no log */
@@ -32,16 +33,9 @@ int ol_metrics_open(const char *path, int append, ol_metrics **out) {
 }
 
 static void put_string(FILE *fp, const char *s) {
-  fputc('"', fp);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(fp, "\\%c", *p);
-    else if (*p < 0x20)
-      fprintf(fp, "\\u%04x", *p);
-    else
-      fputc(*p, fp);
-  }
-  fputc('"', fp);
+  char *q = ol_json_quote(s);
+  fputs(q, fp);
+  ol_free(q);
 }
 
 /* Exact integers print as integers ("step": 3), other numbers with %.9g, non-finite as null. */

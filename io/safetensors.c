@@ -17,6 +17,7 @@
 #include "onelora/core/core.h"
 #include "onelora/io/weights.h"
 #include "onelora/io/metrics.h"
+#include "json.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "io/safetensors.c writes host floats as little-endian bytes; port it first"
@@ -60,18 +61,25 @@ static void text_add(text *t, const char *fmt, ...) {
   }
 }
 
-/* A JSON string: quotes, backslashes and control characters escaped. */
-static void text_json_str(text *t, const char *s) {
-  text_add(t, "\"");
+char *ol_json_quote(const char *s) {
+  text t = {0};
+  text_add(&t, "\"");
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
     if (*p == '"' || *p == '\\')
-      text_add(t, "\\%c", *p);
+      text_add(&t, "\\%c", *p);
     else if (*p < 0x20)
-      text_add(t, "\\u%04x", *p);
+      text_add(&t, "\\u%04x", *p);
     else
-      text_add(t, "%c", *p);
+      text_add(&t, "%c", *p);
   }
-  text_add(t, "\"");
+  text_add(&t, "\"");
+  return t.s;
+}
+
+static void text_json_str(text *t, const char *s) {
+  char *q = ol_json_quote(s);
+  text_add(t, "%s", q);
+  ol_free(q);
 }
 
 /* A finite double as a JSON number that reads back exactly and as a float in Python's json:

@@ -15,13 +15,11 @@ import sys
 
 import h5py
 
-failures = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clitest as ct  # noqa: E402
 
+check = ct.check
 
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
 
 
 def peak_rss_bytes(argv):
@@ -62,7 +60,7 @@ def main():
           "%d values, %d bytes, dtypes %s" % (values, size, sorted(dtypes)))
     for p in (tiny, big):
         os.remove(p)
-    return 1 if failures else 0
+    return ct.finish()
 
 
 if __name__ == "__main__":

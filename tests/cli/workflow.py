@@ -14,13 +14,11 @@ import sys
 import h5py
 import numpy as np
 
-failures = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import clitest as ct  # noqa: E402
 
+check = ct.check
 
-def check(name, ok, detail=""):
-    global failures
-    print("%s %s %s" % ("PASS" if ok else "FAIL", name, detail))
-    failures += 0 if ok else 1
 
 
 def run(argv):
@@ -81,7 +79,7 @@ def main():
     # f32 merge of W + b 1^T reorders the sums: agreement to f32 rounding of a loss ~5
     check("merge.equivalent", abs(merged - adapted[-1]) < 1e-5 * abs(adapted[-1]),
           "adapted %.7f merged %.7f" % (adapted[-1], merged))
-    return 1 if failures else 0
+    return ct.finish()
 
 
 if __name__ == "__main__":
