@@ -2,7 +2,8 @@
  * computed in double precision), the per-layer L2 norms of the trained tensors and, with --diff,
  * each tensor's change against a reference checkpoint. Every dataset of each file is read in
  * full, so every Fletcher32 checksum is verified, whatever is printed. Output formats:
- * docs/FORMATS.md, "Inspecting a checkpoint". */
+ * docs/FORMATS.md, "Inspecting a checkpoint". With --trajectory: a run's checkpoints, one value and
+ * one change per (layer, projection) and checkpoint (below; "Checkpoint trajectories"). */
 #include <stddef.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,9 +11,14 @@
 #include <string.h>
 
 #include "cli.h"
+#include "onelora/backend/backend.h"
+#include "onelora/peft/adapter.h"
 #include "onelora/peft/linear.h"
+#include "onelora/peft/method.h"
+#include "onelora/io/weights.h"
 #include "onelora/io/checkpoint.h"
 #include "onelora/io/files.h"
+#include "onelora/core/config.h"
 #include "onelora/core/core.h"
 
 #define NAME_LEN 256
@@ -532,23 +538,560 @@ static int inspect(const char *path, const char *other, const options *o) {
   return rc;
 }
 
+/* ---- --trajectory: a run's checkpoints, one value and one change per (layer, projection) ---- */
+
+/* For every checkpoint DIR/step-%08d.h5 in step order and every (layer, projection) cell that
+ * holds trained tensors:
+ *   value  the norm of what the method put there: ||b|| (1lora, 1lora-random), ||beta||
+ *          (bitfit), ||delta W||_F of lora's s B A, dora's directional part s B A, vera's
+ *          diag(lambda_b) B_d diag(lambda_d) A_k and mora's / mora6's merged update; for a
+ *          tensor with no adapter form (norms, full), ||theta||, or ||theta - theta_model||
+ *          with --model. Several of them in one cell add in squares.
+ *   delta  ||theta_t - theta_{t-1}|| over the cell's trained tensors (dora's m included); none
+ *          for the first checkpoint.
+ * delta W is formed a block of rows at a time by the backend (gemm, cyclic_rows, rope_apply:
+ * the same arithmetic as the method's merge) and never whole; one cell's tensors are in memory
+ * at a time. Tensors outside the layers (full's embedding, final norm and LM head) have no
+ * cell. Format: docs/FORMATS.md, "Checkpoint trajectories". */
+
+enum { TRAJ_BLOCK_FLOATS = 1 << 22 };  /* a block of rows of delta W: at most 16 MiB */
+
+typedef struct {
+  entry e;
+  size_t layer;
+  int module;         /* 0 .. N_MODULES - 1 */
+  const char *param;  /* into e.name: "lora_A", "onelora_b", "weight", ... */
+} traj_tensor;
+
+typedef struct {
+  float *x;  /* (cap,) from ol_bk->alloc */
+  size_t cap;
+} bk_buffer;
+
+static float *bk_reserve(bk_buffer *b, size_t n) {
+  if (n > b->cap) {
+    ol_bk->free(b->x);
+    b->x = ol_bk->alloc((n ? n : 1) * sizeof(float));
+    b->cap = n;
+  }
+  return b->x;
+}
+
+/* The checkpoint and its predecessor while one step is read */
+typedef struct {
+  const char *dir, *model_path;
+  ol_weights *model;
+  ol_ckpt_meta first_meta;      /* of the first checkpoint: every other must match it */
+  char first_path[4096];
+  int mora6, full;              /* the method trains mora6 (its mora_M), every weight */
+  float lora_scale;             /* s = alpha / r, as lora.c and dora.c compute it */
+  traj_tensor *t;               /* (nt,) params tensors inside the layers, by (layer, module) */
+  size_t nt;
+  size_t n_cells;               /* distinct (layer, module) among them */
+  size_t *cell_first;           /* (n_cells + 1,) index of each cell's first tensor in t */
+  size_t va_shape[2], vb_shape[2];  /* frozen vera_A (r, k_max), vera_B (d_max, r), if any */
+  int has_vera_frozen;
+  bk_buffer cur[OL_MAX_ADAPTERS + 4];  /* one cell's tensors of this checkpoint */
+  bk_buffer prev, wa, wb, block, tables;
+} traj_run;
+
+/* Output columns: the projections, then the norm before attention and the one before the MLP */
+static const char *traj_short(int m) {
+  return m < OL_PROJ_COUNT ? ol_proj_short((ol_proj)m) : m == OL_PROJ_COUNT ? "attn_norm" : "mlp_norm";
+}
+
+/* The (d, k) of projection p, the frozen W (out, in) of DESIGN §6 */
+static void proj_dims(const ol_config *c, int p, size_t *d, size_t *k) {
+  const size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim;
+  const size_t kv = (size_t)(c->dim / c->n_heads * c->n_kv_heads);
+  static const int out_kind[OL_PROJ_COUNT] = {0, 1, 1, 0, 2, 2, 0};  /* D, kv, F */
+  *d = out_kind[p] == 0 ? D : out_kind[p] == 1 ? kv : F;
+  *k = p == OL_DOWN ? F : D;
+}
+
+static int traj_tensor_cmp(const void *a, const void *b) {
+  const traj_tensor *x = a, *y = b;
+  if (x->layer != y->layer) return x->layer < y->layer ? -1 : 1;
+  if (x->module != y->module) return x->module < y->module ? -1 : 1;
+  return strcmp(x->e.name, y->e.name);
+}
+
+static int meta_differs(const ol_ckpt_meta *a, const ol_ckpt_meta *b, char *what, size_t size) {
+  if (strcmp(a->method, b->method))
+    snprintf(what, size, "method '%s' against '%s'", b->method, a->method);
+  else if (strcmp(a->targets, b->targets))
+    snprintf(what, size, "targets '%s' against '%s'", b->targets, a->targets);
+  else if (a->rank != b->rank || a->alpha_x1000 != b->alpha_x1000)
+    snprintf(what, size, "rank %lld alpha %g against rank %lld alpha %g", (long long)b->rank,
+             (double)b->alpha_x1000 / 1000.0, (long long)a->rank, (double)a->alpha_x1000 / 1000.0);
+  else if (a->seed != b->seed)
+    snprintf(what, size, "seed %llu against %llu", (unsigned long long)b->seed,
+             (unsigned long long)a->seed);
+  else if (ol_config_match(&b->cfg, &a->cfg, "the model") != OL_OK) {
+    snprintf(what, size, "another model shape (%s)", ol_last_error());
+    ol_clear_error();
+  } else
+    return 0;
+  return 1;
+}
+
+/* The first checkpoint fixes the run: its method, its tensors (names, shapes) and their cells. */
+static int traj_setup(traj_run *r, ckpt_file *f) {
+  r->first_meta = f->meta;
+  ol_strlcpy(r->first_path, f->path, sizeof r->first_path);
+  ol_method m;
+  const ol_ckpt_meta *meta = &f->meta;
+  OL_TRY(ol_method_parse(meta->method, meta->targets, meta->rank, (double)meta->alpha_x1000 / 1000.0,
+                         &m));
+  const ol_adapter_ops *ops[32];
+  int n_ops = ol_method_adapters(&m, ops);
+  for (int i = 0; i < n_ops; i++) r->mora6 |= strcmp(ops[i]->name, "mora6") == 0;
+  r->full = m.full;
+  r->lora_scale = meta->rank > 0 ? ol_lora_scale(&m) : 0.0f;
+  entry *e;
+  size_t n;
+  OL_TRY(list_group(f, OL_GROUP_PARAMS, &e, &n));
+  r->t = ol_calloc(n ? n : 1, sizeof *r->t);  // (n,)
+  for (size_t i = 0; i < n; i++) {
+    traj_tensor *t = &r->t[r->nt];
+    if (!layer_module(e[i].name, (size_t)meta->cfg.n_layers, &t->layer, &t->module)) continue;
+    t->e = e[i];
+    r->nt++;
+  }
+  ol_free(e);
+  qsort(r->t, r->nt, sizeof *r->t, traj_tensor_cmp);
+  r->cell_first = ol_calloc(r->nt + 1, sizeof *r->cell_first);  // (n_cells + 1,)
+  for (size_t i = 0; i < r->nt; i++) {
+    traj_tensor *t = &r->t[i];
+    t->param = t->e.name + strlen(t->e.name);
+    while (t->param > t->e.name && t->param[-1] != '.') t->param--;
+    if (i == 0 || t->layer != t[-1].layer || t->module != t[-1].module)
+      r->cell_first[r->n_cells++] = i;
+  }
+  r->cell_first[r->n_cells] = r->nt;
+  if (!r->n_cells)
+    return ol_error("onelora inspect: %s (method '%s') trains no tensor inside the layers: no "
+                    "trajectory to show", f->path, meta->method);
+  size_t nf;
+  OL_TRY(list_group(f, OL_GROUP_FROZEN, &e, &nf));
+  int have_a = 0, have_b = 0;
+  for (size_t i = 0; i < nf; i++) {
+    if (strcmp(e[i].name, "vera_A") == 0 && e[i].ndim == 2)
+      r->va_shape[0] = e[i].shape[0], r->va_shape[1] = e[i].shape[1], have_a = 1;
+    if (strcmp(e[i].name, "vera_B") == 0 && e[i].ndim == 2)
+      r->vb_shape[0] = e[i].shape[0], r->vb_shape[1] = e[i].shape[1], have_b = 1;
+  }
+  ol_free(e);
+  r->has_vera_frozen = have_a && have_b;
+  return OL_OK;
+}
+
+/* Every later checkpoint: the same run (method, targets, rank, alpha, seed, model shape) and the
+ * same trained tensors in the layers, so that values and deltas compare like with like. */
+static int traj_check_same_run(traj_run *r, ckpt_file *f) {
+  char what[512];
+  if (meta_differs(&r->first_meta, &f->meta, what, sizeof what))
+    return ol_error("onelora inspect: %s is not from the run of %s: %s; one directory, one run",
+                    f->path, r->first_path, what);
+  entry *e;
+  size_t n, k = 0;
+  OL_TRY(list_group(f, OL_GROUP_PARAMS, &e, &n));
+  int rc = OL_OK;
+  for (size_t i = 0; i < n && rc == OL_OK; i++) {
+    size_t l;
+    int m;
+    if (!layer_module(e[i].name, (size_t)f->meta.cfg.n_layers, &l, &m)) continue;
+    k++;
+    const traj_tensor *t = NULL;
+    for (size_t j = 0; j < r->nt && !t; j++)
+      if (strcmp(r->t[j].e.name, e[i].name) == 0) t = &r->t[j];
+    char sa[96], sb[96];
+    if (!t)
+      rc = ol_error("onelora inspect: %s has tensor 'params/%s', which %s lacks; one directory, "
+                    "one run", f->path, e[i].name, r->first_path);
+    else if (!same_shape(&t->e, &e[i]))
+      rc = ol_error("onelora inspect: tensor 'params/%s' has shape %s in %s but %s in %s", e[i].name,
+                    shape_str(&e[i], "[", ", ", "]", sa, sizeof sa), f->path,
+                    shape_str(&t->e, "[", ", ", "]", sb, sizeof sb), r->first_path);
+  }
+  ol_free(e);
+  if (rc == OL_OK && k != r->nt)
+    rc = ol_error("onelora inspect: %s has %zu trained tensors in the layers, %s has %zu; one "
+                  "directory, one run", f->path, k, r->first_path, r->nt);
+  return rc;
+}
+
+static const traj_tensor *cell_find(const traj_run *r, size_t cell_i, const char *param,
+                                    size_t *slot) {
+  for (size_t i = r->cell_first[cell_i]; i < r->cell_first[cell_i + 1]; i++)
+    if (strcmp(r->t[i].param, param) == 0) {
+      *slot = i - r->cell_first[cell_i];
+      return &r->t[i];
+    }
+  return NULL;
+}
+
+static int shape_error(const ckpt_file *f, const traj_tensor *t, const char *want) {
+  char s[96];
+  return ol_error("onelora inspect: %s: tensor 'params/%s' has shape %s, expected %s", f->path,
+                  t->e.name, shape_str(&t->e, "[", ", ", "]", s, sizeof s), want);
+}
+
+/* ||s B A||_F^2 with A (r, k) and B (d, r): delta W a block of rows at a time, as lora's merge
+ * forms it (one f32 GEMM; the sum of squares in double) */
+static double lora_sq(traj_run *r, const float *A, const float *B, size_t d, size_t k, size_t rk,
+                      float s) {
+  const size_t rows = TRAJ_BLOCK_FLOATS / k ? TRAJ_BLOCK_FLOATS / k : 1;
+  float *D = bk_reserve(&r->block, (rows < d ? rows : d) * k);  // (rows, k) rows of delta W
+  double sq = 0;
+  for (size_t i0 = 0; i0 < d; i0 += rows) {
+    const size_t n = d - i0 < rows ? d - i0 : rows;
+    ol_bk->gemm(0, 0, n, k, rk, s, B + i0 * rk, rk, A, k, 0.0f, D, k);
+    sq += ol_bk->sumsq(D, n * k);
+  }
+  return sq;
+}
+
+/* ||diag(lb) B_d diag(ld) A_k||_F^2, A (r, k_max) and B (d_max, r) the shared frozen matrices
+ * sliced as vera.c slices them (A[:, :k], B[:d, :]) */
+static double vera_sq(traj_run *r, const float *lb, const float *ld, const float *A, size_t kmax,
+                      const float *B, size_t d, size_t k, size_t rk) {
+  const size_t rows = TRAJ_BLOCK_FLOATS / k ? TRAJ_BLOCK_FLOATS / k : 1;
+  const size_t nb = rows < d ? rows : d;
+  float *D = bk_reserve(&r->block, nb * k + nb * rk);  // (rows, k) rows of delta W
+  float *S = D + nb * k;                               // (rows, r) rows of B~
+  double sq = 0;
+  for (size_t i0 = 0; i0 < d; i0 += rows) {
+    const size_t n = d - i0 < rows ? d - i0 : rows;
+    ol_bk->diag_scale(S, lb + i0, B + i0 * rk, ld, n, rk);
+    ol_bk->gemm(0, 0, n, k, rk, 1.0f, S, rk, A, kmax, 0.0f, D, k);
+    sq += ol_bk->sumsq(D, n * k);
+  }
+  return sq;
+}
+
+/* MoRA type 1 (mora.c's merge): rows i0 .. i0 + r^ of delta W, from a multiple of r^, are
+ * M (r^, r^) spread cyclically over the k_pad inputs, W[i, p mod k] += M[i mod r^, p mod r^]:
+ * every full block of r^ rows is the same block, so it is formed once. */
+static double mora_sq(traj_run *r, const float *M, size_t rhat, size_t d, size_t k) {
+  const size_t kp = (k + rhat - 1) / rhat * rhat, n = d < rhat ? d : rhat;
+  float *D = bk_reserve(&r->block, n * k);  // (n, k) the first n rows of delta W
+  ol_bk->cyclic_rows(D, k, 0, M, rhat, 0, kp, n, 0.0f);
+  const size_t full = d / rhat, rem = d % rhat;
+  return (double)full * ol_bk->sumsq(D, rhat * k * (full > 0)) + ol_bk->sumsq(D, rem * k);
+}
+
+/* MoRA type 6 (mora.c's merge): row i of delta W is rot_g^T(M_a), q = i mod k_pad, g = q / r^,
+ * a = q mod r^, at the inputs (g r^ + s) mod k, s < r^. Rows q and q + k_pad are equal, so the
+ * min(d, k_pad) distinct rows are formed, a group's block at a time, and counted d / k_pad times
+ * (once more for q < d mod k_pad). With r^ <= k the r^ inputs are distinct and the row is
+ * rot_g^T(M_a) itself; otherwise cyclic_rows sums the positions reached twice, as merge does. */
+static double mora6_sq(traj_run *r, const float *M, size_t rhat, size_t d, size_t k) {
+  const size_t kp = (k + rhat - 1) / rhat * rhat, G = kp / rhat, half = rhat / 2;
+  float *cos_t = bk_reserve(&r->tables, 2 * G * half);  // (G, r^/2) cos, then sin
+  float *sin_t = cos_t + G * half;
+  ol_bk->rope_table(cos_t, sin_t, G, rhat, 10000.0);
+  float *V = bk_reserve(&r->block, rhat * rhat + (rhat > k ? rhat * k : 0));  // (r^, r^)
+  float *D = V + rhat * rhat;  // (r^, k) when r^ > k: the rows of delta W
+  const size_t qmax = d < kp ? d : kp, full = d / kp, qb = d % kp;
+  double sq = 0;
+  for (size_t g = 0; g < G && g * rhat < qmax; g++) {
+    const size_t q0 = g * rhat, q1 = q0 + rhat < qmax ? q0 + rhat : qmax, n = q1 - q0;
+    memcpy(V, M, n * rhat * sizeof(float));  // rows 0 .. n of M
+    ol_bk->rope_apply(V, cos_t + g * half, sin_t + g * half, 1, 1, n, rhat, 1);  // rot_g^T
+    const float *rows = V;
+    size_t width = rhat;
+    if (rhat > k) {
+      ol_bk->cyclic_rows(D, k, g * rhat, V, rhat, 0, rhat, n, 0.0f);
+      rows = D, width = k;
+    }
+    const size_t split = qb <= q0 ? 0 : qb >= q1 ? n : qb - q0;  // rows counted full + 1 times
+    sq += (double)(full + 1) * ol_bk->sumsq(rows, split * width) +
+          (double)full * ol_bk->sumsq(rows + split * width, (n - split) * width);
+  }
+  return sq;
+}
+
+/* Reads one trained tensor of checkpoint f into b */
+static int traj_read(ckpt_file *f, const traj_tensor *t, bk_buffer *b) {
+  float *x = bk_reserve(b, numel_of(&t->e));
+  return ol_ckpt_read(f->c, OL_GROUP_PARAMS, t->e.name, t->e.ndim, t->e.shape, x);
+}
+
+/* value^2 of cell i of checkpoint f, whose tensors are in r->cur */
+static int cell_value_sq(traj_run *r, ckpt_file *f, size_t ci, double *out) {
+  const traj_tensor *first = &r->t[r->cell_first[ci]];
+  const size_t nt = r->cell_first[ci + 1] - r->cell_first[ci];
+  const int p = first->module;
+  size_t d = 0, k = 0;
+  if (p < OL_PROJ_COUNT) proj_dims(&f->meta.cfg, p, &d, &k);
+  int used[OL_MAX_ADAPTERS + 4] = {0};
+  double sq = 0;
+  size_t ia = 0, ib = 0, il = 0, id = 0, im = 0;
+  const traj_tensor *A = cell_find(r, ci, "lora_A", &ia), *B = cell_find(r, ci, "lora_B", &ib);
+  if (A || B) {  // lora, dora: s B A
+    if (!A || !B)
+      return ol_error("onelora inspect: %s: '%s' without its partner lora_%s", f->path,
+                      (A ? A : B)->e.name, A ? "B" : "A");
+    const size_t rk = A->e.shape[0];
+    char want[96];
+    snprintf(want, sizeof want, "[%zu, %zu] and [%zu, %zu]", rk, k, d, rk);
+    if (A->e.ndim != 2 || B->e.ndim != 2 || A->e.shape[1] != k || B->e.shape[0] != d ||
+        B->e.shape[1] != rk)
+      return shape_error(f, A, want);
+    sq += lora_sq(r, r->cur[ia].x, r->cur[ib].x, d, k, rk, r->lora_scale);
+    used[ia] = used[ib] = 1;
+  }
+  const traj_tensor *lb = cell_find(r, ci, "vera_lambda_b", &il),
+                    *ld = cell_find(r, ci, "vera_lambda_d", &id);
+  if (lb || ld) {  // vera: diag(lambda_b) B_d diag(lambda_d) A_k
+    if (!lb || !ld || !r->has_vera_frozen)
+      return ol_error("onelora inspect: %s: '%s' without %s", f->path, (lb ? lb : ld)->e.name,
+                      r->has_vera_frozen ? "its partner vera_lambda" : "the frozen vera_A and vera_B");
+    const size_t rk = ld->e.shape[0], kmax = r->va_shape[1];
+    if (lb->e.ndim != 1 || lb->e.shape[0] != d || ld->e.ndim != 1 || r->va_shape[0] != rk ||
+        r->vb_shape[1] != rk || k > kmax || d > r->vb_shape[0])
+      return ol_error("onelora inspect: %s: vera tensors of layer %zu %s do not fit: lambda_b [%zu], "
+                      "lambda_d [%zu], vera_A [%zu, %zu], vera_B [%zu, %zu] for a (%zu, %zu) "
+                      "projection", f->path, first->layer, traj_short(p), lb->e.shape[0], rk,
+                      r->va_shape[0], r->va_shape[1], r->vb_shape[0], r->vb_shape[1], d, k);
+    float *fa = bk_reserve(&r->wa, r->va_shape[0] * r->va_shape[1]);  // (r, k_max)
+    float *fb = bk_reserve(&r->wb, r->vb_shape[0] * r->vb_shape[1]);  // (d_max, r)
+    OL_TRY(ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_A", 2, r->va_shape, fa));
+    OL_TRY(ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_B", 2, r->vb_shape, fb));
+    sq += vera_sq(r, r->cur[il].x, r->cur[id].x, fa, kmax, fb, d, k, rk);
+    used[il] = used[id] = 1;
+  }
+  const traj_tensor *M = cell_find(r, ci, "mora_M", &im);
+  if (M) {  // mora, mora6: the merged update
+    const size_t rhat = M->e.shape[0];
+    if (M->e.ndim != 2 || M->e.shape[1] != rhat || rhat == 0 || (r->mora6 && rhat % 2))
+      return shape_error(f, M, r->mora6 ? "[r^, r^] with r^ even" : "[r^, r^]");
+    sq += r->mora6 ? mora6_sq(r, r->cur[im].x, rhat, d, k) : mora_sq(r, r->cur[im].x, rhat, d, k);
+    used[im] = 1;
+  }
+  if (cell_find(r, ci, "dora_m", &id)) used[id] = 1;  // its value needs W: delta only
+  for (size_t j = 0; j < nt; j++) {
+    if (used[j]) continue;
+    // 1lora's b, bitfit's beta, a norm's gamma, full's weights: the tensor itself, or its change
+    // from the model (--model) for the model's own tensors (norms, full)
+    const traj_tensor *t = &r->t[r->cell_first[ci] + j];
+    const size_t n = numel_of(&t->e);
+    float *x = r->cur[j].x;  // (n,)
+    const int from_model = strcmp(t->param, "weight") == 0 || (r->full && strcmp(t->param, "bias") == 0);
+    if (r->model && from_model) {
+      const size_t start[OL_MAX_DIMS] = {0};
+      float *w = bk_reserve(&r->prev, n);  // (n,) the model's tensor, then theta - theta_model
+      OL_TRY(ol_weights_read(r->model, t->e.name, t->e.ndim, t->e.shape, start, t->e.shape, w));
+      ol_bk->axpy(w, x, -1.0f, n);
+      sq += ol_bk->sumsq(w, n);
+    } else {
+      sq += ol_bk->sumsq(x, n);
+    }
+  }
+  *out = sq;
+  return OL_OK;
+}
+
+/* delta^2 of cell i: ||theta_t - theta_{t-1}||^2 over its tensors, theta_t in r->cur */
+static int cell_delta_sq(traj_run *r, ckpt_file *prev, size_t ci, double *out) {
+  double sq = 0;
+  for (size_t i = r->cell_first[ci]; i < r->cell_first[ci + 1]; i++) {
+    const traj_tensor *t = &r->t[i];
+    const size_t n = numel_of(&t->e);
+    OL_TRY(traj_read(prev, t, &r->prev));
+    ol_bk->axpy(r->prev.x, r->cur[i - r->cell_first[ci]].x, -1.0f, n);  // theta_{t-1} - theta_t
+    sq += ol_bk->sumsq(r->prev.x, n);
+  }
+  *out = sq;
+  return OL_OK;
+}
+
+static void traj_free(traj_run *r) {
+  for (size_t i = 0; i < sizeof r->cur / sizeof r->cur[0]; i++) ol_bk->free(r->cur[i].x);
+  ol_bk->free(r->prev.x);
+  ol_bk->free(r->wa.x);
+  ol_bk->free(r->wb.x);
+  ol_bk->free(r->block.x);
+  ol_bk->free(r->tables.x);
+  ol_free(r->t);
+  ol_free(r->cell_first);
+  if (r->model) ol_weights_close(r->model);
+}
+
+typedef struct {
+  int64_t *steps;    /* (n_ckpt,) */
+  double *loss;      /* (n_ckpt,) */
+  double *value;     /* (n_ckpt, n_cells) */
+  double *delta;     /* (n_ckpt, n_cells); NAN for the first checkpoint */
+  size_t n_ckpt;
+} traj_result;
+
+static void print_traj_csv(const traj_run *r, const traj_result *res) {
+  printf("step,layer,proj,value,delta\n");
+  for (size_t s = 0; s < res->n_ckpt; s++)
+    for (size_t c = 0; c < r->n_cells; c++) {
+      const traj_tensor *t = &r->t[r->cell_first[c]];
+      printf("%lld,%zu,%s,%.9g,", (long long)res->steps[s], t->layer, traj_short(t->module),
+             res->value[s * r->n_cells + c]);
+      if (s) printf("%.9g", res->delta[s * r->n_cells + c]);
+      printf("\n");
+    }
+}
+
+static void print_traj(const traj_run *r, const traj_result *res) {
+  const ol_ckpt_meta *m = &r->first_meta;
+  const size_t nc = r->n_cells, last = res->n_ckpt - 1;
+  printf("trajectory  %s: %zu checkpoints, steps %lld .. %lld\n", r->dir, res->n_ckpt,
+         (long long)res->steps[0], (long long)res->steps[last]);
+  printf("method      %s    targets %s    %lld layers, %zu cells (layer, projection) trained\n",
+         m->method, m->targets, (long long)m->cfg.n_layers, nc);
+  printf("value       the norm of what the method put in each cell (||b||, ||beta||, ||delta W||_F "
+         "or ||theta||%s)\n", r->model ? "; ||theta - theta_model|| for the model's tensors" : "");
+  printf("delta       ||theta_t - theta_{t-1}|| over the cell's trained tensors\n\n");
+  printf("%10s %12s %12s %12s  %s\n", "step", "loss", "||value||", "||delta||", "largest delta");
+  for (size_t s = 0; s < res->n_ckpt; s++) {
+    double vs = 0, ds = 0;
+    size_t worst = 0;
+    for (size_t c = 0; c < nc; c++) {
+      const double v = res->value[s * nc + c], dl = res->delta[s * nc + c];
+      vs += v * v;
+      if (s) {
+        ds += dl * dl;
+        if (dl > res->delta[s * nc + worst]) worst = c;
+      }
+    }
+    printf("%10lld %12.6f %12.4e", (long long)res->steps[s], res->loss[s], sqrt(vs));
+    if (s) {
+      const traj_tensor *t = &r->t[r->cell_first[worst]];
+      printf(" %12.4e  layer %zu %s (%.4e)\n", sqrt(ds), t->layer, traj_short(t->module),
+             res->delta[s * nc + worst]);
+    } else {
+      printf(" %12s  (first checkpoint)\n", "-");
+    }
+  }
+  int used[N_MODULES] = {0};
+  for (size_t c = 0; c < nc; c++) used[r->t[r->cell_first[c]].module] = 1;
+  printf("\nvalue at step %lld (rows: layers)\n%7s", (long long)res->steps[last], "layer");
+  for (int mo = 0; mo < N_MODULES; mo++)
+    if (used[mo]) printf(" %11s", traj_short(mo));
+  printf("\n");
+  size_t c = 0;
+  for (size_t l = 0; l < (size_t)m->cfg.n_layers; l++) {
+    printf("%7zu", l);
+    for (int mo = 0; mo < N_MODULES; mo++) {
+      if (!used[mo]) continue;
+      const traj_tensor *t = c < nc ? &r->t[r->cell_first[c]] : NULL;
+      if (t && t->layer == l && t->module == mo) printf(" %11.4e", res->value[last * nc + c++]);
+      else printf(" %11s", "-");
+    }
+    printf("\n");
+  }
+}
+
+static int trajectory(const char *dir, const char *model_path, int csv) {
+  traj_run r;
+  memset(&r, 0, sizeof r);
+  r.dir = dir;
+  r.model_path = model_path;
+  traj_result res = {0};
+  int64_t *steps = NULL;
+  size_t n = 0;
+  int rc = ol_ckpt_list(dir, &steps, &n);
+  if (rc == OL_OK && n == 0)
+    rc = ol_error("onelora inspect: --trajectory %s: no checkpoint (step-%%08d.h5) in that "
+                  "directory (is it the run's --ckpt-dir?)", dir);
+  ckpt_file files[2];  // the current checkpoint and its predecessor
+  memset(files, 0, sizeof files);
+  char paths[2][4096];
+  if (rc == OL_OK) {
+    res.steps = steps;
+    res.n_ckpt = n;
+    res.loss = ol_calloc(n, sizeof *res.loss);
+  }
+  for (size_t s = 0; rc == OL_OK && s < n; s++) {
+    ckpt_file *f = &files[s % 2], *prev = s ? &files[(s + 1) % 2] : NULL;
+    ol_ckpt_path(paths[s % 2], sizeof paths[0], dir, steps[s]);
+    rc = open_file(f, paths[s % 2]);
+    if (rc == OL_OK && s == 0) {
+      rc = traj_setup(&r, f);
+      if (rc == OL_OK) {
+        res.value = ol_calloc(n * r.n_cells, sizeof *res.value);
+        res.delta = ol_calloc(n * r.n_cells, sizeof *res.delta);
+      }
+      if (rc == OL_OK && model_path) {
+        ol_config mc;
+        rc = ol_weights_open(model_path, &r.model, &mc);
+        if (rc == OL_OK) rc = ol_config_match(&f->meta.cfg, &mc, model_path);
+      }
+    } else if (rc == OL_OK) {
+      rc = traj_check_same_run(&r, f);
+    }
+    if (rc == OL_OK && f->meta.step != steps[s])
+      rc = ol_error("onelora inspect: %s holds step %lld (attribute 'step'), not the %lld of its "
+                    "name", f->path, (long long)f->meta.step, (long long)steps[s]);
+    if (rc == OL_OK) res.loss[s] = f->meta.loss;
+    for (size_t c = 0; rc == OL_OK && c < r.n_cells; c++) {
+      for (size_t i = r.cell_first[c]; rc == OL_OK && i < r.cell_first[c + 1]; i++) {
+        if (i - r.cell_first[c] >= sizeof r.cur / sizeof r.cur[0])
+          rc = ol_error("onelora inspect: %s: layer %zu %s holds more than %zu trained tensors",
+                        f->path, r.t[i].layer, traj_short(r.t[i].module),
+                        sizeof r.cur / sizeof r.cur[0]);
+        else
+          rc = traj_read(f, &r.t[i], &r.cur[i - r.cell_first[c]]);
+      }
+      double v = 0, dl = NAN;
+      if (rc == OL_OK) rc = cell_value_sq(&r, f, c, &v);
+      if (rc == OL_OK && prev) rc = cell_delta_sq(&r, prev, c, &dl);
+      if (rc == OL_OK) {
+        res.value[s * r.n_cells + c] = sqrt(v);
+        res.delta[s * r.n_cells + c] = prev ? sqrt(dl) : NAN;
+      }
+    }
+    if (prev && prev->c) {
+      ol_ckpt_close(prev->c);
+      prev->c = NULL;
+    }
+  }
+  for (int i = 0; i < 2; i++)
+    if (files[i].c) ol_ckpt_close(files[i].c);
+  if (rc == OL_OK) {
+    if (csv) print_traj_csv(&r, &res);
+    else print_traj(&r, &res);
+  }
+  traj_free(&r);
+  ol_free(steps);
+  ol_free(res.loss);
+  ol_free(res.value);
+  ol_free(res.delta);
+  return rc;
+}
+
 int ol_cmd_inspect(int argc, char **argv) {
-  const char *other = NULL;
+  const char *other = NULL, *traj_dir = NULL, *model = NULL;
   options o = {0};
   const ol_arg args[] = {
       {"--diff", OL_ARG_STR, &other, "OTHER.h5",
        "per tensor ||a-b|| and ||a-b||/||b|| against OTHER (the reference b)"},
       {"--csv", OL_ARG_FLAG, &o.csv, NULL,
-       "CSV instead of tables: group,name,shape,numel,l2,min,max,mean_abs"},
+       "CSV instead of tables: group,name,shape,numel,l2,min,max,mean_abs (with --trajectory: "
+       "step,layer,proj,value,delta)"},
       {"--per-layer", OL_ARG_FLAG, &o.per_layer, NULL,
        "with --csv: the per-layer summary instead, layer,module,l2"},
       {"--moments", OL_ARG_FLAG, &o.moments, NULL, "also show the AdamW moments adam_m, adam_v"},
+      {"--trajectory", OL_ARG_STR, &traj_dir, "CKPT_DIR",
+       "every checkpoint DIR/step-%08d.h5 of one run, in step order: per layer and projection the "
+       "norm of the method's update and its change from the previous checkpoint"},
+      {"--model", OL_ARG_STR, &model, "M",
+       "with --trajectory: values of the model's own trained tensors (norms, full) as "
+       "||theta - theta_model||, M the run's --model"},
   };
   char *pos[2];
   int npos = 0, help;
   if (ol_args_parse(
           "inspect",
-          "CKPT.h5 [--diff OTHER.h5] [--csv [--per-layer]] [--moments]\n\n"
+          "CKPT.h5 [--diff OTHER.h5] [--csv [--per-layer]] [--moments]\n"
+          "       onelora inspect --trajectory CKPT_DIR [--csv] [--model M]\n\n"
           "Prints a checkpoint's header (step, method, model shape, layout, loss), a table of its\n"
           "tensors (L2 norm, min, max, mean |x|, in double precision; groups params and frozen,\n"
           "with --moments also adam_m and adam_v) and the per-layer L2 norms of the trained\n"
@@ -561,12 +1104,32 @@ int ol_cmd_inspect(int argc, char **argv) {
           "diff_abs,diff_rel,present (both|ckpt_only|other_only), empty where not defined.\n"
           "Shapes are written d0xd1. --csv --per-layer: rows layer,module,l2 for each cell, then\n"
           "'<layer>,total' per layer, 'all,<module>' and 'all,total', and 'outside,<tensor name>'\n"
-          "for trained tensors outside the layers. See docs/FORMATS.md.",
+          "for trained tensors outside the layers.\n\n"
+          "--trajectory: for each checkpoint of the directory (one run) and each trained (layer,\n"
+          "projection): value = the norm of what the method put there (||b|| for 1lora and\n"
+          "1lora-random, ||beta|| for bitfit, ||delta W||_F for lora, dora's s B A, vera and\n"
+          "mora/mora6, ||theta|| of each tensor for norms and full, or ||theta - theta_model||\n"
+          "with --model) and delta = ||theta_t - theta_{t-1}|| over its trained tensors. Tables:\n"
+          "a line per checkpoint and the final values; --csv: step,layer,proj,value,delta with\n"
+          "proj q,k,v,o,gate,up,down,attn_norm,mlp_norm and delta empty on the first checkpoint.\n"
+          "jobs/trajectory.sh draws it. See docs/FORMATS.md.",
           argc, argv, args, sizeof args / sizeof args[0], &help, pos, 2, &npos) != OL_OK)
     return ol_cli_fail();
   if (help) return 0;
   int rc = OL_OK;
-  if (npos == 0)
+  if (traj_dir) {
+    if (npos > 0)
+      rc = ol_error("onelora inspect: --trajectory %s reads a directory; '%s' is one checkpoint "
+                    "too many", traj_dir, pos[0]);
+    else if (other || o.per_layer || o.moments)
+      rc = ol_error("onelora inspect: --trajectory takes only --csv and --model, not %s",
+                    other ? "--diff" : o.per_layer ? "--per-layer" : "--moments");
+    if (rc == OL_OK) rc = trajectory(traj_dir, model, o.csv);
+    return rc == OL_OK ? 0 : ol_cli_fail();
+  }
+  if (model)
+    rc = ol_error("onelora inspect: --model %s is for --trajectory only", model);
+  else if (npos == 0)
     rc = ol_error("onelora inspect: missing the checkpoint file (see onelora inspect --help)");
   else if (npos > 1)
     rc = ol_error("onelora inspect: one checkpoint expected, got '%s' and '%s' (use --diff "
