@@ -592,7 +592,8 @@ typedef struct {
   size_t va_shape[2], vb_shape[2];  /* frozen vera_A (r, k_max), vera_B (d_max, r), if any */
   int has_vera_frozen;
   bk_buffer cur[OL_MAX_ADAPTERS + 4];  /* one cell's tensors of this checkpoint */
-  bk_buffer prev, wa, wb, block, tables;
+  bk_buffer prev, block, tables;
+  bk_buffer wa, wb;             /* (r, k_max), (d_max, r): this checkpoint's vera_A, vera_B */
 } traj_run;
 
 /* Output columns: the projections, then the norm before attention and the one before the MLP */
@@ -627,11 +628,21 @@ static int meta_differs(const ol_ckpt_meta *a, const ol_ckpt_meta *b, char *what
   else if (a->seed != b->seed)
     snprintf(what, size, "seed %llu against %llu", (unsigned long long)b->seed,
              (unsigned long long)a->seed);
-  else if (ol_config_match(&b->cfg, &a->cfg, "the model") != OL_OK) {
-    snprintf(what, size, "another model shape (%s)", ol_last_error());
-    ol_clear_error();
-  } else
+  else {
+    static const char *const field[] = {"dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim",
+                                        "vocab_size"};
+    const int64_t va[] = {a->cfg.dim, a->cfg.n_layers, a->cfg.n_heads, a->cfg.n_kv_heads,
+                          a->cfg.ffn_dim, a->cfg.vocab_size};
+    const int64_t vb[] = {b->cfg.dim, b->cfg.n_layers, b->cfg.n_heads, b->cfg.n_kv_heads,
+                          b->cfg.ffn_dim, b->cfg.vocab_size};
+    for (size_t i = 0; i < sizeof field / sizeof field[0]; i++)
+      if (va[i] != vb[i]) {
+        snprintf(what, size, "model shape %s %lld against %lld", field[i], (long long)vb[i],
+                 (long long)va[i]);
+        return 1;
+      }
     return 0;
+  }
   return 1;
 }
 
@@ -641,8 +652,10 @@ static int traj_setup(traj_run *r, ckpt_file *f) {
   ol_strlcpy(r->first_path, f->path, sizeof r->first_path);
   ol_method m;
   const ol_ckpt_meta *meta = &f->meta;
-  OL_TRY(ol_method_parse(meta->method, meta->targets, meta->rank, (double)meta->alpha_x1000 / 1000.0,
-                         &m));
+  if (ol_method_parse(meta->method, meta->targets, meta->rank, (double)meta->alpha_x1000 / 1000.0,
+                      &m) != OL_OK)
+    return ol_error("onelora inspect: %s: method '%s', targets '%s' are not this build's (%s)",
+                    f->path, meta->method, meta->targets, ol_last_error());
   const ol_adapter_ops *ops[32];
   int n_ops = ol_method_adapters(&m, ops);
   for (int i = 0; i < n_ops; i++) r->mora6 |= strcmp(ops[i]->name, "mora6") == 0;
@@ -855,11 +868,7 @@ static int cell_value_sq(traj_run *r, ckpt_file *f, size_t ci, double *out) {
                       "lambda_d [%zu], vera_A [%zu, %zu], vera_B [%zu, %zu] for a (%zu, %zu) "
                       "projection", f->path, first->layer, traj_short(p), lb->e.shape[0], rk,
                       r->va_shape[0], r->va_shape[1], r->vb_shape[0], r->vb_shape[1], d, k);
-    float *fa = bk_reserve(&r->wa, r->va_shape[0] * r->va_shape[1]);  // (r, k_max)
-    float *fb = bk_reserve(&r->wb, r->vb_shape[0] * r->vb_shape[1]);  // (d_max, r)
-    OL_TRY(ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_A", 2, r->va_shape, fa));
-    OL_TRY(ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_B", 2, r->vb_shape, fb));
-    sq += vera_sq(r, r->cur[il].x, r->cur[id].x, fa, kmax, fb, d, k, rk);
+    sq += vera_sq(r, r->cur[il].x, r->cur[id].x, r->wa.x, kmax, r->wb.x, d, k, rk);
     used[il] = used[id] = 1;
   }
   const traj_tensor *M = cell_find(r, ci, "mora_M", &im);
@@ -998,7 +1007,10 @@ static int trajectory(const char *dir, const char *model_path, int csv) {
   int64_t *steps = NULL;
   size_t n = 0;
   int rc = ol_ckpt_list(dir, &steps, &n);
-  if (rc == OL_OK && n == 0)
+  size_t dir_bytes;
+  if (rc == OL_OK && n == 0 && ol_file_size(dir, &dir_bytes) != OL_OK)
+    rc = ol_error("onelora inspect: --trajectory %s: no such directory (%s)", dir, ol_last_error());
+  else if (rc == OL_OK && n == 0)
     rc = ol_error("onelora inspect: --trajectory %s: no checkpoint (step-%%08d.h5) in that "
                   "directory (is it the run's --ckpt-dir?)", dir);
   ckpt_file files[2];  // the current checkpoint and its predecessor
@@ -1022,7 +1034,9 @@ static int trajectory(const char *dir, const char *model_path, int csv) {
       if (rc == OL_OK && model_path) {
         ol_config mc;
         rc = ol_weights_open(model_path, &r.model, &mc);
-        if (rc == OL_OK) rc = ol_config_match(&f->meta.cfg, &mc, model_path);
+        if (rc == OL_OK && ol_config_match(&f->meta.cfg, &mc, f->path) != OL_OK)
+          rc = ol_error("onelora inspect: --model %s is not the model of this run: %s", model_path,
+                        ol_last_error());
       }
     } else if (rc == OL_OK) {
       rc = traj_check_same_run(&r, f);
@@ -1031,6 +1045,13 @@ static int trajectory(const char *dir, const char *model_path, int csv) {
       rc = ol_error("onelora inspect: %s holds step %lld (attribute 'step'), not the %lld of its "
                     "name", f->path, (long long)f->meta.step, (long long)steps[s]);
     if (rc == OL_OK) res.loss[s] = f->meta.loss;
+    if (rc == OL_OK && r.has_vera_frozen) {  // VeRA's shared A (r, k_max) and B (d_max, r)
+      rc = ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_A", 2, r.va_shape,
+                        bk_reserve(&r.wa, r.va_shape[0] * r.va_shape[1]));
+      if (rc == OL_OK)
+        rc = ol_ckpt_read(f->c, OL_GROUP_FROZEN, "vera_B", 2, r.vb_shape,
+                          bk_reserve(&r.wb, r.vb_shape[0] * r.vb_shape[1]));
+    }
     for (size_t c = 0; rc == OL_OK && c < r.n_cells; c++) {
       for (size_t i = r.cell_first[c]; rc == OL_OK && i < r.cell_first[c + 1]; i++) {
         if (i - r.cell_first[c] >= sizeof r.cur / sizeof r.cur[0])
