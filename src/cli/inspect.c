@@ -790,8 +790,9 @@ static double mora_sq(traj_run *r, const float *M, size_t rhat, size_t d, size_t
   const size_t kp = (k + rhat - 1) / rhat * rhat, n = d < rhat ? d : rhat;
   float *D = bk_reserve(&r->block, n * k);  // (n, k) the first n rows of delta W
   ol_bk->cyclic_rows(D, k, 0, M, rhat, 0, kp, n, 0.0f);
-  const size_t full = d / rhat, rem = d % rhat;
-  return (double)full * ol_bk->sumsq(D, rhat * k * (full > 0)) + ol_bk->sumsq(D, rem * k);
+  const size_t full = d / rhat, rem = d % rhat;  // whole blocks of r^ rows, then the first rem
+  const double block = full ? ol_bk->sumsq(D, rhat * k) : 0.0;
+  return (double)full * block + ol_bk->sumsq(D, rem * k);
 }
 
 /* MoRA type 6 (mora.c's merge): row i of delta W is rot_g^T(M_a), q = i mod k_pad, g = q / r^,
