@@ -94,8 +94,8 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
     rc = ol_error("onelora generate: give the prompt with exactly one of --prompt TEXT and "
                   "--prompt-ids I,J,...");
   else if (tokens <= 0)
-    rc = ol_error("--tokens %lld: expected a positive number of tokens to generate",
-                  (long long)tokens);
+    rc = ol_error("--tokens %lld: expected a positive number of new tokens (--tokens N is "
+                  "required)", (long long)tokens);
   else if (temperature < 0.0)
     rc = ol_error("--temperature %g: expected 0 (greedy) or more", temperature);
   else if (top_k < 0)

@@ -72,11 +72,6 @@ static int load_model(const ol_generate_opts *o, ol_model *m, ol_config *cfg) {
     ol_model_init_adapters(m, seed);  // then overwritten by the checkpoint's values
     if (c) rc = ol_state_load(&m->params, &m->generated, c, 0);
   }
-  if (rc == OL_OK && g->world_rank == 0)
-    fprintf(stderr, "onelora generate: model %s (D=%lld L=%lld V=%lld) | method %s%s%s | "
-            "layout tp %d pp %d\n", o->model_path, (long long)cfg->dim,
-            (long long)cfg->n_layers, (long long)cfg->vocab_size, method.text,
-            c ? " from " : "", c ? o->ckpt_path : "", g->tp, g->pp);
   ol_weights_close(mf);
   if (c) ol_ckpt_close(c);
   return rc;
@@ -167,6 +162,11 @@ int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
     return rc;
   }
 
+  if (g->world_rank == 0)
+    fprintf(stderr, "onelora generate: model %s (D=%lld L=%lld V=%lld) | method %s%s%s | "
+            "layout tp %d pp %d\n", o->model_path, (long long)cfg->dim,
+            (long long)cfg->n_layers, (long long)cfg->vocab_size, m.method.text,
+            o->ckpt_path ? " from " : "", o->ckpt_path ? o->ckpt_path : "", g->tp, g->pp);
   const size_t V = (size_t)cfg->vocab_size;
   float *local = ol_bk->alloc(m.Vl * sizeof(float));   // (V/TP) this rank's logits
   float *logits = ol_bk->alloc(V * sizeof(float));     // (V) the whole vocabulary's
