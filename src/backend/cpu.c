@@ -15,6 +15,7 @@
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "onelora/backend/backend.h"
@@ -936,6 +937,76 @@ static void cpu_cyclic_rows(float *dst, size_t nd, size_t a, const float *src, s
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Generation: attention of new query rows against a KV cache, and sampling a token.
+ *
+ * A decode step has one query row per head: the scores are one matrix-vector product with the
+ * cached keys, the output one with the cached values, each a BLAS gemv on strided views (row j
+ * of kv head g of the cache is at k[j Hkv hd + g hd]), with the same softmax row kernel as
+ * attention_forward. */
+
+static void cpu_attention_cached(float *out, const float *q, const float *k, const float *v,
+                                 size_t n, size_t t0, size_t H, size_t Hkv, size_t hd,
+                                 float *scratch) {
+  // out, q (n, H, hd); k, v (t0+n, Hkv, hd); scratch (t0+n)
+  OL_CHECK(Hkv > 0 && H % Hkv == 0);
+  const size_t group = H / Hkv, ldq = H * hd, ldk = Hkv * hd;
+  const float scale = 1.0f / sqrtf((float)hd);
+  for (size_t i = 0; i < n; i++) {
+    const size_t len = t0 + i + 1;  // keys 0 .. t0+i
+    for (size_t h = 0; h < H; h++) {
+      const float *qi = q + i * ldq + h * hd;       // (hd)
+      const float *kb = k + (h / group) * hd;       // (len, hd), stride ldk
+      const float *vb = v + (h / group) * hd;       // (len, hd), stride ldk
+      float *oi = out + i * ldq + h * hd;           // (hd)
+      float *s = scratch;                           // (len)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, to_int(len), to_int(hd), 1.0f, kb, to_int(ldk),
+                  qi, 1, 0.0f, s, 1);
+      float m;
+      const double sum = softmax_row_unnorm(s, len, scale, &m);
+      cblas_sgemv(CblasRowMajor, CblasTrans, to_int(len), to_int(hd), 1.0f, vb, to_int(ldk), s,
+                  1, 0.0f, oi, 1);
+      const float f = (float)(1.0 / sum);
+      for (size_t d = 0; d < hd; d++) oi[d] *= f;
+    }
+  }
+}
+
+static int cmp_float_desc(const void *a, const void *b) {
+  const float x = *(const float *)a, y = *(const float *)b;
+  return (x < y) - (x > y);
+}
+
+static int64_t cpu_sample(const float *logits, size_t V, float temperature, size_t top_k,
+                          double u, float *scratch) {
+  // logits (V), scratch (V)
+  OL_CHECK(V > 0);
+  size_t best = 0;
+  for (size_t i = 1; i < V; i++)
+    if (logits[i] > logits[best]) best = i;  // strict: the lowest id wins a tie
+  if (temperature == 0.0f) return (int64_t)best;
+  float threshold = -INFINITY;  // the top_k-th largest logit
+  if (top_k > 0 && top_k < V) {
+    memcpy(scratch, logits, V * sizeof(float));
+    qsort(scratch, V, sizeof(float), cmp_float_desc);
+    threshold = scratch[top_k - 1];
+  }
+  const double mx = logits[best], inv_t = 1.0 / (double)temperature;
+  double total = 0.0;
+  for (size_t i = 0; i < V; i++)
+    if (logits[i] >= threshold) total += exp(((double)logits[i] - mx) * inv_t);
+  const double r = u * total;
+  double acc = 0.0;
+  size_t last = best;
+  for (size_t i = 0; i < V; i++) {
+    if (logits[i] < threshold) continue;
+    acc += exp(((double)logits[i] - mx) * inv_t);
+    last = i;
+    if (acc > r) return (int64_t)i;
+  }
+  return (int64_t)last;  // u * total rounded up to the total itself: the last kept id
+}
+
+/* ---------------------------------------------------------------------------------------------
  * the table */
 
 static const ol_backend cpu_backend = {
@@ -989,6 +1060,9 @@ static const ol_backend cpu_backend = {
     .diag_scale = cpu_diag_scale,
     .diag_scale_backward = cpu_diag_scale_backward,
     .cyclic_rows = cpu_cyclic_rows,
+    /* generation */
+    .attention_cached = cpu_attention_cached,
+    .sample = cpu_sample,
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }

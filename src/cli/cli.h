@@ -17,6 +17,7 @@ int ol_cmd_merge(int argc, char **argv);
 int ol_cmd_convert(int argc, char **argv);
 int ol_cmd_plan(int argc, char **argv);
 int ol_cmd_inspect(int argc, char **argv);
+int ol_cmd_generate(int argc, char **argv, ol_grid *grid);
 
 typedef enum { OL_ARG_STR, OL_ARG_INT, OL_ARG_FLOAT, OL_ARG_FLAG, OL_ARG_STRS } ol_arg_kind;
 

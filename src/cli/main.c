@@ -22,6 +22,7 @@ static const command commands[] = {
     {"convert", ol_cmd_convert, NULL, "Hugging Face directory to an onelora model file"},
     {"plan", ol_cmd_plan, NULL, "count what a method trains on a model (before running it)"},
     {"inspect", ol_cmd_inspect, NULL, "tensor and per-layer norms of a checkpoint; verifies checksums"},
+    {"generate", NULL, ol_cmd_generate, "sample text from a model with a checkpoint's adapters"},
 };
 
 static void usage(FILE *f) {

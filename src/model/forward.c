@@ -34,11 +34,35 @@ static void rank_widths(const ol_model *m, size_t *F, size_t *H, size_t *Hkv) {
   *Hkv = (size_t)m->cfg.n_kv_heads / tp;
 }
 
+/* Generation's attention of block l (B = 1): the a->N new tokens' q and k turned by RoPE at
+ * their positions t0 = cache->len .., their k and v appended to layer l's cache, and their
+ * queries attending over positions 0 .. t0 + N - 1. The prefill (t0 = 0) is the plain causal
+ * attention of the new tokens, so a prompt runs exactly as a training forward does. */
+static void cached_attention(ol_model *m, ol_acts *a, size_t l, ol_block_acts *ba,
+                             ol_kv_cache *cache, size_t H, size_t Hkv) {
+  const size_t N = a->N, hd = m->hd, t0 = cache->len, kvD = cache->kvD;
+  OL_CHECK(a->B == 1 && t0 + N <= cache->T_max && kvD == Hkv * hd);
+  const float *cos_t = cache->rope_cos + t0 * (hd / 2), *sin_t = cache->rope_sin + t0 * (hd / 2);
+  ol_bk->rope_apply(ba->q, cos_t, sin_t, 1, N, H, hd, 0);
+  ol_bk->rope_apply(ba->k, cos_t, sin_t, 1, N, Hkv, hd, 0);
+  float *kc = cache->k + l * cache->T_max * kvD;  // (T_max, Hkv/TP*hd) layer l's keys
+  float *vc = cache->v + l * cache->T_max * kvD;  // (T_max, Hkv/TP*hd) and values
+  memcpy(kc + t0 * kvD, ba->k, N * kvD * sizeof(float));
+  memcpy(vc + t0 * kvD, ba->v, N * kvD * sizeof(float));
+  if (t0 == 0)
+    ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, 1, N, H, Hkv, hd,
+                             a->attn_scratch);
+  else
+    ol_bk->attention_cached(a->att, ba->q, kc, vc, N, t0, H, Hkv, hd, cache->scores);
+}
+
 /* x (N, D) -> out (N, D) through block l; fills its block_acts. Under TP the attention runs on
  * this rank's H/TP query and Hkv/TP kv heads, the MLP on its F/TP rows; the row-parallel o and
  * down sum their partial outputs over TP themselves (one all-reduce each, in ol_linear_forward)
- * and add them to the residual, which is the same on every rank. */
-static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out) {
+ * and add them to the residual, which is the same on every rank. With a KV cache (generation)
+ * the attention reads and extends it (cached_attention). */
+static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, float *out,
+                          ol_kv_cache *cache) {
   ol_block *b = &m->blocks[l];
   ol_block_acts *ba = ol_acts_block(a, l);
   const size_t N = a->N, D = (size_t)m->cfg.dim, hd = m->hd;
@@ -49,10 +73,14 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
   ol_bk->rmsnorm_forward(a->xn, ba->rstd1, x, b->attn_norm.data, N, D, eps);
   float *qkv[3] = {ba->q, ba->k, ba->v};
   ol_linears_forward(&b->lin[OL_Q], 3, a->xn, qkv, N, &ba->saved[OL_Q]);
-  ol_bk->rope_apply(ba->q, a->rope_cos, a->rope_sin, a->B, a->T, H, hd, 0);
-  ol_bk->rope_apply(ba->k, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 0);
-  ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
-                           a->attn_scratch);
+  if (cache) {
+    cached_attention(m, a, l, ba, cache, H, Hkv);
+  } else {
+    ol_bk->rope_apply(ba->q, a->rope_cos, a->rope_sin, a->B, a->T, H, hd, 0);
+    ol_bk->rope_apply(ba->k, a->rope_cos, a->rope_sin, a->B, a->T, Hkv, hd, 0);
+    ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
+                             a->attn_scratch);
+  }
   memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
   ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, 1.0f, ba->saved[OL_O]);
 
@@ -144,7 +172,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   float *xs = a->xs;  // (L+1, N, D): xs[0] is the stage input, xs[L] its output
   set_linear_work(m, a);
   if (m->stage.has_embed) embed_forward(m, xs, tokens, N);
-  for (size_t l = 0; l < L; l++) block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D);
+  for (size_t l = 0; l < L; l++) block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D, NULL);
   if (!m->stage.has_head) return 0.0;  // a pipeline stage hands xs[L] on
 
   // final norm, then the LM head and the loss in chunks of tokens, backward fused in; under TP
@@ -181,9 +209,51 @@ void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens) {
     const float *x = a->xs + l * N * D;  // (N, D) block l's input
     // the shared slot still holds the last block's activations from forward; every earlier
     // block refills it (writing xs[l+1] again, with the values it already holds)
-    if (a->recompute && l + 1 < L) block_forward(m, a, l, x, a->xs + (l + 1) * N * D);
+    if (a->recompute && l + 1 < L) block_forward(m, a, l, x, a->xs + (l + 1) * N * D, NULL);
     block_backward(m, a, l, x);
   }
   float *dembed = ol_model_grad(m, &m->embed);
   if (m->stage.has_embed && dembed) embed_backward(m, dembed, tokens, a->dres, N);
+}
+
+/* ---- generation ------------------------------------------------------------------------------ */
+
+void ol_kv_cache_alloc(ol_kv_cache *c, const ol_model *m, size_t T_max) {
+  memset(c, 0, sizeof *c);
+  const size_t L = m->stage.n_layers, hd = m->hd;
+  const size_t kvD = (size_t)m->cfg.n_kv_heads / (size_t)m->stage.tp * hd;
+  c->L = L, c->T_max = T_max, c->kvD = kvD;
+  // one backend allocation: k, v (L, T_max, kvD), rope cos, sin (T_max, hd/2), scores (T_max),
+  // each rounded up to 16 floats so that every buffer stays 64-byte aligned
+  const size_t kv = (L * T_max * kvD + 15) / 16 * 16, rope = (T_max * (hd / 2) + 15) / 16 * 16;
+  const size_t scores = (T_max + 15) / 16 * 16;
+  float *p = c->memory = ol_bk->alloc((2 * kv + 2 * rope + scores) * sizeof(float));
+  c->k = p, c->v = p + kv;                                  // (L, T_max, kvD)
+  c->rope_cos = p + 2 * kv, c->rope_sin = p + 2 * kv + rope; // (T_max, hd/2)
+  c->scores = p + 2 * kv + 2 * rope;                        // (T_max)
+  ol_bk->rope_table(c->rope_cos, c->rope_sin, T_max, hd, m->cfg.rope_theta);
+}
+
+void ol_kv_cache_free(ol_kv_cache *c) {
+  if (c->memory) ol_bk->free(c->memory);
+  memset(c, 0, sizeof *c);
+}
+
+void ol_model_forward_cached(ol_model *m, ol_acts *a, ol_kv_cache *cache, const int32_t *tokens,
+                             float *logits) {
+  const size_t N = a->N, D = (size_t)m->cfg.dim, L = m->stage.n_layers;
+  OL_CHECK(a->B == 1);
+  float *xs = a->xs;  // (L+1, N, D): xs[0] is the stage input, xs[L] its output
+  set_linear_work(m, a);
+  if (m->stage.has_embed) embed_forward(m, xs, tokens, N);
+  for (size_t l = 0; l < L; l++)
+    block_forward(m, a, l, xs + l * N * D, xs + (l + 1) * N * D, cache);
+  if (cache) cache->len += N;
+  if (!m->stage.has_head) return;  // a pipeline stage hands xs[L] on
+  // the final norm and the LM head of the last position only: logits (V/TP)
+  const float *last = xs + L * N * D + (N - 1) * D;  // (1, D)
+  ol_bk->rmsnorm_forward(a->xn, a->rstd_final, last, m->final_norm.data, 1, D,
+                         (float)m->cfg.norm_eps);
+  ol_copy_to_tp_forward(m->tp, a->xn, D);  // the head's rows are split over TP
+  head_gemm(m, a, 1, 1, a->xn, logits);
 }

@@ -136,3 +136,17 @@ void ol_pp_sum(ol_grid *g, double *x, int n) {
   if (g->pp == 1) return;
   MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, pp_comm(g));
 }
+
+/* Generation moves one step's (n, D) residual stream at a time, and every stage waits for it
+ * anyway: plain blocking messages, with a tag of their own (the executor's tags are 2 mb + dir). */
+#define PP_GENERATE_TAG 0x7fff
+void ol_pp_send_next(ol_grid *g, const float *x, size_t n) {
+  OL_CHECK(g->pp_rank + 1 < g->pp && n <= (size_t)INT32_MAX);
+  MPI_Send(x, (int)n, MPI_FLOAT, g->pp_rank + 1, PP_GENERATE_TAG, pp_comm(g));
+  g->bytes[OL_COMM_PP] += (double)n * sizeof(float);
+}
+
+void ol_pp_recv_prev(ol_grid *g, float *x, size_t n) {
+  OL_CHECK(g->pp_rank > 0 && n <= (size_t)INT32_MAX);
+  MPI_Recv(x, (int)n, MPI_FLOAT, g->pp_rank - 1, PP_GENERATE_TAG, pp_comm(g), MPI_STATUS_IGNORE);
+}

@@ -47,7 +47,16 @@ static double vocab_cross_entropy(const ol_tp *tp, float *logits, const int32_t 
   return ol_bk->vp_ce_loss(mx, zt, sum, n);
 }
 
-static const ol_tp_ops tp_regions = {copy_to_backward, reduce_from_forward, vocab_cross_entropy};
+/* gather_from_tp: every rank's n floats, in TP rank order (the vocabulary shards' order). */
+static void gather_forward(const ol_tp *tp, const float *x, size_t n, float *out) {
+  ol_grid *g = grid_of(tp);
+  OL_CHECK(n <= (size_t)INT32_MAX);
+  MPI_Allgather(x, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, tp_comm(g));
+  g->bytes[OL_COMM_TP_FWD] += (double)n * sizeof(float);
+}
+
+static const ol_tp_ops tp_regions = {copy_to_backward, reduce_from_forward, vocab_cross_entropy,
+                                     gather_forward};
 
 const ol_tp *ol_grid_tp(ol_grid *g) {
   if (!tp_active(g)) return NULL;

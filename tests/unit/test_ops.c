@@ -1123,6 +1123,134 @@ static void test_cyclic_rows(void **state) {
     }
 }
 
+/* ---- generation: attention against a KV cache, and the sampler ---------------------------- */
+
+/* Forward error bound of one attention output row i (query head h), from its inputs: the score
+ * s_j = scale q.k_j is a sum of hd products, |fl(s_j) - s_j| <= (hd + 1) u scale sum_d |q_d k_jd|
+ * = ds_j; each probability exp(s_j - m) / sum then carries a relative error of at most
+ * 2 max_j ds_j (its own score and the max) + 8 u (the vectorised exp, its sum of len terms in
+ * double, the one division), and the output sum_j p_j v_j, a convex combination, adds len u of
+ * its own sum: |out - exact| <= max_j |v_j| (2 (2 max_j ds_j + 8 u) + len u). Both kernels
+ * compared against each other stay within twice that. */
+static double attn_row_bound(const float *q, const float *k, const float *v, size_t i,
+                             size_t h, size_t H, size_t Hkv, size_t hd) {
+  const double u = 0x1p-24, scale = 1.0 / sqrt((double)hd);
+  const size_t kh = h / (H / Hkv), len = i + 1;
+  double ds = 0.0, vmax = 0.0;
+  for (size_t j = 0; j < len; j++) {
+    double a = 0.0;
+    for (size_t d = 0; d < hd; d++) {
+      a += fabs((double)q[(i * H + h) * hd + d] * k[(j * Hkv + kh) * hd + d]);
+      vmax = fmax(vmax, fabs((double)v[(j * Hkv + kh) * hd + d]));
+    }
+    ds = fmax(ds, (double)(hd + 1) * u * scale * a);
+  }
+  return vmax * (2.0 * (2.0 * ds + 8.0 * u) + (double)len * u);
+}
+
+/* attention_cached's n rows at t0 .. t0+n-1 against attention_forward's rows of the whole
+ * sequence (B = 1) and the double-precision loop; max over elements of |diff| / bound. */
+static double attention_cached_case(size_t T, size_t n, size_t H, size_t Hkv, size_t hd,
+                                    size_t t0_claimed, uint64_t seed) {
+  ol_rng rng;
+  ol_rng_seed(&rng, seed);
+  const size_t nq = T * H * hd, nk = T * Hkv * hd, t0 = T - n;
+  float *q = fvec(nq), *k = fvec(nk), *v = fvec(nk), *out = fvec(nq), *lse = fvec(H * T);
+  float *scratch = fvec(ol_bk->attention_scratch_floats(T)), *cached = fvec(n * H * hd);
+  double *ref = dvec(nq), *ref_lse = dvec(H * T);
+  fill_normal(q, nq, &rng, 1.0f);
+  fill_normal(k, nk, &rng, 1.0f);
+  fill_normal(v, nk, &rng, 1.0f);
+  ol_bk->attention_forward(out, lse, q, k, v, 1, T, H, Hkv, hd, scratch);
+  attention_naive(ref, ref_lse, q, k, v, 1, T, H, Hkv, hd);
+  float *cache_scratch = fvec(T);
+  fill_normal(cached, n * H * hd, &rng, 1.0f);  // garbage: the op must overwrite it
+  // the cache holds positions 0 .. t0_claimed + n - 1 (the caller's claim of where the rows are)
+  ol_bk->attention_cached(cached, q + t0 * H * hd, k, v, n, t0_claimed, H, Hkv, hd,
+                          cache_scratch);
+  double worst = 0.0;
+  for (size_t i = 0; i < n; i++)
+    for (size_t h = 0; h < H; h++) {
+      const double bound = attn_row_bound(q, k, v, t0 + i, h, H, Hkv, hd);
+      for (size_t d = 0; d < hd; d++) {
+        const size_t at = ((t0 + i) * H + h) * hd + d;
+        const double got = cached[(i * H + h) * hd + d];
+        worst = fmax(worst, fabs(got - ref[at]) / bound);             // vs exact
+        worst = fmax(worst, fabs(got - out[at]) / (2.0 * bound));     // vs attention_forward
+      }
+    }
+  printf("  attention_cached T=%zu n=%zu H=%zu Hkv=%zu t0=%zu: max |err| / bound %.3f\n", T, n,
+         H, Hkv, t0_claimed, worst);
+  ol_free(q), ol_free(k), ol_free(v), ol_free(out), ol_free(lse), ol_free(scratch);
+  ol_free(cached), ol_free(ref), ol_free(ref_lse), ol_free(cache_scratch);
+  return worst;
+}
+
+static void test_attention_cached(void **state) {
+  (void)state;
+  assert_true(attention_cached_case(9, 1, 2, 2, 4, 8, 301) <= 1.0);     // MHA, one decode step
+  assert_true(attention_cached_case(37, 1, 4, 2, 8, 36, 302) <= 1.0);   // GQA
+  assert_true(attention_cached_case(150, 3, 3, 1, 16, 147, 303) <= 1.0);// MQA, 3 new rows
+  assert_true(attention_cached_case(5, 5, 4, 2, 8, 0, 304) <= 1.0);     // a whole prefill
+  // a wrong position (the cache believed one shorter: the last key is missed) is caught
+  assert_true(attention_cached_case(37, 1, 4, 2, 8, 35, 302) > 1.0);
+}
+
+/* The sampler at the boundaries of the cumulative distribution, which it must place exactly:
+ * p_i = exp((l_i - max) / T) / total over the kept ids, in double as the op sums them. */
+static void test_sample(void **state) {
+  (void)state;
+  const size_t V = 6;
+  const float logits[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.25f, -3.0f};
+  float *scratch = fvec(V);
+  // greedy: the argmax, the lowest id of a tie (ids 1 and 3); u is ignored
+  assert_int_equal(ol_bk->sample(logits, V, 0.0f, 0, 0.999, scratch), 1);
+  assert_int_equal(ol_bk->sample(logits, V, 0.0f, 3, 0.0, scratch), 1);
+  const float temps[2] = {1.0f, 0.7f};
+  const size_t ks[3] = {0, 3, 2};
+  for (int a = 0; a < 2; a++)
+    for (int b = 0; b < 3; b++) {
+      const double T = temps[a];
+      const size_t K = ks[b];
+      float sorted[6];
+      memcpy(sorted, logits, sizeof sorted);
+      for (size_t i = 0; i < V; i++)  // descending, for the K-th largest
+        for (size_t j = i + 1; j < V; j++)
+          if (sorted[j] > sorted[i]) {
+            float t = sorted[i];
+            sorted[i] = sorted[j], sorted[j] = t;
+          }
+      const float thr = K ? sorted[K - 1] : -INFINITY;
+      double w[6], total = 0.0;
+      for (size_t i = 0; i < V; i++) {
+        w[i] = logits[i] >= thr ? exp(((double)logits[i] - 2.0) / T) : 0.0;
+        total += w[i];
+      }
+      double c = 0.0;
+      size_t kept = 0;
+      for (size_t i = 0; i < V; i++) {
+        if (w[i] == 0.0) {  // never drawn, whatever u
+          for (int s = 0; s < 64; s++)
+            assert_int_not_equal(ol_bk->sample(logits, V, (float)T, K, s / 64.0, scratch),
+                                 (int64_t)i);
+          continue;
+        }
+        kept++;
+        const double lo = c / total, hi = (c + w[i]) / total;  // id i owns u in [lo, hi)
+        c += w[i];
+        const double eps = 1e-12;  // far above the rounding of these short double sums
+        assert_int_equal(ol_bk->sample(logits, V, (float)T, K, lo + eps, scratch), (int64_t)i);
+        if (hi < 1.0 - eps)
+          assert_int_equal(ol_bk->sample(logits, V, (float)T, K, hi - eps, scratch), (int64_t)i);
+      }
+      assert_int_equal(kept, K ? (K == 2 ? 2 : 3) : V);  // K = 3 keeps the tie's two and 1.25
+    }
+  // a wrong input is caught: without top-k the tail ids are drawn where top-2 forbids them
+  assert_int_equal(ol_bk->sample(logits, V, 1.0f, 0, 0.999999, scratch), 5);
+  assert_int_not_equal(ol_bk->sample(logits, V, 1.0f, 2, 0.999999, scratch), 5);
+  ol_free(scratch);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_gemm_transposes), cmocka_unit_test(test_gemm_half),
@@ -1139,6 +1267,7 @@ int main(void) {
       cmocka_unit_test(test_row_sumsq),       cmocka_unit_test(test_diag_scale),
       cmocka_unit_test(test_diag_scale_backward),
       cmocka_unit_test(test_cyclic_rows),
+      cmocka_unit_test(test_attention_cached), cmocka_unit_test(test_sample),
   };
   return cmocka_run_group_tests(tests, setup, NULL);
 }

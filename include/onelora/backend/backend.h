@@ -175,6 +175,22 @@ typedef struct {
    * shard within the whole layer. */
   void (*cyclic_rows)(float *dst, size_t nd, size_t a, const float *src, size_t ns, size_t b,
                       size_t len, size_t n, float beta);
+
+  /* ---- generation (onelora generate): one query row at a time against a KV cache ---- */
+  /* Causal attention of n new query rows at positions t0 .. t0+n-1 over a cache:
+   * q(n,H,hd); k, v (t0+n, Hkv, hd) hold positions 0 .. t0+n-1, the new rows included; row i
+   * attends to keys 0 .. t0+i, query head h to kv head h / (H/Hkv), as attention_forward does
+   * -> out(n,H,hd), equal to rows t0 .. t0+n-1 of attention_forward over the whole sequence up
+   * to the rounding of the reordered sums. scratch: t0+n floats. */
+  void (*attention_cached)(float *out, const float *q, const float *k, const float *v, size_t n,
+                           size_t t0, size_t H, size_t Hkv, size_t hd, float *scratch);
+  /* A token id drawn from logits(V): temperature 0 is the argmax (the lowest id on ties);
+   * otherwise p_i ~ exp((logit_i - max) / temperature) over the ids whose logit is at least
+   * the top_k-th largest (top_k 0 or >= V: all ids), summed in double in id order, and the id
+   * is the first whose cumulative sum exceeds u * total, u uniform in [0, 1).
+   * scratch: V floats. */
+  int64_t (*sample)(const float *logits, size_t V, float temperature, size_t top_k, double u,
+                    float *scratch);
 } ol_backend;
 
 /* The active backend (set once at start-up) */

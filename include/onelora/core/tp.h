@@ -14,13 +14,15 @@
  *                   replicated value, such as DoRA's squared row norms)
  *
  * plus the vocab-parallel cross-entropy, whose three reductions (row maxima, target logits,
- * sums of exponentials) live inside one op. A NULL group is one rank: every region is the
+ * sums of exponentials) live inside one op, and, for generation only, gather_from_tp (forward:
+ * all-gather of the vocab-parallel logits of one position; it has no backward). A NULL group is one rank: every region is the
  * identity and callers use the single-rank kernels. */
 #ifndef ONELORA_CORE_TP_H
 #define ONELORA_CORE_TP_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct ol_tp ol_tp;
 
@@ -33,6 +35,10 @@ typedef struct {
   double (*vocab_cross_entropy)(const ol_tp *tp, float *logits, const int32_t *targets,
                                 size_t n, size_t Vl, int64_t v0, float grad_scale, float *mx,
                                 float *zt, double *sum);
+  /* gather_from_tp, forward only (generation): out (TP * n) = every rank's x (n) in TP rank
+   * order, the same on every rank (the vocab-parallel logits of one position become the whole
+   * vocabulary's). */
+  void (*gather_forward)(const ol_tp *tp, const float *x, size_t n, float *out);
 } ol_tp_ops;
 
 struct ol_tp {
@@ -53,6 +59,13 @@ static inline void ol_reduce_from_tp_forward(const ol_tp *tp, float *x, size_t n
 }
 static inline void ol_reduce_from_tp_backward(const ol_tp *tp, const float *dx, size_t n) {
   (void)tp, (void)dx, (void)n;  // the gradient of a sum reaches every partial unchanged
+}
+
+/* gather_from_tp (forward only: nothing trains through generation); one rank: out = x */
+static inline void ol_gather_from_tp_forward(const ol_tp *tp, const float *x, size_t n,
+                                             float *out) {
+  if (tp) tp->ops->gather_forward(tp, x, n, out);
+  else if (out != x) memcpy(out, x, n * sizeof(float));
 }
 
 #endif

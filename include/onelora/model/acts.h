@@ -98,4 +98,31 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
  * still holds) from xs, TP collectives included, before that block's backward. */
 void ol_model_backward(ol_model *m, ol_acts *a, const int32_t *tokens);
 
+/* ---- generation: the KV cache of one sequence (B = 1) ------------------------------------ */
+typedef struct {
+  size_t L;                /* layers of this stage */
+  size_t T_max;            /* positions it holds at most (the model's max_seq_len) */
+  size_t kvD;              /* floats per position and layer: Hkv/TP * hd */
+  size_t len;              /* positions filled, 0 .. len-1 */
+  float *k, *v;            /* (L, T_max, kvD) each layer's keys (after RoPE) and values */
+  float *rope_cos, *rope_sin; /* (T_max, hd/2) RoPE at every position */
+  float *scores;           /* (T_max) attention_cached scratch */
+  void *memory;            /* the one backend allocation */
+} ol_kv_cache;
+/* An empty cache for up to T_max positions of m's stage (len = 0). */
+void ol_kv_cache_alloc(ol_kv_cache *c, const ol_model *m, size_t T_max);
+void ol_kv_cache_free(ol_kv_cache *c);
+
+/* Forward of the a->N new tokens of one sequence (a from ol_acts_alloc(B = 1, T = n)), for
+ * generation, through the same block code as ol_model_forward. With a cache they sit at
+ * positions cache->len .. cache->len + n - 1: attention reads the cached keys and values of the
+ * earlier positions and appends the new ones (cache->len += n); the first call (len 0) is the
+ * prefill. With cache NULL it is a plain forward of positions 0 .. n-1 (generation without a
+ * cache recomputes the whole sequence). Stages as in ol_model_forward: without the embedding
+ * the input is xs[0], without the head the output is left in xs[stage.n_layers]. On the stage
+ * with the head, logits (V/TP) = this rank's vocabulary rows of the LM head at the last new
+ * position (the final norm and the head run for that position only). Trains nothing. */
+void ol_model_forward_cached(ol_model *m, ol_acts *a, ol_kv_cache *cache, const int32_t *tokens,
+                             float *logits);
+
 #endif

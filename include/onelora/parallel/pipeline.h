@@ -49,6 +49,11 @@ typedef struct {
 double ol_pp_run(ol_grid *g, const ol_pp_op *ops, size_t n_ops, int n_slots, int backward,
                  const ol_pp_step *step, void *ctx);
 
+/* Generation's blocking pair: x (n) sent to the next stage, or received from the previous one
+ * (the same TP rank of the neighbouring stage). */
+void ol_pp_send_next(ol_grid *g, const float *x, size_t n);
+void ol_pp_recv_prev(ol_grid *g, float *x, size_t n);
+
 /* Sums n doubles over the pipeline stages, in place. */
 void ol_pp_sum(ol_grid *g, double *x, int n);
 
