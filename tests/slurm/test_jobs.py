@@ -10,7 +10,10 @@ with tiny settings on the shipped base model, submitted by `sbatch` from a scrat
   scaling    scaling.sbatch: strong and weak scaling over DP, TP, PP (sizes 2 and 4)
   preempt    SIGUSR1 to the batch shell mid-run: checkpoint, requeue, resume, finish; the final
              checkpoint equals, bit for bit, that of the same run never interrupted
-  analysis   jobs/analysis.sh over all runs: report.md and valid PNG plots
+  study      study.sbatch: a 2 methods x 2 rates x 1 seed grid as a job array on text it
+             tokenizes once (4 tasks starting together), --list, refused options and indexes
+  analysis   jobs/analysis.sh over all runs: report.md and valid PNG plots, the study's table,
+             claims and plots (and its per-layer trajectories where jobs/trajectory.sh exists)
 
 Usage: test_jobs.py --onelora BUILD/onelora --workdir DIR [--root REPO]
 Exit status 0 when every check passed; a missing prerequisite (slurmd that cannot start, no
@@ -37,6 +40,11 @@ METHODS = ["1lora", "lora", "vera", "dora", "mora", "bitfit", "norms", "1lora,no
 TINY = ["--steps", "6", "--micro-batch", "2", "--seq-len", "32", "--lr", "3e-3", "--seed", "1",
         "--eval-every", "6", "--eval-batches", "1"]
 PREEMPT_STEPS = 150
+# the study's tiny grid: index = (configuration x 2 + lr) x 1 + seed
+STUDY_ENV = {"STUDY_METHODS": "1lora lora", "STUDY_ATTN_METHODS": "", "STUDY_LRS": "3e-3 3e-2", "STUDY_SEEDS": "1"}
+STUDY_GRID = [("1lora", "all", "3e-3", "1"), ("1lora", "all", "3e-2", "1"), ("lora", "all", "3e-3", "1"),
+              ("lora", "all", "3e-2", "1")]
+STUDY_STEPS = 4
 failures = []
 
 
@@ -305,9 +313,67 @@ def test_preempt(J, pre, ref):
                   f"(max |diff| {diff:.3g})")
 
 
+def test_study_local(root):
+    """What study.sbatch decides before it needs Slurm: the grid, the range, refused options."""
+    script = os.path.join(root, "jobs", "study.sbatch")
+    env = dict(os.environ, **STUDY_ENV)
+    r = subprocess.run([script, "--list"], env=env, capture_output=True, text=True, timeout=20)
+    rows = [tuple(l.split()[1:]) for l in r.stdout.splitlines() if not l.startswith("#")]
+    check(r.returncode == 0 and rows == STUDY_GRID and "--array=0-3 " in r.stdout.splitlines()[0],
+          f"study.sbatch --list: the 4 runs in the documented order and --array=0-3 ({r.stdout.strip()[:300]})")
+    r = subprocess.run([script, "--list"], capture_output=True, text=True, timeout=20,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("STUDY_")})
+    n = len(r.stdout.splitlines()) - 1
+    # 11 methods, 5 of them also with attn, 5 rates, 3 seeds
+    check(r.returncode == 0 and n == 16 * 5 * 3 and f"--array=0-{n - 1} " in r.stdout,
+          f"study.sbatch --list: the default grid of 16 x 5 x 3 = 240 runs (got {n})")
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=20)
+    check(r.returncode == 0 and "Usage:" in r.stdout and "STUDY_LRS" in r.stdout, "study.sbatch --help")
+    for extra, want in ((dict(SLURM_ARRAY_TASK_ID="4"), "array task 4 is outside the grid of 4 runs; submit with --array=0-3"),
+                        (dict(SLURM_ARRAY_TASK_ID="0", STUDY_LRS="1e-2 fast"), "STUDY_LRS: 'fast' is not a positive number"),
+                        (dict(SLURM_ARRAY_TASK_ID="0"), "--lr is chosen by the array task")):
+        r = subprocess.run([script, "--lr", "1"], env=dict(env, **extra), capture_output=True, text=True, timeout=20)
+        check(r.returncode == 2 and f"study.sbatch: error: {want}" in r.stderr,
+              f"study.sbatch refuses {extra}, --lr: '{want}' (exit {r.returncode}, {r.stderr.strip()})")
+
+
+def test_study(J, p):
+    jobid, rc = J.finish(p, 240)
+    check(rc == 0, f"study.sbatch: every array task exits 0 (got {rc})")
+    data, prepared, shape = set(), 0, set()
+    for i, (m, t, lr, seed) in enumerate(STUDY_GRID):
+        run = os.path.join(J.scratch, "runs", f"study-{jobid}_{i}-{m}-{t}-lr{lr}-s{seed}")
+        if not check(os.path.isdir(run), f"array task {i}: run directory {os.path.basename(run)}"):
+            continue
+        want = f"index={i}\nmethod={m}\ntargets={t}\nlr={lr}\nseed={seed}\n"
+        check(read(os.path.join(run, "study")) == want and read(os.path.join(run, "experiment")).strip() == "study",
+              f"task {i}: RUN/study records the grid point, experiment label study")
+        rows = results(run)
+        if check(len(rows) == 1 and (rows[0]["method"], rows[0]["targets"]) == (m, t), f"task {i}: one row for {m} {t}"):
+            plausible(rows[0], f"study {i}", STUDY_STEPS)
+            shape.add((rows[0]["steps"], rows[0]["global_batch"], rows[0]["seq_len"]))
+        cfg = read(os.path.join(run, "config.txt"))
+        args = re.search(r"^command: .*$", cfg, re.M)
+        args = args.group(0).split() if args else []
+        opt = lambda name: args[args.index(name) + 1] if name in args else None
+        check(opt("--lr") == lr and opt("--seed") == seed and opt("--eval-every") == str(STUDY_STEPS)
+              and opt("--ckpt-every") == "1", f"task {i}: --lr {lr} --seed {seed}, --eval-every and --ckpt-every "
+                                               f"follow --steps {STUDY_STEPS}")
+        data.add(opt("--data"))
+        ck = sorted(os.listdir(os.path.join(run, "ckpt")))
+        check(ck == [f"step-{k:08d}.h5" for k in range(1, STUDY_STEPS + 1)], f"task {i}: a checkpoint per step (got {ck})")
+        prepared += read(os.path.join(J.scratch, f"study-{jobid}_{i}.out")).count("study.sbatch: tokenizing")
+    check(len(shape) == 1, f"every run has the same steps x global batch x seq len (got {shape})")
+    d = os.path.join(J.scratch, "runs", "study-data")
+    files = sorted(f for f in os.listdir(d) if f != "lock") if os.path.isdir(d) else []
+    check(prepared == 1 and len(files) == 1 and data == {os.path.join(d, files[0])},
+          f"the text was tokenized once, by one of 4 tasks that started together, and every run read it "
+          f"(tokenized {prepared} times; study-data holds {files}; runs read {data})")
+
+
 def test_analysis(J, runs, out):
     r = subprocess.run([os.path.join(J.root, "jobs", "analysis.sh"), runs, "--out", out],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env=dict(os.environ, ONELORA_BIN=J.env["ONELORA_BIN"]))
     if not check(r.returncode == 0, f"analysis.sh exits 0 ({(r.stdout + r.stderr).strip()[-500:]})"):
         return
     for name in ("methods", "memory", "scaling-strong", "scaling-weak"):
@@ -322,6 +388,31 @@ def test_analysis(J, runs, out):
     with open(os.path.join(out, "methods.dat")) as f:
         labels = [l for l in f if not l.startswith("#")]
     check(len(labels) == len(METHODS), f"the bubble plot shows the {len(METHODS)} compared methods (got {len(labels)})")
+    # the study: its plots, a table row per configuration, the claims, the trajectories
+    for name in ("study", "study-lr"):
+        path = os.path.join(out, name + ".png")
+        size = png_size(path) if os.path.exists(path) else None
+        check(size == (1000, 650) and os.path.getsize(path) > 5000, f"{name}.png is a 1000x650 PNG with content (got {size})")
+    section = report.split("## The study", 1)[-1].split("\n## ", 1)[0]
+    check(re.search(r"^\| 1lora \| all \| 3e-[23] \*edge\* \| \d\.\d{4} \| 1 \| 2 \| 9600 \|", section, re.M) is not None
+          and re.search(r"^\| lora \| all \| 3e-[23] \*edge\* \| \d\.\d{4} \| 1 \| 2 \| 18496 \|", section, re.M) is not None,
+          "report.md: the study's table has a row per method (best lr at the edge of a 2-rate sweep, one seed, trainable)")
+    claims = report.split("## The paper's claims, checked", 1)
+    check(len(claims) == 2 and "1. 1LoRA within noise of LoRA r=1" in claims[1] and "3. `1lora,norms` better than 1lora: "
+          "not checked" in claims[1], "report.md: the claims section, checked where the study has the methods")
+    with open(os.path.join(out, "study-lr.dat")) as f:
+        blocks = [b for b in f.read().split("\n\n\n") if b.strip()]
+    check(len(blocks) == 2 and all(len([l for l in b.splitlines() if not l.startswith("#")]) == 2 for b in blocks),
+          f"the learning-rate plot has 2 curves of 2 rates (got {len(blocks)} blocks)")
+    if os.path.exists(os.path.join(J.root, "jobs", "trajectory.sh")):
+        for name in ("1lora-all", "lora-all"):
+            path = os.path.join(out, "trajectory", name, "trajectory.png")
+            size = png_size(path) if os.path.exists(path) else None
+            check(size is not None and os.path.getsize(path) > 5000 and f"(trajectory/{name}/trajectory.png)" in report,
+                  f"trajectory/{name}/trajectory.png is a PNG with content, shown in report.md (got {size})")
+    else:
+        check("skipped: jobs/trajectory.sh is not in this checkout" in report,
+              "report.md notes that the trajectories were skipped (no jobs/trajectory.sh)")
 
 
 def main():
@@ -362,6 +453,8 @@ def main():
             "failure": J.submit("train.sbatch", ["-J", "fail"], ["--model", "/nonexistent/model.h5", "--data", data], True),
             "layout": J.submit("train.sbatch", ["-J", "layout"], base + TINY + ["--tp", "3"], True),
             "compare": J.submit("compare-methods.sbatch", [], base + TINY + ["--rank", "2"], True),
+            "study": J.submit("study.sbatch", ["--array=0-3"], base[:2] + ["--steps", str(STUDY_STEPS), "--micro-batch", "2",
+                              "--seq-len", "32", "--eval-batches", "1"], True, env=dict(STUDY_ENV, STUDY_TEXT=" ".join(text))),
             "scaling": J.submit("scaling.sbatch", ["--array=0-13", "--ntasks=4"],
                                 base + TINY + ["--micro-batches", "4"], True, env={"SCALING_SIZES": "2 4"}),
         }
@@ -374,6 +467,7 @@ def main():
                  ("failure", lambda: test_failure(J, waits["failure"], "/nonexistent/model.h5")),
                  ("layout", lambda: test_layout(J, waits["layout"])),
                  ("compare", lambda: test_compare(J, waits["compare"], model)),
+                 ("study", lambda: (test_study_local(root), test_study(J, waits["study"]))),
                  ("scaling", lambda: test_scaling(J, waits["scaling"], table)),
                  ("analysis", lambda: test_analysis(J, os.path.join(scratch, "runs"), os.path.join(scratch, "report")))]
         for name, fn in tests:
