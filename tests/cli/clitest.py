@@ -5,6 +5,7 @@ ranks as root, the standard arguments and a random token data file."""
 import argparse
 import os
 import shutil
+import struct
 import subprocess
 
 import h5py
@@ -69,3 +70,31 @@ def same_ckpt(a, b):
         if any(sorted(f[grp]) != sorted(g[grp]) for grp in groups):
             return False
         return all(f[grp][k][...].tobytes() == g[grp][k][...].tobytes() for grp in groups for k in f[grp])
+
+
+def flip_dataset_bytes(path, dataset):
+    """Flips bytes inside the stored data of `dataset` (its first chunk), not its checksum."""
+    with h5py.File(path, "r") as f:
+        ds = f[dataset]
+        raw = ds[...].astype("<f4").tobytes()
+        try:
+            off = ds.id.get_chunk_info(0).byte_offset
+        except (AttributeError, TypeError):
+            off = None
+    blob = bytearray(open(path, "rb").read())
+    if off is None or blob[off:off + 16] != raw[:16]:
+        off = blob.find(raw)
+        assert off >= 0 and blob.find(raw, off + 1) < 0, "cannot locate the data of " + dataset
+    for i in range(4):
+        blob[off + i] ^= 0x5A
+    with open(path, "wb") as f:
+        f.write(blob)
+
+
+def png_size(path):
+    """(width, height) of a PNG, None when the file is not one (signature, then IHDR)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])

@@ -28,6 +28,9 @@ import sys
 import h5py
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clitest import flip_dataset_bytes  # noqa: E402
+
 RTOL = 1e-6
 failures = 0
 GROUPS = ("params", "adam_m", "adam_v", "frozen")
@@ -232,25 +235,6 @@ def expect_error(B, name, argv, mentions):
     if missing:
         problems.append("the line does not name %s" % missing)
     check("error." + name, not problems, "; ".join(problems) + " stderr: %r" % err[-1200:] if problems else lines[0])
-
-
-def flip_dataset_bytes(path, dataset):
-    """Flips bytes inside the stored data of `dataset` (its first chunk), not its checksum."""
-    with h5py.File(path, "r") as f:
-        ds = f[dataset]
-        raw = ds[...].astype("<f4").tobytes()
-        try:
-            off = ds.id.get_chunk_info(0).byte_offset
-        except (AttributeError, TypeError):
-            off = None
-    blob = bytearray(open(path, "rb").read())
-    if off is None or blob[off:off + 16] != raw[:16]:
-        off = blob.find(raw)
-        assert off >= 0 and blob.find(raw, off + 1) < 0, "cannot locate the data of " + dataset
-    for i in range(4):
-        blob[off + i] ^= 0x5A
-    with open(path, "wb") as f:
-        f.write(blob)
 
 
 # ---- docs/FORMATS.md example -----------------------------------------------------------------------

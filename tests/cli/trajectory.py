@@ -25,7 +25,6 @@ import io
 import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -33,7 +32,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clitest import check, finish, run  # noqa: E402
+from clitest import check, finish, flip_dataset_bytes, png_size, run  # noqa: E402
 
 # ---- the error model ----------------------------------------------------------------------------
 # inspect forms each element of delta W in f32 and sums squares in double:
@@ -293,34 +292,6 @@ def expect_error(B, name, argv, mentions, env=None):
     if missing:
         problems.append("the line does not name %s" % missing)
     check("error." + name, not problems, ("; ".join(problems) + " stderr: %r" % err[-600:]) if problems else lines[0])
-
-
-def flip_dataset_bytes(path, dataset):
-    """Flips bytes inside the stored data of `dataset` (its first chunk), not its checksum."""
-    with h5py.File(path, "r") as f:
-        ds = f[dataset]
-        raw = ds[...].astype("<f4").tobytes()
-        try:
-            off = ds.id.get_chunk_info(0).byte_offset
-        except (AttributeError, TypeError):
-            off = None
-    blob = bytearray(open(path, "rb").read())
-    if off is None or blob[off:off + 16] != raw[:16]:
-        off = blob.find(raw)
-        assert off >= 0 and blob.find(raw, off + 1) < 0, "cannot locate the data of " + dataset
-    for i in range(4):
-        blob[off + i] ^= 0x5A
-    with open(path, "wb") as f:
-        f.write(blob)
-
-
-def png_size(path):
-    """(width, height) of a PNG, None when the file is not one (signature, then IHDR)."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", head[16:24])
 
 
 def check_script(a, w, ckdir, steps):

@@ -25,13 +25,15 @@ import math
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import Cluster, ClusterError  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli"))
+from clitest import png_size  # noqa: E402
 
 COLUMNS = ("model,method,targets,rank,tp,pp,dp,ranks,steps,global_batch,seq_len,trainable,"
            "tokens_per_s,step_s,peak_rss_mib,bytes_dp,bytes_tp_fwd,bytes_tp_bwd,bytes_pp,"
@@ -156,14 +158,6 @@ def plan(onelora, model, method, rank):
     if r.returncode != 0:
         raise RuntimeError(f"onelora plan failed: {r.stderr.strip()}")
     return next(csv.DictReader(r.stdout.splitlines()))
-
-
-def png_size(path):
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", head[16:24])
 
 
 def test_train(J, p, model):
