@@ -41,13 +41,15 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1",
            OMPI_MCA_mpi_yield_when_idle="1")
 
 
-def setup(mpirun_required=False):
-    """Parses --onelora, --mpirun, --workdir; empties the work directory. Returns (args, path
-    function for files in it)."""
+def setup(mpirun_required=False, extra=()):
+    """Parses --onelora, --mpirun, --workdir and the required (flag, help) pairs of `extra`;
+    empties the work directory. Returns (args, path function for files in it)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--onelora", required=True)
     ap.add_argument("--mpirun", required=mpirun_required, default="")
     ap.add_argument("--workdir", required=True)
+    for flag, help_text in extra:
+        ap.add_argument(flag, required=True, help=help_text)
     a = ap.parse_args()
     shutil.rmtree(a.workdir, ignore_errors=True)
     os.makedirs(a.workdir)

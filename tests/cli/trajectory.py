@@ -19,7 +19,6 @@ printed, where gnuplot is missing.
 
 Prints PASS/FAIL per check; exits 1 on any failure."""
 
-import argparse
 import csv
 import io
 import math
@@ -32,7 +31,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clitest import check, finish, flip_dataset_bytes, png_size, run  # noqa: E402
+from clitest import check, finish, flip_dataset_bytes, png_size, run, setup  # noqa: E402
 
 # ---- the error model ----------------------------------------------------------------------------
 # inspect forms each element of delta W in f32 and sums squares in double:
@@ -338,14 +337,7 @@ def check_script(a, w, ckdir, steps):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--onelora", required=True)
-    ap.add_argument("--script", required=True, help="jobs/trajectory.sh")
-    ap.add_argument("--workdir", required=True)
-    a = ap.parse_args()
-    shutil.rmtree(a.workdir, ignore_errors=True)
-    os.makedirs(a.workdir)
-    w = lambda n: os.path.join(a.workdir, n)  # noqa: E731
+    a, w = setup(extra=[("--script", "jobs/trajectory.sh")])
     B = a.onelora
 
     rng = np.random.default_rng(0)
