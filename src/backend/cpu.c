@@ -29,6 +29,12 @@
 /* Buffers are host memory: zeroed and 64-byte aligned (ol_calloc), so rows start on cache lines */
 static void *cpu_alloc(size_t bytes) { return ol_calloc(bytes, 1); }
 static void cpu_free(void *p) { ol_free(p); }
+static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
+  if (bytes > 0 && dst != src) memcpy(dst, src, bytes);
+}
+static void cpu_sync(void) {}
+static void *cpu_queue(void) { return NULL; }
+static size_t cpu_no_bytes(void) { return 0; }
 
 /* ---------------------------------------------------------------------------------------------
  * Vectorised exp for the hot loops (softmax rows, cross-entropy, SiLU).
@@ -1013,6 +1019,16 @@ static const ol_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .host_visible = 1,
+    .to_device = cpu_memcpy,
+    .to_host = cpu_memcpy,
+    .copy = cpu_memcpy,
+    .sync = cpu_sync,
+    .host_alloc = cpu_alloc,
+    .host_free = cpu_free,
+    .queue = cpu_queue,
+    .peak_bytes = cpu_no_bytes,
+    .total_bytes = cpu_no_bytes,
     .gemm = cpu_gemm,
     .gemm_half = cpu_gemm_half,
     .gemm_half_scratch_floats = cpu_gemm_half_scratch_floats,
@@ -1066,3 +1082,15 @@ static const ol_backend cpu_backend = {
 };
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }
+
+#ifdef ONELORA_TEST_HOOKS
+static ol_backend cpu_staged;
+const ol_backend *ol_backend_cpu_staged(void) {
+  cpu_staged = cpu_backend;
+  cpu_staged.name = "cpu-staged";
+  cpu_staged.host_visible = 0;
+  return &cpu_staged;
+}
+#else
+const ol_backend *ol_backend_cpu_staged(void) { return NULL; }
+#endif

@@ -18,6 +18,27 @@ typedef struct {
   void *(*alloc)(size_t bytes);
   void (*free)(void *p);
 
+  /* ---- where the buffers live (a device backend's buffers are not host memory) ---- */
+  /* 1 when host code may read and write alloc's buffers directly (cpu); 0 on a device. Code
+   * outside the backend touches a buffer's bytes only through the copies below when it is 0. */
+  int host_visible;
+  /* bytes from host memory into a buffer and out of one: each has completed when it returns
+   * (after the kernels queued before it); copy, between two buffers, is queued like a kernel */
+  void (*to_device)(void *dst, const void *host_src, size_t bytes);
+  void (*to_host)(void *host_dst, const void *src, size_t bytes);
+  void (*copy)(void *dst, const void *src, size_t bytes);
+  /* waits for every queued kernel (a no-op on cpu): before MPI reads or writes a buffer */
+  void (*sync)(void);
+  /* page-locked host memory for staging transfers (cpu: ordinary zeroed memory) */
+  void *(*host_alloc)(size_t bytes);
+  void (*host_free)(void *p);
+  /* the CUDA stream (a cudaStream_t) the kernels are queued on, for NCCL; NULL on cpu */
+  void *(*queue)(void);
+  /* the most bytes alloc has held at once, and the device's total memory (0 on cpu: the
+   * process's resident set is the measure there) */
+  size_t (*peak_bytes)(void);
+  size_t (*total_bytes)(void);
+
   /* C(M,N) = alpha * op(A) * op(B) + beta * C; op(A) is (M,K), op(B) is (K,N).
    * trans_a: A stored as (K,M); trans_b: B stored as (N,K). Leading dims are row strides. */
   void (*gemm)(int trans_a, int trans_b, size_t M, size_t N, size_t K, float alpha,
@@ -197,5 +218,22 @@ typedef struct {
 extern const ol_backend *ol_bk;
 const ol_backend *ol_backend_cpu(void);
 void ol_backend_set(const ol_backend *b);
+
+/* The CUDA backend on GPU `device` (src/backend/cuda/), made current for this process. NULL
+ * after an `onelora: error:` line naming the reason when this build has no CUDA backend
+ * (ONELORA_CUDA=OFF, or no nvcc at build time), no GPU is visible or the device cannot be
+ * used. ol_cuda_device_count() is 0 in those cases. */
+const ol_backend *ol_backend_cuda(int device);
+int ol_cuda_device_count(void);
+/* 1 when the CUDA backend was compiled in */
+int ol_cuda_built(void);
+/* A one-line description of the device (name, memory, compute capability) for the log. */
+const char *ol_cuda_device_name(void);
+
+/* Test hook (ONELORA_TEST_HOOKS builds): the cpu kernels behind a table that says its buffers
+ * are not host memory, so that every staging path a device takes (uploads, downloads, staged
+ * collectives, checkpoint copies) runs on the CPU, where its results must equal the plain cpu
+ * backend's bit for bit. */
+const ol_backend *ol_backend_cpu_staged(void);
 
 #endif
