@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "onelora/core/core.h"
 #include "onelora/parallel/grid.h"
 
@@ -26,10 +27,23 @@ void ol_grid_init(int *argc, char ***argv, ol_grid *g) {
 
 static MPI_Comm *comm(void **handle) { return (MPI_Comm *)handle; }
 
+/* Frees the TP, DP and PP communicators of a layout (the NCCL ones first) */
+static void free_layout(ol_grid *g) {
+  ol_comm_free_groups(g);
+  void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
+  for (int i = 0; i < 3; i++)
+    if (*handles[i]) {
+      MPI_Comm_free(comm(*handles[i]));
+      ol_free(*handles[i]);
+      *handles[i] = NULL;
+    }
+}
+
 int ol_grid_layout(ol_grid *g, int tp, int pp) {
   if (tp <= 0 || pp <= 0 || g->world_size % (tp * pp) != 0)
     return ol_error("--tp %d x --pp %d does not divide the %d ranks of this job", tp, pp,
                     g->world_size);
+  free_layout(g);  // a layout made before
   g->tp = tp, g->pp = pp, g->dp = g->world_size / (tp * pp);
   g->tp_rank = g->world_rank % tp;
   g->dp_rank = g->world_rank / tp % g->dp;
@@ -41,19 +55,17 @@ int ol_grid_layout(ol_grid *g, int tp, int pp) {
   MPI_Comm_split(MPI_COMM_WORLD, g->pp_rank * tp + g->tp_rank, g->dp_rank, c[1]);    // same stage+shard
   MPI_Comm_split(MPI_COMM_WORLD, g->dp_rank * tp + g->tp_rank, g->pp_rank, c[2]);    // same replica+shard
   g->tp_comm = c[0], g->dp_comm = c[1], g->pp_comm = c[2];
+  // the NCCL communicators of a device chosen before (ol_grid_use_device), agreed
+  if (g->comm && ol_comm_collectives(g) == OL_PATH_NCCL)
+    return ol_grid_agree(g, ol_comm_setup_groups(g));
   return OL_OK;
 }
 
 void ol_grid_finalize(ol_grid *g) {
-  void **handles[3] = {&g->tp_comm, &g->dp_comm, &g->pp_comm};
   ol_free(g->pp_requests), ol_free(g->pp_inbox), ol_free(g->world_comm);
   g->pp_requests = g->pp_inbox = g->world_comm = NULL;
-  for (int i = 0; i < 3; i++)
-    if (*handles[i]) {
-      MPI_Comm_free(comm(*handles[i]));
-      ol_free(*handles[i]);
-      *handles[i] = NULL;
-    }
+  free_layout(g);
+  ol_comm_free(g);  // the staging buffers, with the backend that allocated them
   MPI_Finalize();
 }
 

@@ -4,6 +4,7 @@
 #include <mpi.h>
 #include <string.h>
 
+#include "comm.h"
 #include "onelora/parallel/pipeline.h"
 
 static MPI_Comm pp_comm(const ol_grid *g) { return *(MPI_Comm *)g->pp_comm; }
@@ -41,28 +42,44 @@ static MPI_Request *request(ol_grid *g, int slot, int dir) {
   return (MPI_Request *)g->pp_requests + 2 * slot + dir;
 }
 
-/* Non-blocking send of n floats to the next (to_next = 1) or previous stage for micro-batch mb,
- * from the buffer of activation slot `slot` (waits for that slot's previous send first). */
-static void pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot) {
-  MPI_Request *r = request(g, slot, to_next);
-  MPI_Wait(r, MPI_STATUS_IGNORE);
-  OL_CHECK(n <= (size_t)INT32_MAX);
-  MPI_Isend(x, (int)n, MPI_FLOAT, g->pp_rank + (to_next ? 1 : -1), 2 * mb + to_next, pp_comm(g), r);
-  g->bytes[OL_COMM_PP] += (double)n * sizeof(float);
-}
-
 /* Waits for the slot's pending sends, before its buffers are reused or freed. */
 static void pp_wait_send(ol_grid *g, int slot) {
   for (int dir = 0; dir < 2; dir++) MPI_Wait(request(g, slot, dir), MPI_STATUS_IGNORE);
 }
 
-/* The receive in flight: one at a time, into a buffer of the pipeline's own (the inbox), so that
- * it can be posted before the slot it is meant for is free. One allocation, freed with the grid. */
+/* Non-blocking send of n floats to the next (to_next = 1) or previous stage for micro-batch mb,
+ * from the buffer x (a backend buffer) of activation slot `slot` (waits for that slot's previous
+ * send first). On the messages' path (comm.h): from x itself (host; CUDA-aware, once the kernels
+ * that wrote it have ended), or staged: copied into the slot's pinned buffer, which serves both
+ * directions, so both of the slot's sends have ended first (the executor waits for them anyway
+ * before the slot's next op). */
+static void pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, int slot) {
+  MPI_Request *r = request(g, slot, to_next);
+  MPI_Wait(r, MPI_STATUS_IGNORE);
+  OL_CHECK(n <= (size_t)INT32_MAX);
+  const void *from = x;
+  const ol_path path = ol_comm_messages(g);
+  if (path == OL_PATH_CUDA_AWARE) {
+    ol_comm_backend(g)->sync();
+  } else if (path == OL_PATH_STAGED) {
+    pp_wait_send(g, slot);
+    void *stage = ol_comm_message_buffer(g, slot, n * sizeof(float));  // (n) pinned
+    ol_comm_backend(g)->sync();
+    ol_comm_backend(g)->to_host(stage, x, n * sizeof(float));
+    from = stage;
+  }
+  MPI_Isend(from, (int)n, MPI_FLOAT, g->pp_rank + (to_next ? 1 : -1), 2 * mb + to_next,
+            pp_comm(g), r);
+  g->bytes[OL_COMM_PP] += (double)n * sizeof(float);
+}
+
+/* The receive in flight: one at a time, into a buffer of the pipeline's own (the inbox:
+ * ol_comm_message_buffer's, host, pinned or backend memory by the messages' path), so that it
+ * can be posted before the slot it is meant for is free. Freed with the grid. */
 typedef struct {
   MPI_Request request;
-  size_t cap;   /* floats the buffer holds */
   size_t n;     /* floats of the posted receive; 0 when none is posted */
-  float buf[];  /* (cap) */
+  void *buf;    /* (n) floats: where it arrives */
 } inbox;
 
 /* Non-blocking receive of n floats from the previous (from_prev = 1) or next stage for
@@ -72,11 +89,8 @@ static void pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
   inbox *in = g->pp_inbox;
   OL_CHECK(!in || in->n == 0);  // the previous receive was waited for
   OL_CHECK(n > 0 && n <= (size_t)INT32_MAX);
-  if (!in || in->cap < n) {
-    ol_free(in);
-    in = g->pp_inbox = ol_calloc(1, sizeof *in + n * sizeof(float));
-    in->cap = n;
-  }
+  if (!in) in = g->pp_inbox = ol_calloc(1, sizeof *in);
+  in->buf = ol_comm_message_buffer(g, OL_COMM_INBOX, n * sizeof(float));  // (n) grown, kept
   in->n = n;
   // a forward activation from the previous stage was sent "to next" (dir 1), a gradient from
   // the next stage "to previous" (dir 0)
@@ -84,12 +98,25 @@ static void pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
             pp_comm(g), &in->request);
 }
 
-/* Waits for the posted receive and copies its n floats into x, right before x is used. */
+/* Waits for the posted receive and copies its n floats into x (a backend buffer), right before
+ * x is used: memcpy on the host path, to_device when staged; when CUDA-aware a queued copy
+ * between backend buffers, waited for, so that the next receive may overwrite the inbox. */
 static void pp_wait_recv(ol_grid *g, float *x, size_t n) {
   inbox *in = g->pp_inbox;
   OL_CHECK(in && in->n == n);  // the receive this op expects was posted
   MPI_Wait(&in->request, MPI_STATUS_IGNORE);
-  memcpy(x, in->buf, n * sizeof(float));
+  const ol_backend *bk = ol_comm_backend(g);
+  switch (ol_comm_messages(g)) {
+  case OL_PATH_STAGED:
+    bk->to_device(x, in->buf, n * sizeof(float));
+    break;
+  case OL_PATH_CUDA_AWARE:
+    bk->copy(x, in->buf, n * sizeof(float));
+    bk->sync();
+    break;
+  default:
+    memcpy(x, in->buf, n * sizeof(float));
+  }
   in->n = 0;
 }
 
@@ -140,13 +167,32 @@ void ol_pp_sum(ol_grid *g, double *x, int n) {
 /* Generation moves one step's (n, D) residual stream at a time, and every stage waits for it
  * anyway: plain blocking messages, with a tag of their own (the executor's tags are 2 mb + dir). */
 #define PP_GENERATE_TAG 0x7fff
+/* x is a backend buffer: on the messages' path, staged through the grid's pinned buffer. */
 void ol_pp_send_next(ol_grid *g, const float *x, size_t n) {
   OL_CHECK(g->pp_rank + 1 < g->pp && n <= (size_t)INT32_MAX);
-  MPI_Send(x, (int)n, MPI_FLOAT, g->pp_rank + 1, PP_GENERATE_TAG, pp_comm(g));
+  const ol_backend *bk = ol_comm_backend(g);
+  const void *from = x;
+  const ol_path path = ol_comm_messages(g);
+  if (path == OL_PATH_CUDA_AWARE) {
+    bk->sync();  // the kernels that wrote x have ended
+  } else if (path == OL_PATH_STAGED) {
+    void *stage = ol_comm_stage(g, n * sizeof(float));  // (n) pinned
+    bk->sync();
+    bk->to_host(stage, x, n * sizeof(float));
+    from = stage;
+  }
+  MPI_Send(from, (int)n, MPI_FLOAT, g->pp_rank + 1, PP_GENERATE_TAG, pp_comm(g));
   g->bytes[OL_COMM_PP] += (double)n * sizeof(float);
 }
 
 void ol_pp_recv_prev(ol_grid *g, float *x, size_t n) {
   OL_CHECK(g->pp_rank > 0 && n <= (size_t)INT32_MAX);
-  MPI_Recv(x, (int)n, MPI_FLOAT, g->pp_rank - 1, PP_GENERATE_TAG, pp_comm(g), MPI_STATUS_IGNORE);
+  const ol_backend *bk = ol_comm_backend(g);
+  const ol_path path = ol_comm_messages(g);
+  void *into = x;
+  if (path == OL_PATH_CUDA_AWARE) bk->sync();  // no queued kernel still uses x
+  if (path == OL_PATH_STAGED) into = ol_comm_stage(g, n * sizeof(float));  // (n) pinned
+  MPI_Recv(into, (int)n, MPI_FLOAT, g->pp_rank - 1, PP_GENERATE_TAG, pp_comm(g),
+           MPI_STATUS_IGNORE);
+  if (path == OL_PATH_STAGED) bk->to_device(x, into, n * sizeof(float));
 }

@@ -2,21 +2,19 @@
  * model and adapter code marks (core/tp.h), the partial-gradient reduction and the grad-norm
  * accounting. */
 #include <mpi.h>
-#include <string.h>
 
+#include "comm.h"
 #include "onelora/backend/backend.h"
 #include "onelora/parallel/tp.h"
 
 static int tp_active(const ol_grid *g) { return g && g->tp > 1; }
 static MPI_Comm tp_comm(const ol_grid *g) { return *(MPI_Comm *)g->tp_comm; }
 
+/* x (n elements of `size` bytes, a backend buffer) reduced over TP in place, on the grid's
+ * path (comm.h), its bytes counted as `kind` */
 static void allreduce(ol_grid *g, void *x, size_t n, MPI_Datatype type, size_t size, MPI_Op op,
                       ol_comm_kind kind) {
-  const size_t chunk = (size_t)1 << 30;  // MPI counts are ints
-  for (size_t off = 0; off < n; off += chunk) {
-    size_t c = n - off < chunk ? n - off : chunk;
-    MPI_Allreduce(MPI_IN_PLACE, (char *)x + off * size, (int)c, type, op, tp_comm(g));
-  }
+  ol_comm_allreduce(g, OL_GROUP_TP, x, n, type, size, op);
   g->bytes[kind] += (double)n * (double)size;
 }
 
@@ -33,7 +31,7 @@ static void reduce_from_forward(const ol_tp *tp, float *x, size_t n) {
 
 /* Megatron's vocab-parallel cross-entropy: the row maxima, the target logits (zero on the
  * shards that do not hold the target) and the sums of exponentials are reduced over TP between
- * the backend's pieces. */
+ * the backend's pieces (mx, zt, sum are backend buffers: the activations' scratch). */
 static double vocab_cross_entropy(const ol_tp *tp, float *logits, const int32_t *targets,
                                   size_t n, size_t Vl, int64_t v0, float grad_scale, float *mx,
                                   float *zt, double *sum) {
@@ -51,7 +49,7 @@ static double vocab_cross_entropy(const ol_tp *tp, float *logits, const int32_t 
 static void gather_forward(const ol_tp *tp, const float *x, size_t n, float *out) {
   ol_grid *g = grid_of(tp);
   OL_CHECK(n <= (size_t)INT32_MAX);
-  MPI_Allgather(x, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, tp_comm(g));
+  ol_comm_allgather_tp(g, x, n, out);  // backend buffers x (n), out (TP * n)
   g->bytes[OL_COMM_TP_FWD] += (double)n * sizeof(float);
 }
 
@@ -68,23 +66,22 @@ const ol_tp *ol_grid_tp(ol_grid *g) {
 void ol_tp_reduce_partial_grads(ol_grid *g, ol_params *p) {
   if (!tp_active(g)) return;
   // the partial gradients are scattered over the flat buffer (two small vectors per layer for
-  // 1LoRA): pack them, reduce once, unpack
+  // 1LoRA): pack them (copies queued on the backend), reduce once, unpack
   size_t n = 0;
   for (size_t i = 0; i < p->count; i++) n += p->entries[i].place == OL_PLACE_PARTIAL ? p->entries[i].numel : 0;
   if (n == 0) return;
-  float *packed = ol_calloc(n, sizeof(float));  // (n) every partial gradient, in table order
+  float *packed = ol_comm_packed(g, n);  // (n) backend: every partial gradient, in table order
   for (size_t i = 0, at = 0; i < p->count; i++)
     if (p->entries[i].place == OL_PLACE_PARTIAL) {
-      memcpy(packed + at, p->grad + p->entries[i].offset, p->entries[i].numel * sizeof(float));
+      ol_bk->copy(packed + at, p->grad + p->entries[i].offset, p->entries[i].numel * sizeof(float));
       at += p->entries[i].numel;
     }
   allreduce(g, packed, n, MPI_FLOAT, sizeof(float), MPI_SUM, OL_COMM_TP_BWD);
   for (size_t i = 0, at = 0; i < p->count; i++)
     if (p->entries[i].place == OL_PLACE_PARTIAL) {
-      memcpy(p->grad + p->entries[i].offset, packed + at, p->entries[i].numel * sizeof(float));
+      ol_bk->copy(p->grad + p->entries[i].offset, packed + at, p->entries[i].numel * sizeof(float));
       at += p->entries[i].numel;
     }
-  ol_free(packed);
 }
 
 double ol_tp_grad_sumsq(ol_grid *g, const ol_params *p) {

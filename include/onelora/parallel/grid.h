@@ -24,6 +24,8 @@ typedef struct ol_grid {
   void *pp_inbox;                   /* the pipeline receive in flight and its buffer */
   void *world_comm;                 /* MPI_COMM_WORLD as an MPI_Comm * (for parallel I/O) */
   ol_tp tp_group;                   /* the TP regions over tp_comm (ol_grid_tp) */
+  void *comm;                       /* how backend buffers travel: the path, NCCL communicators
+                                     * and staging buffers (src/parallel/comm.h) */
 } ol_grid;
 
 /* Starts MPI (MPI_THREAD_FUNNELED) and records the world; layouts come with ol_grid_layout. */
@@ -32,6 +34,27 @@ void ol_grid_init(int *argc, char ***argv, ol_grid *g);
  * tp * pp does not divide the world size. */
 int ol_grid_layout(ol_grid *g, int tp, int pp);
 void ol_grid_finalize(ol_grid *g);
+
+/* Chooses this process's backend and sets it (ol_backend_set): device "cpu" (ol_backend_cpu),
+ * "cuda" (GPU local_rank % ol_cuda_device_count(), the local rank from
+ * OMPI_COMM_WORLD_LOCAL_RANK, else SLURM_LOCALID, else the rank among this node's ranks) or, in
+ * test builds, "cpu-staged" (ol_backend_cpu_staged); NULL is "cpu". Then chooses how the
+ * backend's buffers travel, recorded in the grid for every collective and message of
+ * src/parallel:
+ *   host        the buffers are host memory: plain MPI on them
+ *   nccl        TP and DP all-reduces and the TP all-gather by NCCL on the backend's stream
+ *               (one NCCL communicator per TP and per DP group); pipeline messages by MPI,
+ *               CUDA-aware or staged
+ *   cuda-aware  MPI on the device pointers, after the backend's queue has drained
+ *   staged      queue drained, buffers copied into pinned host memory, MPI there, copied back
+ * The environment variable ONELORA_COMM=auto|staged|cuda-aware|nccl forces one (an unavailable
+ * one is an error naming why); auto takes the first available of nccl, cuda-aware, staged.
+ * Collective over every rank, which agree on the outcome (a rank without a GPU fails them all).
+ * Called before or after ol_grid_layout: the NCCL communicators are built once both are done. */
+int ol_grid_use_device(ol_grid *g, const char *device);
+/* The communication path for the log: "host", "nccl", "cuda-aware MPI" or "staged through
+ * pinned host memory" (with the pipeline messages' path after "nccl"). */
+const char *ol_grid_comm_path(const ol_grid *g);
 
 /* Every rank's status, agreed: returns OL_OK only when all ranks passed OL_OK. A rank that
  * failed keeps its own message; the others record "rank R failed: <its message>" so that every
