@@ -811,7 +811,7 @@ static double mora6_sq(traj_run *r, const float *M, size_t rhat, size_t d, size_
   double sq = 0;
   for (size_t g = 0; g < G && g * rhat < qmax; g++) {
     const size_t q0 = g * rhat, q1 = q0 + rhat < qmax ? q0 + rhat : qmax, n = q1 - q0;
-    memcpy(V, M, n * rhat * sizeof(float));  // rows 0 .. n of M
+    ol_bk->copy(V, M, n * rhat * sizeof(float));  // rows 0 .. n of M
     ol_bk->rope_apply(V, cos_t + g * half, sin_t + g * half, 1, 1, n, rhat, 1);  // rot_g^T
     const float *rows = V;
     size_t width = rhat;

@@ -47,8 +47,8 @@ static void cached_attention(ol_model *m, ol_acts *a, size_t l, ol_block_acts *b
   ol_bk->rope_apply(ba->k, cos_t, sin_t, 1, N, Hkv, hd, 0);
   float *kc = cache->k + l * cache->T_max * kvD;  // (T_max, Hkv/TP*hd) layer l's keys
   float *vc = cache->v + l * cache->T_max * kvD;  // (T_max, Hkv/TP*hd) and values
-  memcpy(kc + t0 * kvD, ba->k, N * kvD * sizeof(float));
-  memcpy(vc + t0 * kvD, ba->v, N * kvD * sizeof(float));
+  ol_bk->copy(kc + t0 * kvD, ba->k, N * kvD * sizeof(float));
+  ol_bk->copy(vc + t0 * kvD, ba->v, N * kvD * sizeof(float));
   if (t0 == 0)
     ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, 1, N, H, Hkv, hd,
                              a->attn_scratch);
@@ -81,14 +81,14 @@ static void block_forward(ol_model *m, ol_acts *a, size_t l, const float *x, flo
     ol_bk->attention_forward(a->att, ba->lse, ba->q, ba->k, ba->v, a->B, a->T, H, Hkv, hd,
                              a->attn_scratch);
   }
-  memcpy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
+  ol_bk->copy(ba->x2, x, N * D * sizeof(float));  // x2 = x + o(att)
   ol_linear_forward(&b->lin[OL_O], a->att, ba->x2, N, 1.0f, ba->saved[OL_O]);
 
   ol_bk->rmsnorm_forward(a->xn, ba->rstd2, ba->x2, b->mlp_norm.data, N, D, eps);
   float *gate_up[2] = {ba->g, ba->u};
   ol_linears_forward(&b->lin[OL_GATE], 2, a->xn, gate_up, N, &ba->saved[OL_GATE]);
   ol_bk->swiglu_forward(a->h, ba->g, ba->u, N * F);
-  memcpy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
+  ol_bk->copy(out, ba->x2, N * D * sizeof(float));  // out = x2 + down(h)
   ol_linear_forward(&b->lin[OL_DOWN], a->h, out, N, 1.0f, ba->saved[OL_DOWN]);
 }
 

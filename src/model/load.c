@@ -10,9 +10,22 @@ static size_t tensor_numel(const ol_tensor *t) {
   return t->ndim == 2 ? t->count[0] * t->count[1] : t->count[0];
 }
 
+/* This rank's slice of tensor t from the file into dst, a backend buffer of its numel floats:
+ * directly when the backend's memory is host memory, else through a host buffer. */
+static int read_slice(ol_weights *f, const ol_tensor *t, float *dst) {
+  if (ol_bk->host_visible)
+    return ol_weights_read(f, t->name, t->ndim, t->shape, t->start, t->count, dst);
+  const size_t n = tensor_numel(t);
+  float *host = ol_calloc(n, sizeof(float));  // (numel) the slice
+  int rc = ol_weights_read(f, t->name, t->ndim, t->shape, t->start, t->count, host);
+  if (rc == OL_OK) ol_bk->to_device(dst, host, n * sizeof(float));
+  ol_free(host);
+  return rc;
+}
+
 /* The rows of a matrix kept at 2 bytes, read as f32 (exact for an f16 or bf16 file). */
 static int read_rows(void *weights, const ol_tensor *rows, float *buf) {
-  return ol_weights_read(weights, rows->name, 2, rows->shape, rows->start, rows->count, buf);
+  return read_slice(weights, rows, buf);
 }
 
 int ol_model_load(ol_model *m, ol_weights *f) {
@@ -29,7 +42,7 @@ int ol_model_load(ol_model *m, ol_weights *f) {
       continue;
     }
     // this rank's slice only: rows of column-parallel and vocab tensors, columns of row-parallel
-    if (t->data) OL_TRY(ol_weights_read(f, t->name, t->ndim, t->shape, t->start, t->count, t->data));
+    if (t->data) OL_TRY(read_slice(f, t, t->data));
     else OL_TRY(ol_tensor_fill_half(t, m->stage.weights_dtype, read_rows, f));
   }
   return OL_OK;

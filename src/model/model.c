@@ -331,7 +331,7 @@ int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, voi
   const size_t cols = t->count[1];
   size_t per = cols >= HALF_FILL_BLOCK ? 1 : HALF_FILL_BLOCK / cols;
   if (per > t->count[0]) per = t->count[0];
-  float *buf = ol_calloc(per * cols, sizeof(float));  // (per, cols)
+  float *buf = ol_bk->alloc(per * cols * sizeof(float));  // (per, cols), filled by `fill`
   int rc = OL_OK;
   for (size_t r0 = 0; rc == OL_OK && r0 < t->count[0]; r0 += per) {
     ol_tensor rows = *t;  // the block: rows [r0, r0 + count) of this rank's slice
@@ -341,7 +341,7 @@ int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, voi
     uint16_t *dst = t->half + r0 * cols;  // (rows.count[0], cols)
     if (rc == OL_OK) ol_bk->narrow(dst, buf, rows.count[0] * cols, dtype == OL_DTYPE_BF16);
   }
-  ol_free(buf);
+  ol_bk->free(buf);
   return rc;
 }
 

@@ -69,7 +69,7 @@ static void saved_slots(const ol_linear *lin, float *saved, size_t N,
  * kept at the front of saved when W is trainable */
 static void additive_forward(ol_linear *lin, const float *x, float *z, size_t N, float beta,
                              float *saved, float *const *slots) {
-  if (lin->w_param >= 0) memcpy(saved, x, N * lin->in * sizeof(float));  // (N, in) for dW
+  if (lin->w_param >= 0) ol_bk->copy(saved, x, N * lin->in * sizeof(float));  // (N, in) for dW
   for (int i = 0; i < lin->n_adapters; i++, beta = 1.0f) {
     ol_adapter *a = &lin->adapters[i];
     a->ops->forward(a, lin, x, z, N, beta, slots[i]);

@@ -33,15 +33,17 @@ static void lora_init(ol_adapter *a, const ol_linear *lin, ol_rng *rng) {
   const size_t r = a->rank, k = lin->in;
   const size_t k_full = lin->in_full ? lin->in_full : k;
   const float bound = 1.0f / sqrtf((float)k_full);  // fan-in of the whole layer
-  float *A = a->value[0];  // (r, k) this rank's columns [in_start, in_start + k) of (r, k_full)
   // B (d, r) = 0: the parameter buffer starts zeroed (ol_params_alloc). A is drawn here, on
   // the host, from the adapter's sequential stream (ol_rng has no counter form to hand to a
-  // kernel): set-up data written once, never a step's work
+  // kernel), then copied to the backend: set-up data written once, never a step's work
+  float *A = ol_calloc(r * k, sizeof(float));  // (r, k) this rank's columns [in_start, +k) of (r, k_full)
   for (size_t i = 0; i < r; i++)  // the full tensor's stream: the same values under any TP
     for (size_t j = 0; j < k_full; j++) {
       float u = bound * (2.0f * ol_rng_uniform(rng) - 1.0f);
       if (j >= lin->in_start && j < lin->in_start + k) A[i * k + j - lin->in_start] = u;
     }
+  ol_bk->to_device(a->value[0], A, r * k * sizeof(float));
+  ol_free(A);
 }
 
 static size_t lora_saved(const ol_adapter *a, const ol_linear *lin) {
@@ -55,7 +57,7 @@ static void lora_forward(ol_adapter *a, const ol_linear *lin, const float *x, fl
   const float *B = a->value[1];  // (d, r)
   float *xs = saved;             // (N, k) the input, kept for dA
   float *t = saved + N * k;      // (N, r) t = x A^T, kept for dB
-  memcpy(xs, x, N * k * sizeof(float));
+  ol_bk->copy(xs, x, N * k * sizeof(float));
   ol_bk->gemm(0, 1, N, r, k, 1.0f, x, k, A, k, 0.0f, t, r);
   ol_bk->gemm(0, 1, N, d, r, a->scale, t, r, B, r, beta, y, d);  // y (N, d) = beta y + s t B^T
 }

@@ -162,23 +162,29 @@ static size_t mora6_kp(const ol_adapter *a, const ol_linear *lin) {
   return padded(lin->in_full ? lin->in_full : lin->in, a->rank);
 }
 
-/* The RoPE tables cos, sin (G, r^/2) at the front of the scratch, filled on first use (the
- * scratch starts zeroed and cos at group 0 is exactly 1): the angle of group g, pair i is
- * g * 10000^(-2i/r^), computed in double by the backend's rope_table. */
-static void rope_tables(const ol_adapter *a, size_t kp, const float **cos_t, const float **sin_t) {
+/* The RoPE tables cos, sin (G, r^/2) at the front of the scratch: the angle of group g, pair i
+ * is g * 10000^(-2i/r^), computed in double by the backend's rope_table, on first use (the
+ * adapter's state_ready says so: the scratch may be device memory, which the host cannot
+ * inspect) or every time when `again` (a merge, whose adapter is read-only). */
+static void rope_tables(const ol_adapter *a, size_t kp, int again, const float **cos_t,
+                        const float **sin_t) {
   const size_t rhat = a->rank;
   float *c = a->state, *s = a->state + kp / 2;  // (G, r^/2) each
-  if (c[0] != 1.0f) ol_bk->rope_table(c, s, kp / rhat, rhat, 10000.0);
+  if (again || !a->state_ready) ol_bk->rope_table(c, s, kp / rhat, rhat, 10000.0);
   *cos_t = c, *sin_t = s;
+}
+static void ready_tables(ol_adapter *a, size_t kp, const float **cos_t, const float **sin_t) {
+  rope_tables(a, kp, 0, cos_t, sin_t);
+  a->state_ready = 1;
 }
 
 /* Z (n, k_pad) = the n padded inputs x (n, k) (this rank's columns at their global positions,
  * zeros at the others'), group g of each rotated at position g */
-static void rotated_groups(const ol_adapter *a, const ol_linear *lin, const float *x, size_t n,
+static void rotated_groups(ol_adapter *a, const ol_linear *lin, const float *x, size_t n,
                            float *Z) {
   const size_t rhat = a->rank, kp = mora6_kp(a, lin);
   const float *cos_t, *sin_t;
-  rope_tables(a, kp, &cos_t, &sin_t);
+  ready_tables(a, kp, &cos_t, &sin_t);
   pad_map(lin, rhat, kp, Z, (float *)x, n, 0.0f, 0);
   ol_bk->rope_apply(Z, cos_t, sin_t, n, kp / rhat, 1, rhat, 0);  // Z as (n, G, 1 head, r^)
 }
@@ -189,7 +195,7 @@ static void mora6_forward(ol_adapter *a, const ol_linear *lin, const float *x, f
   const float *M = a->value[0];  // (r^, r^)
   float *Z = a->state + kp;      // (MORA6_CHUNK, k_pad) = (MORA6_CHUNK * G, r^) rotated groups
   float *O = Z + MORA6_CHUNK * kp;  // (MORA6_CHUNK, k_pad) o_0 .. o_{G-1} of each token
-  memcpy(saved, x, N * k * sizeof(float));  // (N, k) x, kept for backward
+  ol_bk->copy(saved, x, N * k * sizeof(float));  // (N, k) x, kept for backward
   for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
     const size_t n = N - t0 < MORA6_CHUNK ? N - t0 : MORA6_CHUNK;
     rotated_groups(a, lin, x + t0 * k, n, Z);
@@ -206,7 +212,7 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
   const float *M = a->value[0];   // (r^, r^)
   float *dM = a->grad[0];         // (r^, r^)
   const float *cos_t, *sin_t;
-  rope_tables(a, kp, &cos_t, &sin_t);
+  ready_tables(a, kp, &cos_t, &sin_t);
   float *Z = a->state + kp;         // (MORA6_CHUNK, k_pad) rotated groups, then their gradient
   float *F = Z + MORA6_CHUNK * kp;  // (MORA6_CHUNK, k_pad) the gradient reaching o
   for (size_t t0 = 0; t0 < N; t0 += MORA6_CHUNK) {
@@ -228,14 +234,14 @@ static void mora6_backward(ol_adapter *a, const ol_linear *lin, const float *dy,
 static void mora6_merge(const ol_adapter *a, ol_linear *lin) {
   const size_t rhat = a->rank, k = lin->in, d = lin->out, kp = mora6_kp(a, lin), half = rhat / 2;
   const float *cos_t, *sin_t;
-  rope_tables(a, kp, &cos_t, &sin_t);
+  rope_tables(a, kp, 1, &cos_t, &sin_t);
   const size_t per = 2 * (size_t)MORA6_CHUNK * kp / rhat;  // rows of V that fit: >= 32, as kp >= r^
   float *V = a->state + kp;  // (per, r^) rows of M rotated back
   for (size_t i = 0; i < d;) {
     const size_t q = i % kp, g = q / rhat, a0 = q % rhat;
     size_t n = rhat - a0 < per ? rhat - a0 : per;  // to the end of the group's block of rows
     if (d - i < n) n = d - i;
-    memcpy(V, a->value[0] + a0 * rhat, n * rhat * sizeof(float));  // rows a0 .. of M
+    ol_bk->copy(V, a->value[0] + a0 * rhat, n * rhat * sizeof(float));  // rows a0 .. of M
     ol_bk->rope_apply(V, cos_t + g * half, sin_t + g * half, 1, 1, n, rhat, 1);  // rot_g^T
     ol_bk->cyclic_rows(lin->W + i * k, k, g * rhat, V, rhat, 0, rhat, n, 1.0f);
     i += n;

@@ -67,9 +67,12 @@ static void random_declare(ol_adapter *a, const ol_linear *lin, ol_peft_ctx *ctx
   size_t shape[1] = {lin->in_full ? lin->in_full : lin->in};
   float *v = ol_frozen_add(ctx->frozen, name, 1, shape);  // (k_full)
   OL_CHECK(v != NULL);
-  ol_rng rng;
+  ol_rng rng;  // drawn on the host (a sequential stream), then copied to the backend
   ol_rng_seed(&rng, ctx->seed ^ name_hash(name));
-  for (size_t i = 0; i < shape[0]; i++) v[i] = ol_rng_normal(&rng);
+  float *host = ol_calloc(shape[0], sizeof(float));  // (k_full)
+  for (size_t i = 0; i < shape[0]; i++) host[i] = ol_rng_normal(&rng);
+  ol_bk->to_device(v, host, shape[0] * sizeof(float));
+  ol_free(host);
   a->frozen[0] = v + lin->in_start;  // (k) this rank's columns
 }
 

@@ -43,10 +43,13 @@ static const float *shared_uniform(ol_peft_ctx *ctx, const char *name, size_t ro
   }
   const float bound = (float)sqrt(6.0 / (double)cols);
   // drawn here, on the host, from one sequential stream (ol_rng has no counter form to hand to
-  // a kernel): set-up data written once, never a step's work
+  // a kernel), then copied to the backend: set-up data written once, never a step's work
   ol_rng rng;
   ol_rng_seed(&rng, ctx->seed ^ name_hash(name));
-  for (size_t i = 0; i < rows * cols; i++) w[i] = bound * (2.0f * ol_rng_uniform(&rng) - 1.0f);
+  float *host = ol_calloc(rows * cols, sizeof(float));  // (rows, cols)
+  for (size_t i = 0; i < rows * cols; i++) host[i] = bound * (2.0f * ol_rng_uniform(&rng) - 1.0f);
+  ol_bk->to_device(w, host, rows * cols * sizeof(float));
+  ol_free(host);
   return w;
 }
 

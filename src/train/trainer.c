@@ -13,6 +13,7 @@
 #include "onelora/parallel/tp.h"
 #include "onelora/parallel/pipeline.h"
 #include "onelora/train/data.h"
+#include "onelora/backend/backend.h"
 #include "onelora/train/trainer.h"
 #include "onelora/train/state.h"
 
@@ -28,6 +29,9 @@ typedef struct {
   size_t B, T, M, G;       /* micro-batch, seq len, micro-batches, global batch (sequences) */
   int32_t *tokens;         /* (M, B, T) inputs of the step's micro-batches */
   int32_t *targets;        /* (M, B, T) next-token targets */
+  int32_t *tokens_bk;      /* (M, B, T) the inputs in backend memory (tokens itself on a
+                              host-visible backend) */
+  int32_t *targets_bk;     /* (M, B, T) the targets alike */
   double *step_s;          /* (steps) wall time of each step */
   double *frozen_step_s;   /* (steps) wall time of the same step with adapters detached */
   size_t trainable;        /* trainable values of the whole model (every rank's shard) */
@@ -36,7 +40,11 @@ typedef struct {
 /* Loads this replica's micro-batches of a step; all ranks agree on the outcome before any
  * message flows. */
 static int load_step(trainer *t, ol_split s, int64_t step) {
-  return ol_grid_agree(t->o->grid, ol_loader_step(t->data, s, step, t->tokens, t->targets));
+  OL_TRY(ol_grid_agree(t->o->grid, ol_loader_step(t->data, s, step, t->tokens, t->targets)));
+  const size_t bytes = t->M * t->B * t->T * sizeof(int32_t);
+  ol_bk->to_device(t->tokens_bk, t->tokens, bytes);  // no copy when they are the same array
+  ol_bk->to_device(t->targets_bk, t->targets, bytes);
+  return OL_OK;
 }
 
 /* The pipeline executor's callbacks: micro-batch mb runs on activation slot `slot`. */
@@ -49,13 +57,13 @@ static double stage_forward(void *ctx, int mb, int slot) {
   const pass *p = ctx;
   trainer *t = p->t;
   const size_t N = t->B * t->T;
-  return ol_model_forward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * N,
-                          t->targets + (size_t)mb * N, p->grad_scale);
+  return ol_model_forward(&t->model, &t->acts[slot], t->tokens_bk + (size_t)mb * N,
+                          t->targets_bk + (size_t)mb * N, p->grad_scale);
 }
 
 static void stage_backward(void *ctx, int mb, int slot) {
   trainer *t = ((const pass *)ctx)->t;
-  ol_model_backward(&t->model, &t->acts[slot], t->tokens + (size_t)mb * t->B * t->T);
+  ol_model_backward(&t->model, &t->acts[slot], t->tokens_bk + (size_t)mb * t->B * t->T);
 }
 
 /* The residual stream at the stage's first block boundary: its input, (N, D) */
@@ -211,7 +219,7 @@ static void format_eta(double seconds, char *buf, size_t size) {
  * the gradients and the loss over the DP replicas. loss_sum is the global sum. */
 static int forward_backward(trainer *t, int64_t step, float grad_scale, double *loss_sum) {
   ol_model *m = &t->model;
-  memset(m->params.grad, 0, m->params.total * sizeof(float));
+  ol_bk->fill(m->params.grad, 0.0f, m->params.total);
   OL_TRY(load_step(t, OL_SPLIT_TRAIN, step));
   *loss_sum = run_schedule(t, grad_scale);
   ol_tp_reduce_partial_grads(t->o->grid, &m->params);  // row-parallel 1LoRA's db
@@ -455,6 +463,9 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     t.n_ops = ol_pp_schedule(g->pp, g->pp_rank, (int)t.M, o->gpipe, t.ops);
     t.tokens = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
     t.targets = ol_calloc(t.M * t.B * t.T, sizeof(int32_t));
+    const size_t token_bytes = t.M * t.B * t.T * sizeof(int32_t);
+    t.tokens_bk = ol_bk->host_visible ? t.tokens : ol_bk->alloc(token_bytes);
+    t.targets_bk = ol_bk->host_visible ? t.targets : ol_bk->alloc(token_bytes);
     t.step_s = ol_calloc((size_t)o->steps, sizeof(double));
     t.frozen_step_s = ol_calloc((size_t)o->steps, sizeof(double));
     ol_info("onelora train | model %s (D=%lld L=%lld H=%lld Hkv=%lld F=%lld V=%lld) | method %s | "
@@ -495,6 +506,10 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   }
   ol_metrics_close(t.log);
   ol_loader_close(t.data);
+  if (t.tokens_bk != t.tokens) {
+    ol_bk->free(t.tokens_bk);
+    ol_bk->free(t.targets_bk);
+  }
   ol_free(t.tokens), ol_free(t.targets), ol_free(t.step_s), ol_free(t.frozen_step_s);
   for (int s = 0; s < t.n_slots; s++) ol_acts_free(&t.acts[s]);
   ol_free(t.acts), ol_free(t.ops);

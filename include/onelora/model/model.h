@@ -112,8 +112,8 @@ void ol_tensor_randomize(const ol_tensor *t, float *data, uint64_t seed);
 size_t ol_tensor_numel(const ol_tensor *t);
 /* Fills t->half, this rank's slice of a matrix kept at 2 bytes, a block of rows at a time:
  * fill(ctx, rows, buf) writes the f32 values of `rows` (t narrowed to the block's rows) into buf
- * (rows.count[0], count[1]), which are then rounded to dtype (to nearest even). Returns the first
- * error of fill. */
+ * (rows.count[0], count[1]), a backend buffer, which are then rounded to dtype (to nearest even)
+ * by the backend. Returns the first error of fill. */
 typedef int (*ol_fill_fn)(void *ctx, const ol_tensor *rows, float *buf);
 int ol_tensor_fill_half(const ol_tensor *t, ol_dtype dtype, ol_fill_fn fill, void *ctx);
 void ol_model_free(ol_model *m);

@@ -95,6 +95,7 @@ struct ol_adapter {
   const float *frozen[2];   /* generated frozen tensors it reads (set in declare) */
   size_t state_floats;      /* persistent per-layer scratch it asked for in declare */
   float *state;             /* (state_floats) allocated with the model */
+  int state_ready;          /* the fixed part of state has been computed (mora6's tables) */
   /* constants a method fixes in declare, since the vtable's calls see no ol_method */
   size_t rank;              /* its inner size (lora, dora, vera: r; mora, mora6: r^) */
   float scale;              /* its output scaling (lora, dora: s = alpha / r) */
