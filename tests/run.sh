@@ -21,9 +21,11 @@ status=0
 if [ "$sanitize" = 1 ]; then
   san_build="$ONELORA_ROOT/build-san"
   start=$SECONDS
-  echo "onelora: sanitizer pass: building $san_build (ASan + UBSan)"
+  # ONELORA_CUDA=OFF here: the main build compiles the CUDA backend (AUTO, where nvcc is), this
+  # one proves that a build without CUDA needs none of it
+  echo "onelora: sanitizer pass: building $san_build (ASan + UBSan, ONELORA_CUDA=OFF)"
   if cmake -S "$ONELORA_ROOT" -B "$san_build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-           -DONELORA_SANITIZE=ON -DONELORA_TEST_HOOKS=ON >/dev/null &&
+           -DONELORA_SANITIZE=ON -DONELORA_TEST_HOOKS=ON -DONELORA_CUDA=OFF >/dev/null &&
      cmake --build "$san_build" -j"$(nproc)" >"$logs/san-build.txt" 2>&1; then
     built=$((SECONDS - start))
     # every report ends the process, with a status no onelora error uses; Open MPI's and HDF5's

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "onelora/backend/backend.h"
 #include "onelora/core/core.h"
 
 static void print_help(const char *cmd, const char *usage, const ol_arg *args, size_t nargs) {
@@ -83,6 +84,14 @@ int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, con
       case OL_ARG_FLAG: break;
     }
   }
+  return OL_OK;
+}
+
+int ol_cli_use_device(ol_grid *g, const char *device) {
+  OL_TRY(ol_grid_use_device(g, device));
+  if (g->world_rank == 0)
+    ol_info("device %s%s%s | communication: %s", ol_bk->name, ol_bk->host_visible ? "" : " (",
+            ol_bk->host_visible ? "" : ol_cuda_device_name(), ol_grid_comm_path(g));
   return OL_OK;
 }
 

@@ -76,6 +76,7 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   }
   o.synthetic = &cfg;
   o.grid = grid;
+  if (ol_cli_use_device(grid, o.device) != OL_OK) return ol_cli_fail();
   if (ckpt_only) return bench_checkpoint(&o, &cfg) == OL_OK ? 0 : ol_cli_fail();
   // adapters can be detached to time the frozen twin of each step; trainable norms or weights
   // cannot, so those runs report no ratio (compare their median step with a `none` run)

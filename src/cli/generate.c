@@ -61,6 +61,7 @@ static void print_ids(const int32_t *ids, size_t n, int as_ids) {
 
 int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
   const char *model = NULL, *ckpt = NULL, *prompt = NULL, *prompt_ids = NULL, *wdtype = "f32";
+  const char *device = "cpu";
   int64_t tokens = 0, top_k = 0, seed = 1234, tp = 1, pp = 1;
   double temperature = 1.0;
   int print_as_ids = 0, no_cache = 0;
@@ -78,6 +79,7 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
       {"--pp", OL_ARG_INT, &pp, "N", "pipeline stages (1)"},
       {"--weights-dtype", OL_ARG_STR, &wdtype, "T", "frozen weights in memory: f32 | f16 | bf16 (f32)"},
       {"--no-cache", OL_ARG_FLAG, &no_cache, NULL, "recompute the whole sequence every step (no KV cache)"},
+      {"--device", OL_ARG_STR, &device, "D", "cpu | cuda: one GPU per rank (cpu)"},
   };
   int help;
   if (ol_args_parse("generate", usage_text, argc, argv, args, sizeof args / sizeof args[0], &help,
@@ -115,6 +117,7 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
   int32_t *ids = NULL;
   size_t n = 0;
   ol_config cfg;
+  if (rc == OL_OK) rc = ol_cli_use_device(grid, device);
   if (rc == OL_OK) rc = ol_generate_run(&o, &ids, &n, &cfg);
   if (rc == OL_OK && grid->world_rank == 0)
     print_ids(ids, n, print_as_ids || cfg.vocab_size != 256);

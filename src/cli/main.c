@@ -1,6 +1,5 @@
 /* onelora: one binary, one subcommand per file. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -54,19 +53,6 @@ int main(int argc, char **argv) {
   if (!cmd->run_mpi) return cmd->run(argc - 1, argv + 1);
   ol_grid grid = {.world_size = 1, .tp = 1, .pp = 1, .dp = 1};
   if (!help) ol_grid_init(&argc, &argv, &grid);  // --help needs no MPI start-up
-  // Temporary, until the subcommands take --device: the environment names the device
-  // (tests/mpi's mpi.staged runs the layouts with ONELORA_TEST_DEVICE=cpu-staged)
-  const char *device = getenv("ONELORA_TEST_DEVICE");
-  if (!help && device && *device) {
-    if (ol_grid_use_device(&grid, device) != OL_OK) {
-      ol_error_report();
-      ol_grid_finalize(&grid);
-      return 1;
-    }
-    if (grid.world_rank == 0)
-      fprintf(stderr, "onelora: device %s | communication: %s\n", ol_bk->name,
-              ol_grid_comm_path(&grid));
-  }
   int rc = cmd->run_mpi(argc - 1, argv + 1, &grid);
   if (!help) ol_grid_finalize(&grid);
   return rc;

@@ -56,7 +56,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
        "when its dtype is --weights-dtype's and the tensor is contiguous)"},
       {"--recompute", OL_ARG_FLAG, &recompute, NULL,
        "keep only each block's input; recompute the block in backward"},
-      {"--device", OL_ARG_STR, &device, "D", "cpu (cpu)"},
+      {"--device", OL_ARG_STR, &device, "D",
+       "cpu | cuda: one GPU per rank, local rank modulo the node's GPUs (cpu)"},
       {"--eval-every", OL_ARG_INT, &eval_every, "N", "validation loss every N steps, 0 = never (0)"},
       {"--eval-batches", OL_ARG_INT, &eval_batches, "N", "global batches per validation (4)"},
       {"--ckpt-dir", OL_ARG_STR, &ckpt_dir, "DIR", "checkpoint directory (none)"},
@@ -105,8 +106,6 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
     rc = ol_error("--pp-schedule: expected 1f1b or gpipe, got '%s'", pp_schedule);
   else if (ol_dtype_parse(wdtype, &o.weights_dtype) != OL_OK)
     rc = ol_error("--weights-dtype: expected f32, f16 or bf16, got '%s'", wdtype);
-  else if (strcmp(device, "cpu") != 0)
-    rc = ol_error("--device %s: this build has only the cpu backend", device);
   if (rc == OL_OK) rc = ol_method_parse(method, targets, rank, alpha, &o.method);
   if (rc == OL_OK) rc = ol_schedule_parse(schedule, &o.schedule.kind);
   if (rc != OL_OK) return rc;
@@ -127,6 +126,7 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
   o.tp = (int)tp, o.pp = (int)pp;
   o.gpipe = strcmp(pp_schedule, "gpipe") == 0;
   o.recompute = recompute;
+  o.device = device;
   *out = o;
   return OL_OK;
 }
@@ -138,6 +138,7 @@ int ol_cmd_train(int argc, char **argv, ol_grid *grid) {
     return ol_cli_fail();
   if (help) return 0;
   o.grid = grid;
+  if (ol_cli_use_device(grid, o.device) != OL_OK) return ol_cli_fail();
   ol_train_result result = {0};
   if (ol_train_run(&o, &result) != OL_OK) return ol_cli_fail();
   return result.stopped ? OL_EXIT_STOPPED : 0;

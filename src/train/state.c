@@ -15,12 +15,41 @@
 #include <unistd.h>
 #endif
 
+#include "onelora/backend/backend.h"
 #include "onelora/io/files.h"
 #include "onelora/train/state.h"
 
 static const ol_ckpt_group state_groups[3] = {OL_GROUP_PARAMS, OL_GROUP_ADAM_M, OL_GROUP_ADAM_V};
 
 static float *state_buffer(const ol_params *p, int g) { return g == 0 ? p->data : g == 1 ? p->m : p->v; }
+
+static size_t numel_of(int ndim, const size_t *shape) {
+  return ndim == 2 ? shape[0] * shape[1] : shape[0];
+}
+
+/* The trainable state's values and moments in host memory, for the checkpoint file: p's own
+ * buffers on a host-visible backend, else a copy in *host_copy (ol_free it; NULL when none) with
+ * `to_host` the device's values copied in. A device's state reaches the host only here. */
+static ol_params host_state(const ol_params *p, int to_host, float **host_copy) {
+  ol_params h = *p;
+  *host_copy = NULL;
+  if (ol_bk->host_visible) return h;
+  *host_copy = ol_calloc(3 * p->total + 1, sizeof(float));  // (3, total) values, m, v
+  h.data = *host_copy, h.m = h.data + p->total, h.v = h.m + p->total, h.grad = NULL;
+  for (int k = 0; to_host && k < 3; k++)
+    ol_bk->to_host(state_buffer(&h, k), state_buffer(p, k), p->total * sizeof(float));
+  return h;
+}
+
+/* A generated frozen tensor's values in host memory: e->data itself, or a copy in *host_copy. */
+static float *host_tensor(const ol_frozen_entry *e, int to_host, float **host_copy) {
+  *host_copy = NULL;
+  if (ol_bk->host_visible) return e->data;
+  const size_t n = numel_of(e->ndim, e->shape);
+  *host_copy = ol_calloc(n + 1, sizeof(float));  // (the tensor's shape)
+  if (to_host) ol_bk->to_host(*host_copy, e->data, n * sizeof(float));
+  return *host_copy;
+}
 
 /* The whole model's layout at this TP degree, shard 0: full shapes and shard extents. */
 static int plan_layout(ol_model *plan, const ol_model *m, uint64_t seed) {
@@ -53,22 +82,26 @@ static void test_pause(int64_t step, int world_rank) { (void)step, (void)world_r
 static int write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, ol_grid *g,
                      int64_t step) {
   static const size_t none[2] = {0, 0};
-  const ol_params *mine = &m->params;
-  for (int k = 0; k < 3; k++) {
+  float *host_copy;
+  const ol_params host = host_state(&m->params, 1, &host_copy), *mine = &host;
+  int rc = OL_OK;
+  for (int k = 0; rc == OL_OK && k < 3; k++) {
     size_t j = 0;  // the next of this rank's entries: they appear in plan order
-    for (size_t i = 0; i < plan->params.count; i++) {
+    for (size_t i = 0; rc == OL_OK && i < plan->params.count; i++) {
       const ol_param_entry *e = &plan->params.entries[i];
       const ol_param_entry *own = j < mine->count && strcmp(mine->entries[j].name, e->name) == 0
                                       ? &mine->entries[j++] : NULL;
       int writer = own && g->dp_rank == 0 && (ol_param_sharded(own) || g->tp_rank == 0);
-      OL_TRY(ol_grid_agree(g, ol_ckpt_write_slice(
-                                  c, state_groups[k], e->name, e->ndim, e->shape, e->count,
-                                  writer ? own->start : none, writer ? own->count : none,
-                                  writer ? state_buffer(mine, k) + own->offset : NULL)));
+      rc = ol_grid_agree(g, ol_ckpt_write_slice(
+                                c, state_groups[k], e->name, e->ndim, e->shape, e->count,
+                                writer ? own->start : none, writer ? own->count : none,
+                                writer ? state_buffer(mine, k) + own->offset : NULL));
     }
-    OL_CHECK(j == mine->count);  // every entry of this rank is in the plan
+    OL_CHECK(rc != OL_OK || j == mine->count);  // every entry of this rank is in the plan
     if (k == 0) test_pause(step, g->world_rank);
   }
+  ol_free(host_copy);
+  OL_TRY(rc);
   // generated frozen tensors are whole on every TP rank; a per-layer one lives on one stage,
   // a shared one (VeRA's A and B) on every stage, and is written by the first
   for (size_t i = 0; i < plan->generated.count; i++) {
@@ -76,15 +109,13 @@ static int write_all(ol_ckpt *c, const ol_model *plan, const ol_model *m, ol_gri
     const ol_frozen_entry *own = ol_frozen_find(&m->generated, e->name);
     int shared = strncmp(e->name, "model.layers.", 13) != 0;
     int writer = own && g->dp_rank == 0 && g->tp_rank == 0 && (!shared || g->pp_rank == 0);
-    OL_TRY(ol_grid_agree(g, ol_ckpt_write_slice(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape,
-                                                NULL, none, writer ? e->shape : none,
-                                                writer ? own->data : NULL)));
+    float *values = writer ? host_tensor(own, 1, &host_copy) : (host_copy = NULL);
+    rc = ol_ckpt_write_slice(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, NULL, none,
+                             writer ? e->shape : none, values);
+    ol_free(host_copy);
+    OL_TRY(ol_grid_agree(g, rc));
   }
   return OL_OK;
-}
-
-static size_t numel_of(int ndim, const size_t *shape) {
-  return ndim == 2 ? shape[0] * shape[1] : shape[0];
 }
 
 /* Tensor i of the plan's group k: 0-2 the trainable table (params, adam_m, adam_v), 3 the
@@ -145,19 +176,30 @@ int ol_state_save(ol_grid *g, const ol_model *m, const ol_ckpt_meta *meta,
 }
 
 int ol_state_load(ol_params *p, ol_frozen *gen, ol_ckpt *c, int moments) {
-  for (int k = 0; k < (moments ? 3 : 1); k++)
-    for (size_t i = 0; i < p->count; i++) {
+  float *host_copy;
+  ol_params host = host_state(p, 0, &host_copy);  // read on the host, then to the device
+  int rc = OL_OK;
+  for (int k = 0; rc == OL_OK && k < (moments ? 3 : 1); k++) {
+    for (size_t i = 0; rc == OL_OK && i < p->count; i++) {
       const ol_param_entry *e = &p->entries[i];
-      OL_TRY(ol_ckpt_read_slice(c, state_groups[k], e->name, e->ndim, e->shape, e->start,
-                                e->count, state_buffer(p, k) + e->offset));
+      rc = ol_ckpt_read_slice(c, state_groups[k], e->name, e->ndim, e->shape, e->start, e->count,
+                              state_buffer(&host, k) + e->offset);
     }
+    if (rc == OL_OK && host_copy)
+      ol_bk->to_device(state_buffer(p, k), state_buffer(&host, k), p->total * sizeof(float));
+  }
+  ol_free(host_copy);
   // the generated frozen tensors as trained (they are regenerated from the seed too; the
   // stored copy keeps a checkpoint self-contained)
-  for (size_t i = 0; i < gen->count; i++) {
+  for (size_t i = 0; rc == OL_OK && i < gen->count; i++) {
     ol_frozen_entry *e = &gen->entries[i];
-    OL_TRY(ol_ckpt_read(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, e->data));
+    float *values = host_tensor(e, 0, &host_copy);
+    rc = ol_ckpt_read(c, OL_GROUP_FROZEN, e->name, e->ndim, e->shape, values);
+    if (rc == OL_OK && host_copy)
+      ol_bk->to_device(e->data, values, numel_of(e->ndim, e->shape) * sizeof(float));
+    ol_free(host_copy);
   }
-  return OL_OK;
+  return rc;
 }
 
 /* Checks that group k holds exactly the plan's tensors at their full shapes, reading each whole
@@ -258,9 +300,14 @@ int ol_state_bench(const ol_train_opts *o, const ol_config *cfg, const char *pat
   int rc = ol_model_layout_stage(&m, cfg, &o->method, o->seed, &stage);
   OL_TRY(ol_grid_agree(g, rc));
   ol_params_alloc(&m.params);
-  float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each
-  for (size_t i = 0; i < m.params.total; i++)
-    for (int k = 0; k < 3; k++) bufs[k][i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;
+  const size_t total = m.params.total;
+  float *written = ol_calloc(3 * total + 1, sizeof(float));  // (3, total) values, m, v
+  float *bufs[3] = {m.params.data, m.params.m, m.params.v};  // (total) each, backend buffers
+  for (int k = 0; k < 3; k++) {
+    for (size_t i = 0; i < total; i++)
+      written[k * total + i] = (float)(ol_hash64(i * 3 + (uint64_t)k) % 1000) * 1e-3f;
+    ol_bk->to_device(bufs[k], written + k * total, total * sizeof(float));
+  }
   ol_ckpt_meta meta = ol_state_meta(o, cfg, 1, 0.0);
 
   ol_grid_agree(g, OL_OK);  // start together
@@ -269,8 +316,9 @@ int ol_state_bench(const ol_train_opts *o, const ol_config *cfg, const char *pat
   out->write_s = ol_now() - t0;
   // read back into fresh buffers, each rank its own slices, and compare
   ol_params back = m.params;
-  back.data = ol_calloc(3 * m.params.total + 1, sizeof(float));  // (3, total)
-  back.m = back.data + m.params.total, back.v = back.m + m.params.total;
+  back.data = ol_bk->alloc((3 * total + 1) * sizeof(float));  // (3, total)
+  back.m = back.data + total, back.v = back.m + total;
+  float *read = ol_calloc(3 * total + 1, sizeof(float));  // (3, total) back, on the host
   if (rc == OL_OK) {
     t0 = ol_now();
     ol_ckpt *c;
@@ -280,10 +328,9 @@ int ol_state_bench(const ol_train_opts *o, const ol_config *cfg, const char *pat
       rc = ol_state_load(&back, &m.generated, c, 1);
       ol_ckpt_close(c);
     }
-    const float *again[3] = {back.data, back.m, back.v};
-    for (int k = 0; rc == OL_OK && k < 3; k++)
-      if (memcmp(again[k], bufs[k], m.params.total * sizeof(float)) != 0)
-        rc = ol_error("%s: the state read back differs from the state written", path);
+    ol_bk->to_host(read, back.data, 3 * total * sizeof(float));
+    if (rc == OL_OK && memcmp(read, written, 3 * total * sizeof(float)) != 0)
+      rc = ol_error("%s: the state read back differs from the state written", path);
     rc = ol_grid_agree(g, rc);
     out->read_s = ol_now() - t0;
   }
@@ -304,7 +351,8 @@ int ol_state_bench(const ol_train_opts *o, const ol_config *cfg, const char *pat
   out->step_flops = ol_model_flops(&whole, (size_t)meta.global_batch * (size_t)o->seq_len,
                                    (size_t)o->seq_len);
   ol_model_free(&whole);
-  ol_free(back.data);
+  ol_bk->free(back.data);
+  ol_free(read), ol_free(written);
   ol_model_free(&m);
   return rc;
 }

@@ -321,12 +321,16 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     t->step_s[step - 1] = dt;
     double tok_s = tokens_per_step / dt;
     double peak_mib = (double)ol_peak_rss_bytes() / 1048576.0;
+    char device_peak[48] = "";  // a device's own memory, beside the host's RSS
+    if (!ol_bk->host_visible)
+      snprintf(device_peak, sizeof device_peak, " | %s peak %.0f MiB", ol_bk->name,
+               (double)ol_bk->peak_bytes() / 1048576.0);
     char eta[32];
     format_eta(elapsed / (double)(step - start) * (double)(o->steps - step), eta, sizeof eta);
     const double *comm = o->grid->bytes;  // payload bytes this rank sent, per purpose
-    ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB | "
+    ol_info("step %lld/%lld | loss %.4f | lr %.3e | gnorm %.3f | %.0f tok/s | peak %.0f MiB%s | "
             "comm KiB tp %.1f+%.1f pp %.1f dp %.1f | eta %s",
-            (long long)step, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib,
+            (long long)step, (long long)o->steps, loss, lr, gnorm, tok_s, peak_mib, device_peak,
             comm[OL_COMM_TP_FWD] / 1024, comm[OL_COMM_TP_BWD] / 1024, comm[OL_COMM_PP] / 1024,
             comm[OL_COMM_DP] / 1024, eta);
     const char *k[] = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_s", "peak_rss_mib",
@@ -353,14 +357,19 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
   if (o->eval_every > 0 && isfinite(val0)) snprintf(evals, sizeof evals, " | val_loss %.4f -> %.4f", val0, val);
   else if (o->eval_every > 0) snprintf(evals, sizeof evals, " | val_loss %.4f", val);
   const size_t pss = ol_pss_bytes();
-  double mem[2] = {(double)ol_peak_rss_bytes(), (double)pss}, pss_sum = (double)pss;
-  ol_grid_max(o->grid, mem, 2);
+  double mem[3] = {(double)ol_peak_rss_bytes(), (double)pss, (double)ol_bk->peak_bytes()};
+  double pss_sum = (double)pss;
+  ol_grid_max(o->grid, mem, 3);
   ol_grid_sum(o->grid, &pss_sum, 1);
+  char device_peak[64] = "";
+  if (!ol_bk->host_visible)
+    snprintf(device_peak, sizeof device_peak, " | %s peak %.0f MiB (max over ranks)", ol_bk->name,
+             mem[2] / 1048576.0);
   ol_info("%s | %lld steps in %.1f s | loss %.4f%s | trainable %zu | %.0f tok/s (median step) | "
-          "peak RSS %.0f MiB | PSS %.0f MiB (max over ranks), %.0f MiB (sum)",
+          "peak RSS %.0f MiB | PSS %.0f MiB (max over ranks), %.0f MiB (sum)%s",
           stopped ? "stopped" : "done", (long long)done, ol_now() - t_start, loss, evals,
           t->trainable, tokens_per_step / median, mem[0] / 1048576.0, mem[1] / 1048576.0,
-          pss_sum / 1048576.0);
+          pss_sum / 1048576.0, device_peak);
   OL_TRY(ol_grid_agree(o->grid, append_results(t, stopped ? "stopped" : "done", loss, val, median,
                                                ol_now() - t_run)));
   if (res) {
@@ -371,6 +380,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     res->flops_per_step = ol_model_step_flops(m, t->B * t->M * t->T, t->T, o->recompute);
     res->final_loss = loss;
     res->peak_rss_bytes = ol_peak_rss_bytes();
+    res->peak_device_bytes = ol_bk->peak_bytes();
     res->frozen_bytes = m->frozen_floats * sizeof(float) + m->frozen_halves * sizeof(uint16_t) +
                         m->mapped_bytes;
     res->pss_bytes = pss;
@@ -386,7 +396,10 @@ static void log_weight_storage(const ol_model *m, const ol_train_opts *o) {
   size_t matrices = 0;
   for (size_t i = 0; i < m->n_tensors; i++) matrices += m->tensors[i]->ndim == 2 && m->tensors[i]->param < 0;
   const char *dtype = ol_dtype_name(o->weights_dtype);
-  if (!o->map_weights)
+  if (!ol_bk->host_visible)
+    ol_info("frozen weights: %zu matrices copied to %s memory as %s (a device cannot map files)",
+            matrices, ol_bk->name, dtype);
+  else if (!o->map_weights)
     ol_info("frozen weights: %zu matrices read into memory as %s (--no-map)", matrices, dtype);
   else if (m->mapped_tensors == matrices)
     ol_info("frozen weights: all %zu matrices mapped read-only from %s as %s (%.1f MiB, shared "
@@ -440,7 +453,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
     stage.tp = g->tp, stage.tp_rank = g->tp_rank;
     stage.weights_dtype = o->weights_dtype;
     rc = ol_model_build_mapped(&t.model, &cfg, &o->method, o->seed, &stage,
-                               o->map_weights ? mf : NULL);
+                               o->map_weights && ol_bk->host_visible ? mf : NULL);
     if (rc == OL_OK) ol_model_bind_tp(&t.model, ol_grid_tp(g));  // a failed build has no blocks
   }
   // (memory_only: the allocation has touched every page already; the values do not matter)
@@ -486,6 +499,7 @@ int ol_train_run(const ol_train_opts *o, ol_train_result *result) {
   if (rc == OL_OK && o->memory_only) {  // everything a step uses is allocated and touched
     if (result) {
       result->peak_rss_bytes = ol_peak_rss_bytes();
+      result->peak_device_bytes = ol_bk->peak_bytes();
       result->trainable = ol_model_trainable(&t.model);
     }
   } else if (rc == OL_OK && start >= o->steps) {

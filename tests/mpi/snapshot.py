@@ -50,13 +50,7 @@ def device_run(a, device):
     dev, _, comm = device.partition(":")
     env = dict(ct.ENV)
     env.pop("ONELORA_COMM", None)
-    env.pop("ONELORA_TEST_DEVICE", None)
-    extra = []
-    if device:
-        if a.device_flag:
-            extra = ["--device", dev]
-        else:  # until the subcommands take --device (src/cli/main.c reads it)
-            env["ONELORA_TEST_DEVICE"] = dev
+    extra = ["--device", dev] if device else []
     if comm:
         env["ONELORA_COMM"] = comm
     expect = PATH_LOG.get(comm or ("staged" if dev == "cpu-staged" else ""))
@@ -159,8 +153,6 @@ def main():
     ap.add_argument("--compare", help="a snapshot directory to compare --out with, bit for bit")
     ap.add_argument("--devices", help="DEV[:COMM],...: snapshots of one build on these devices, "
                     "each compared with the first's (in --out/DEV)")
-    ap.add_argument("--device-flag", action="store_true",
-                    help="pass a device as onelora's --device, not as ONELORA_TEST_DEVICE")
     ap.add_argument("--test-hooks", type=int, choices=(0, 1), default=1,
                     help="0: the build has no test hooks, so no cpu-staged (exits 77 if asked)")
     ap.add_argument("--methods", help="comma-separated subset of the methods ('+' for a comma)")

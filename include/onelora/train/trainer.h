@@ -40,6 +40,7 @@ typedef struct {
   ol_dtype weights_dtype;  /* frozen matrices in memory (--weights-dtype) */
   int map_weights;         /* map frozen matrices from the model file when it can (not --no-map) */
   int recompute;           /* --recompute: keep only each block's input, recompute in backward */
+  const char *device;      /* --device: cpu | cuda (the CLI selects it before the run) */
   ol_grid *grid;           /* the ranks this run spans */
 } ol_train_opts;
 
@@ -53,6 +54,7 @@ typedef struct {
   double flops_per_step;      /* matrix-product FLOPs this rank issues per step (recompute too) */
   double final_loss;
   size_t peak_rss_bytes;      /* VmHWM at the end of the run */
+  size_t peak_device_bytes;   /* a device backend's peak allocated bytes (0 on the cpu) */
   size_t frozen_bytes;        /* frozen weights, mapped ones included */
   size_t pss_bytes;           /* proportional set size at the end of the run: shared pages count
                                * a share each */
