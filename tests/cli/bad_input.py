@@ -115,6 +115,15 @@ def run_cases(onelora):
             judge(name, argv, extra, *fut.result())
 
 
+def has_gpu():
+    """True where nvidia-smi lists a GPU (then --device cuda may succeed in a CUDA build)."""
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and b"GPU" in r.stdout
+
+
 def write_data(path, vocab, n=2048, vocab_attr=None):
     rng = np.random.default_rng(7)
     with h5py.File(path, "w") as f:
@@ -252,6 +261,11 @@ def main():
     expect_error(bin_, "plan --method full,norms", ["plan", "--method", "full,norms"], ["full"])
     expect_error(bin_, "--micro-batch 0", train(micro_batch="0"), ["--micro-batch"])
     expect_error(bin_, "--model without a value", train(model=None) + ["--model"], ["--model"])
+    expect_error(bin_, "--device tpu", train(device="tpu"), ["--device tpu"])
+    expect_error(bin_, "generate --device tpu", ["generate", "--model", good_model, "--prompt-ids", "1",
+                                                 "--tokens", "1", "--device", "tpu"], ["--device tpu"])
+    if not has_gpu():  # no GPU here, or a build without CUDA: one line, whichever it is
+        expect_error(bin_, "--device cuda without a usable GPU", train(device="cuda"), ["--device cuda"])
 
     # ---- init ---------------------------------------------------------------------------------
     expect_error(bin_, "init --preset nope", ["init", "--preset", "nope", "--out", os.path.join(wd, "x.h5")],
