@@ -89,9 +89,12 @@ int ol_args_parse(const char *cmd, const char *usage, int argc, char **argv, con
 
 int ol_cli_use_device(ol_grid *g, const char *device) {
   OL_TRY(ol_grid_use_device(g, device));
-  if (g->world_rank == 0)
-    ol_info("device %s%s%s | communication: %s", ol_bk->name, ol_bk->host_visible ? "" : " (",
-            ol_bk->host_visible ? "" : ol_cuda_device_name(), ol_grid_comm_path(g));
+  // on stderr, so generate's stdout stays its text; the cpu's plain MPI goes without saying
+  if (g->world_rank == 0 && !ol_bk->host_visible) {
+    const char *name = ol_cuda_device_name();
+    fprintf(stderr, "onelora: device %s%s%s%s | communication: %s\n", ol_bk->name,
+            *name ? " (" : "", name, *name ? ")" : "", ol_grid_comm_path(g));
+  }
   return OL_OK;
 }
 

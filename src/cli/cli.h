@@ -54,7 +54,8 @@ int ol_train_flags(const char *cmd, const char *usage, int argc, char **argv, co
                    size_t n_extra, int synthetic, ol_train_opts *o, int *help);
 
 /* --device (cpu | cuda): the backend every later allocation and kernel uses, and how collectives
- * move its buffers; rank 0 logs both. Collective over the grid; call it before any model is built. */
+ * move its buffers; rank 0 logs both on stderr for a device other than the cpu. Collective over
+ * the grid; call it before any model is built. */
 int ol_cli_use_device(ol_grid *g, const char *device);
 
 /* Prints "onelora: error: <last error>" to stderr and returns the exit code 1 */

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "onelora/core/half.h"
+
 /* ---- errors ---------------------------------------------------------------
  * Functions that can fail return OL_OK (0) or a nonzero code, after recording a
  * one-line message with ol_error(). The CLI prints "onelora: error: <message>".
@@ -70,15 +72,11 @@ size_t ol_pss_bytes(void);                  /* its proportional set size now (sm
                                              * pages shared with other processes count a share */
 size_t ol_rss_bytes(void);                  /* VmRSS of this process */
 
-/* ---- half precision --------------------------------------------------------- */
-uint16_t ol_f32_to_f16(float f);            /* round to nearest even */
-float ol_f16_to_f32(uint16_t h);
+/* ---- half precision (the conversions: onelora/core/half.h) ------------------ */
 /* Value types of weights on disk and in memory, as the CLI spells them (--weights-dtype) */
 typedef enum { OL_DTYPE_F32 = 0, OL_DTYPE_F16 = 1, OL_DTYPE_BF16 = 2 } ol_dtype;
 const char *ol_dtype_name(ol_dtype t);
 int ol_dtype_parse(const char *s, ol_dtype *out);  /* "f32" | "f16" | "bf16" */
-uint16_t ol_f32_to_bf16(float f);           /* round to nearest even */
-float ol_bf16_to_f32(uint16_t h);
 
 /* ---- small string helpers --------------------------------------------------- */
 /* Copy with truncation, always NUL-terminated. */

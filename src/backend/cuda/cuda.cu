@@ -189,7 +189,7 @@ __global__ static void narrow_rows(uint16_t *Xh, const float *X, size_t ldx, siz
   for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < K;
        c += (size_t)gridDim.x * blockDim.x) {
     const float x = X[r * ldx + c];
-    Xh[r * K + c] = bf16 ? ol_cuda_f32_to_bf16(x) : ol_cuda_f32_to_f16(x);
+    Xh[r * K + c] = bf16 ? ol_f32_to_bf16(x) : ol_f32_to_f16(x);
   }
 }
 

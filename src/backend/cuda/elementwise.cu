@@ -109,7 +109,7 @@ static __global__ void widen_kernel(float *dst, const uint16_t *src, size_t rows
     const uint16_t *s = src + i * ld;
     float *d = dst + i * cols;
     for (size_t j = grid_index(); j < cols; j += grid_stride())
-      d[j] = bf16 ? ol_cuda_bf16_to_f32(s[j]) : ol_cuda_f16_to_f32(s[j]);
+      d[j] = bf16 ? ol_bf16_to_f32(s[j]) : ol_f16_to_f32(s[j]);
   }
 }
 
@@ -125,7 +125,7 @@ void ol_cuda_widen(float *dst, const uint16_t *src, size_t rows, size_t cols, si
  * Launch: ol_cuda_blocks(n) x OL_CUDA_THREADS, grid-stride. */
 static __global__ void narrow_kernel(uint16_t *dst, const float *src, size_t n, int bf16) {
   for (size_t i = grid_index(); i < n; i += grid_stride())
-    dst[i] = bf16 ? ol_cuda_f32_to_bf16(src[i]) : ol_cuda_f32_to_f16(src[i]);
+    dst[i] = bf16 ? ol_f32_to_bf16(src[i]) : ol_f32_to_f16(src[i]);
 }
 
 void ol_cuda_narrow(uint16_t *dst, const float *src, size_t n, int bf16) {
@@ -155,7 +155,7 @@ static __global__ void embedding_forward_kernel(float *out, const int32_t *token
     } else if (table16) {
       const uint16_t *s = table16 + (size_t)t * D;
       for (size_t j = threadIdx.x; j < D; j += blockDim.x)
-        o[j] = bf16 ? ol_cuda_bf16_to_f32(s[j]) : ol_cuda_f16_to_f32(s[j]);
+        o[j] = bf16 ? ol_bf16_to_f32(s[j]) : ol_f16_to_f32(s[j]);
     } else {
       const float *s = table + (size_t)t * D;
       for (size_t j = threadIdx.x; j < D; j += blockDim.x) o[j] = s[j];
@@ -708,46 +708,18 @@ void ol_cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float
 }
 
 /* ---------------------------------------------------------------------------------------------
- * sampling: on the host, cpu.c's selection on a copy of the logits (once per generated token) */
+ * sampling: on the host, the cpu backend's selection on a copy of the logits (once per generated
+ * token), so both devices choose alike from alike logits */
 
-static int cmp_float_desc(const void *a, const void *b) {
-  const float x = *(const float *)a, y = *(const float *)b;
-  return (x < y) - (x > y);
-}
-
-/* logits (V) in device memory; scratch (V) is not used (device memory: the host sorts its own
- * copy in the pinned host scratch) */
+/* logits (V) in device memory; scratch (V) is not used (device memory: the cpu sampler gets a
+ * host scratch of its own) */
 int64_t ol_cuda_sample(const float *logits, size_t V, float temperature, size_t top_k, double u,
                        float *scratch) {
   (void)scratch;
   OL_CHECK(V > 0);
-  float *host = (float *)ol_cuda_host_scratch(2 * V * sizeof(float));  // logits (V), sorted (V)
-  float *sorted = host + V;
+  float *host = (float *)ol_cuda_host_scratch(2 * V * sizeof(float));  // logits (V), scratch (V)
   cudaStream_t stream = ol_cuda_stream();
   OL_CUDA_CHECK(cudaMemcpyAsync(host, logits, V * sizeof(float), cudaMemcpyDeviceToHost, stream));
   OL_CUDA_CHECK(cudaStreamSynchronize(stream));
-  size_t best = 0;
-  for (size_t i = 1; i < V; i++)
-    if (host[i] > host[best]) best = i;  // strict: the lowest id wins a tie
-  if (temperature == 0.0f) return (int64_t)best;
-  float threshold = -INFINITY;  // the top_k-th largest logit
-  if (top_k > 0 && top_k < V) {
-    memcpy(sorted, host, V * sizeof(float));
-    qsort(sorted, V, sizeof(float), cmp_float_desc);
-    threshold = sorted[top_k - 1];
-  }
-  const double mx = host[best], inv_t = 1.0 / (double)temperature;
-  double total = 0.0;
-  for (size_t i = 0; i < V; i++)
-    if (host[i] >= threshold) total += exp(((double)host[i] - mx) * inv_t);
-  const double r = u * total;
-  double acc = 0.0;
-  size_t last = best;
-  for (size_t i = 0; i < V; i++) {
-    if (host[i] < threshold) continue;
-    acc += exp(((double)host[i] - mx) * inv_t);
-    last = i;
-    if (acc > r) return (int64_t)i;
-  }
-  return (int64_t)last;  // u * total rounded up to the total itself: the last kept id
+  return ol_backend_cpu()->sample(host, V, temperature, top_k, u, host + V);
 }
