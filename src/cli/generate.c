@@ -12,7 +12,7 @@
 static const char *usage_text =
     "--model M.h5|DIR [--ckpt C.h5] (--prompt TEXT | --prompt-ids I,J,...) --tokens N\n"
     "       [--temperature T] [--top-k K] [--seed S] [--print-ids] [--tp N --pp N]\n"
-    "       [--weights-dtype f32|f16|bf16] [--no-cache]\n\n"
+    "       [--weights-dtype f32|f16|bf16] [--no-cache] [--print-scores]\n\n"
     "Samples N new tokens after the prompt from the model, with the checkpoint's adapters (its\n"
     "method, targets, rank and trained values) applied unmerged; without --ckpt, the base model.\n"
     "--temperature 0 is greedy (the argmax, the lowest id on ties); otherwise each token is drawn\n"
@@ -21,7 +21,15 @@ static const char *usage_text =
     "tokenize writes) prints the prompt and its continuation as text; --print-ids prints them as\n"
     "one comma-separated line of ids instead (any model). The prompt is prefilled in one forward\n"
     "and every layer's keys and values are cached; --no-cache recomputes the whole sequence at\n"
-    "every step. Runs on mpirun -np TP*PP ranks (no data parallelism).";
+    "every step. Runs on mpirun -np TP*PP ranks (no data parallelism).\n"
+    "--print-scores adds, after the text or ids, one line per new token:\n"
+    "  score STEP ID LOGPROB MARGIN KGAP\n"
+    "STEP counts the new tokens from 0; LOGPROB is log p(ID) under the distribution drawn from\n"
+    "(softmax(logits / T) over the K largest; greedy: softmax(logits) over all ids); MARGIN is\n"
+    "how near another id was: greedy, the largest minus the second-largest logit; sampled, the\n"
+    "distance in probability of the draw u from the bounds of ID's interval of the cumulative\n"
+    "distribution (ids in order); KGAP is the K-th minus the (K+1)-th largest logit when the\n"
+    "top-k cut applies, else inf.";
 
 /* "I,J,..." -> ids (ol_free them) */
 static int parse_ids(const char *s, int32_t **out, size_t *n) {
@@ -47,6 +55,14 @@ static int parse_ids(const char *s, int32_t **out, size_t *n) {
   return OL_OK;
 }
 
+/* --print-scores: one line per new token (scores: (n_tokens, 3), ol_generate_run's). */
+static void print_scores(const int32_t *new_ids, const double *scores, size_t n_tokens) {
+  for (size_t t = 0; t < n_tokens; t++)
+    printf("score %zu %ld %.9g %.9g %.9g\n", t, (long)new_ids[t], scores[3 * t],
+           scores[3 * t + 1], scores[3 * t + 2]);
+  fflush(stdout);
+}
+
 /* The prompt and its continuation: as text on a byte-level model, else (or with --print-ids)
  * as one line of comma-separated ids. */
 static void print_ids(const int32_t *ids, size_t n, int as_ids) {
@@ -64,7 +80,7 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
   const char *device = "cpu";
   int64_t tokens = 0, top_k = 0, seed = 1234, tp = 1, pp = 1;
   double temperature = 1.0;
-  int print_as_ids = 0, no_cache = 0;
+  int print_as_ids = 0, no_cache = 0, print_scores_flag = 0;
   const ol_arg args[] = {
       {"--model", OL_ARG_STR, &model, "M.h5|DIR", "model file or Hugging Face directory"},
       {"--ckpt", OL_ARG_STR, &ckpt, "C.h5", "checkpoint whose adapters apply (none: the base model)"},
@@ -79,6 +95,8 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
       {"--pp", OL_ARG_INT, &pp, "N", "pipeline stages (1)"},
       {"--weights-dtype", OL_ARG_STR, &wdtype, "T", "frozen weights in memory: f32 | f16 | bf16 (f32)"},
       {"--no-cache", OL_ARG_FLAG, &no_cache, NULL, "recompute the whole sequence every step (no KV cache)"},
+      {"--print-scores", OL_ARG_FLAG, &print_scores_flag, NULL,
+       "after the output, one 'score STEP ID LOGPROB MARGIN KGAP' line per new token"},
       {"--device", OL_ARG_STR, &device, "D", "cpu | cuda: one GPU per rank (cpu)"},
   };
   int help;
@@ -115,13 +133,17 @@ int ol_cmd_generate(int argc, char **argv, ol_grid *grid) {
   }
   o.tp = (int)tp, o.pp = (int)pp;
   int32_t *ids = NULL;
+  double *scores = NULL;  // (tokens, 3) with --print-scores
   size_t n = 0;
   ol_config cfg;
   if (rc == OL_OK) rc = ol_cli_use_device(grid, device);
-  if (rc == OL_OK) rc = ol_generate_run(&o, &ids, &n, &cfg);
-  if (rc == OL_OK && grid->world_rank == 0)
+  if (rc == OL_OK) rc = ol_generate_run(&o, &ids, &n, print_scores_flag ? &scores : NULL, &cfg);
+  if (rc == OL_OK && grid->world_rank == 0) {
     print_ids(ids, n, print_as_ids || cfg.vocab_size != 256);
+    if (scores) print_scores(ids + o.n_prompt, scores, (size_t)tokens);
+  }
   ol_free(ids);
+  ol_free(scores);
   ol_free(parsed);
   return rc == OL_OK ? 0 : ol_cli_fail();
 }

@@ -108,4 +108,8 @@ void ol_grid_bcast_i64(ol_grid *g, int64_t *x, int n, int root) {
   if (g->world_size > 1) MPI_Bcast(x, n, MPI_INT64_T, root, MPI_COMM_WORLD);
 }
 
+void ol_grid_bcast_f64(ol_grid *g, double *x, int n, int root) {
+  if (g->world_size > 1) MPI_Bcast(x, n, MPI_DOUBLE, root, MPI_COMM_WORLD);
+}
+
 void *ol_grid_io_comm(ol_grid *g) { return g->world_size > 1 ? g->world_comm : NULL; }

@@ -13,7 +13,9 @@
  * prefill keeps every layer's K (after RoPE) and V of the prompt, and each decode step attends
  * its one query over them and appends its own. --no-cache recomputes the whole sequence every
  * step instead, which is what the cache is tested against. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "onelora/backend/backend.h"
@@ -98,24 +100,73 @@ static int prompt_ids(const ol_generate_opts *o, const ol_config *cfg, int32_t *
   return OL_OK;
 }
 
+static int cmp_float_desc(const void *a, const void *b) {
+  const float x = *(const float *)a, y = *(const float *)b;
+  return (x < y) - (x > y);
+}
+
+/* --print-scores: how the sampler chose `token` from logits (V, host memory), in out (3):
+ *   [0] log p(token) under the distribution drawn from: softmax(logits / T) over the ids the
+ *       sampler keeps (logit >= the top_k-th largest); greedy (T = 0): softmax(logits), all ids;
+ *   [1] the margin of the choice: greedy, the largest minus the second-largest logit; sampled,
+ *       min(acc_token - r, r - acc_before) / total, the distance in probability of the draw
+ *       r = u * total from the bounds of the token's interval of the cumulative sum (the sum in
+ *       id order over the kept ids, exactly as cpu_sample forms it);
+ *   [2] sampled with 0 < top_k < V: the top_k-th minus the (top_k + 1)-th largest logit (how
+ *       near the kept set was to another); otherwise infinity.
+ * sorted: V floats of scratch. */
+static void score_token(const float *logits, size_t V, float temperature, size_t top_k,
+                        double u, int64_t token, float *sorted, double *out) {
+  memcpy(sorted, logits, V * sizeof(float));
+  qsort(sorted, V, sizeof(float), cmp_float_desc);
+  const double mx = sorted[0];
+  const int greedy = temperature == 0.0f;
+  const int has_top_k = !greedy && top_k > 0 && top_k < V;
+  const float threshold = has_top_k ? sorted[top_k - 1] : -INFINITY;
+  const double inv_t = greedy ? 1.0 : 1.0 / (double)temperature;
+  double total = 0.0, before = 0.0;
+  for (size_t i = 0; i < V; i++) {
+    if (logits[i] < threshold) continue;
+    if ((int64_t)i == token) before = total;
+    total += exp(((double)logits[i] - mx) * inv_t);
+  }
+  const double p_token = exp(((double)logits[token] - mx) * inv_t);
+  out[0] = ((double)logits[token] - mx) * inv_t - log(total);
+  if (greedy) {
+    out[1] = V > 1 ? (double)sorted[0] - (double)sorted[1] : INFINITY;
+  } else {
+    const double r = u * total;
+    out[1] = fmin(before + p_token - r, r - before) / total;
+  }
+  out[2] = has_top_k ? (double)sorted[top_k - 1] - (double)sorted[top_k] : INFINITY;
+}
+
 /* One step's forward on this stage over the n tokens toks (n) at positions cache->len .. (or
  * 0 .. n-1 without a cache), its activations a (B = 1, T = n); on the last stage the whole
- * vocabulary's logits (V) of the last position, and the sampled token, on every rank. */
+ * vocabulary's logits (V) of the last position, and the sampled token, on every rank. With
+ * score (3) non-NULL, the token's score_token on every rank too. toks are host ids; the first
+ * stage copies them into toks_bk (a backend buffer of at least n); host (2V) is the scores'. */
 static int32_t step(ol_grid *g, ol_model *m, ol_acts *a, ol_kv_cache *cache,
-                    const int32_t *toks, size_t n, const ol_generate_opts *o, float *local,
-                    float *logits, float *scratch, double u) {
-  const size_t D = (size_t)m->cfg.dim, L = m->stage.n_layers;
+                    const int32_t *toks, size_t n, const ol_generate_opts *o, int32_t *toks_bk,
+                    float *local, float *logits, float *scratch, float *host, double u,
+                    double *score) {
+  const size_t D = (size_t)m->cfg.dim, L = m->stage.n_layers, V = (size_t)m->cfg.vocab_size;
   if (!m->stage.has_embed) ol_pp_recv_prev(g, a->xs, n * D);  // (n, D) the previous stage's
-  ol_model_forward_cached(m, a, cache, toks, local);
+  else ol_bk->to_device(toks_bk, toks, n * sizeof(int32_t));  // the kernels read backend buffers
+  ol_model_forward_cached(m, a, cache, toks_bk, local);
   if (!m->stage.has_head) ol_pp_send_next(g, a->xs + L * n * D, n * D);
   int64_t token = 0;
   if (m->stage.has_head) {
     ol_gather_from_tp_forward(m->tp, local, m->Vl, logits);  // (V/TP) -> (V)
-    token = ol_bk->sample(logits, (size_t)m->cfg.vocab_size, (float)o->temperature,
-                          (size_t)o->top_k, u, scratch);
+    token = ol_bk->sample(logits, V, (float)o->temperature, (size_t)o->top_k, u, scratch);
+    if (score) {  // on a host copy of the logits
+      ol_bk->to_host(host, logits, V * sizeof(float));
+      score_token(host, V, (float)o->temperature, (size_t)o->top_k, u, token, host + V, score);
+    }
   }
   // the last stage's TP rank 0 (DP = 1: world rank (pp - 1) * tp) tells every rank
   ol_grid_bcast_i64(g, &token, 1, (g->pp - 1) * g->tp);
+  if (score) ol_grid_bcast_f64(g, score, 3, (g->pp - 1) * g->tp);
   return (int32_t)token;
 }
 
@@ -123,9 +174,10 @@ static int32_t step(ol_grid *g, ol_model *m, ol_acts *a, ol_kv_cache *cache,
 static double uniform53(ol_rng *r) { return (double)(ol_rng_u64(r) >> 11) * 0x1p-53; }
 
 int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
-                    ol_config *cfg) {
+                    double **scores_out, ol_config *cfg) {
   ol_grid *g = o->grid;
   *ids_out = NULL, *n_ids = 0;
+  if (scores_out) *scores_out = NULL;
   int rc = ol_grid_layout(g, o->tp, o->pp);
   if (rc == OL_OK && g->dp != 1)
     rc = ol_error("onelora generate runs on --tp x --pp ranks, without data parallelism: --tp %d "
@@ -171,6 +223,10 @@ int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
   float *local = ol_bk->alloc(m.Vl * sizeof(float));   // (V/TP) this rank's logits
   float *logits = ol_bk->alloc(V * sizeof(float));     // (V) the whole vocabulary's
   float *scratch = ol_bk->alloc(V * sizeof(float));    // (V) the sampler's
+  int32_t *toks_bk = ol_bk->alloc(total * sizeof(int32_t));  // (total) a step's tokens
+  float *host = scores_out ? ol_calloc(2 * V, sizeof(float)) : NULL;  // (2, V) the scores'
+  // (n_tokens, 3) each new token's score_token, with --print-scores
+  double *scores = scores_out ? ol_calloc((size_t)o->n_tokens * 3, sizeof(double)) : NULL;
   ol_rng rng;
   ol_rng_seed(&rng, o->seed);
   const double t_start = ol_now();
@@ -178,7 +234,8 @@ int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
     for (size_t t = n_prompt; t < total; t++) {  // the whole sequence 0 .. t-1, every step
       ol_acts a;
       ol_acts_alloc(&a, &m, 1, t, 0);
-      ids[t] = step(g, &m, &a, NULL, ids, t, o, local, logits, scratch, uniform53(&rng));
+      ids[t] = step(g, &m, &a, NULL, ids, t, o, toks_bk, local, logits, scratch, host,
+                    uniform53(&rng), scores ? scores + (t - n_prompt) * 3 : NULL);
       ol_acts_free(&a);
     }
   } else {
@@ -186,13 +243,13 @@ int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
     ol_kv_cache_alloc(&cache, &m, total);
     ol_acts prefill, one;
     ol_acts_alloc(&prefill, &m, 1, n_prompt, 0);
-    ids[n_prompt] = step(g, &m, &prefill, &cache, ids, n_prompt, o, local, logits, scratch,
-                         uniform53(&rng));
+    ids[n_prompt] = step(g, &m, &prefill, &cache, ids, n_prompt, o, toks_bk, local, logits,
+                         scratch, host, uniform53(&rng), scores);
     ol_acts_free(&prefill);
     ol_acts_alloc(&one, &m, 1, 1, 0);
     for (size_t t = n_prompt + 1; t < total; t++)  // token t-1 at position t-1
-      ids[t] = step(g, &m, &one, &cache, ids + t - 1, 1, o, local, logits, scratch,
-                    uniform53(&rng));
+      ids[t] = step(g, &m, &one, &cache, ids + t - 1, 1, o, toks_bk, local, logits, scratch,
+                    host, uniform53(&rng), scores ? scores + (t - n_prompt) * 3 : NULL);
     ol_acts_free(&one);
     ol_kv_cache_free(&cache);
   }
@@ -204,7 +261,10 @@ int ol_generate_run(const ol_generate_opts *o, int32_t **ids_out, size_t *n_ids,
   ol_bk->free(local);
   ol_bk->free(logits);
   ol_bk->free(scratch);
+  ol_bk->free(toks_bk);
+  ol_free(host);
   ol_model_free(&m);
   *ids_out = ids, *n_ids = total;
+  if (scores_out) *scores_out = scores;
   return OL_OK;
 }

@@ -71,6 +71,8 @@ void ol_grid_sum(ol_grid *g, double *x, int n);
 void ol_grid_bcast_str(ol_grid *g, char *buf, size_t size);
 /* x (n) of world rank `root` copied to every rank (the token a generation step sampled). */
 void ol_grid_bcast_i64(ol_grid *g, int64_t *x, int n, int root);
+/* x (n) of world rank `root` copied to every rank (a generation step's --print-scores). */
+void ol_grid_bcast_f64(ol_grid *g, double *x, int n, int root);
 /* The communicator for collective file I/O over every rank (an MPI_Comm *), or NULL on one
  * rank, where files are written by the plain serial driver. */
 void *ol_grid_io_comm(ol_grid *g);

@@ -29,7 +29,12 @@ typedef struct {
 
 /* Prefills the prompt, then samples n_tokens tokens one at a time (DESIGN §8). On success *ids
  * (ol_free it) holds the prompt followed by the new tokens, *n_ids of them, the same on every
- * rank, and *cfg the model's shape. Collective over every rank of o->grid; errors are agreed. */
-int ol_generate_run(const ol_generate_opts *o, int32_t **ids, size_t *n_ids, ol_config *cfg);
+ * rank, and *cfg the model's shape. With scores non-NULL, *scores (ol_free it; (n_tokens, 3),
+ * the same on every rank) holds each new token's log-probability under the distribution it was
+ * drawn from, the margin of the draw and the top-k gap (src/train/generate.c, score_token).
+ * Collective over every rank of o->grid (scores NULL on every rank or on none); errors are
+ * agreed. */
+int ol_generate_run(const ol_generate_opts *o, int32_t **ids, size_t *n_ids, double **scores,
+                    ol_config *cfg);
 
 #endif
