@@ -11,20 +11,52 @@
 #include "onelora/backend/backend.h"
 #include "onelora/core/core.h"
 
-/* Best rate of an n x n x n sgemm over a few repetitions, in FLOP/s. */
-static double sgemm_rate(size_t n) {
-  float *a = ol_calloc(n * n, sizeof(float)), *b = ol_calloc(n * n, sizeof(float));
-  float *c = ol_calloc(n * n, sizeof(float));  // (n, n) each
-  ol_bk->fill(a, 0.3f, n * n), ol_bk->fill(b, 0.7f, n * n);  // any normal values time the same
-  double best = 0;
+/* Best time over a few repetitions of C(M,N) = X(M,K) op(W): f32 W (K,N) by gemm, or 2-byte
+ * W (N,K) of `dtype` by gemm_half (y = x W^T, as a linear's forward), on backend buffers
+ * (waiting for a device to finish). */
+static double gemm_seconds(size_t M, size_t N, size_t K, ol_dtype dtype) {
+  float *x = ol_bk->alloc(M * K * sizeof(float)), *c = ol_bk->alloc(M * N * sizeof(float));
+  void *w = ol_bk->alloc(N * K * (dtype == OL_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t)));
+  // (M, K), (M, N), (N, K); any normal values time the same (2-byte W: zeros)
+  ol_bk->fill(x, 0.3f, M * K);
+  if (dtype == OL_DTYPE_F32) ol_bk->fill(w, 0.7f, N * K);
+  const size_t scratch_floats = dtype == OL_DTYPE_F32 ? 0 : ol_bk->gemm_half_scratch_floats(N, K);
+  float *scratch = scratch_floats ? ol_bk->alloc(scratch_floats * sizeof(float)) : NULL;
+  double best = 0.0;
   for (int rep = 0; rep < 4; rep++) {
+    ol_bk->sync();
     double t0 = ol_now();
-    ol_bk->gemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    double rate = 2.0 * (double)n * (double)n * (double)n / (ol_now() - t0);
-    if (rate > best) best = rate;
+    if (dtype == OL_DTYPE_F32)
+      ol_bk->gemm(0, 0, M, N, K, 1.0f, x, K, w, N, 0.0f, c, N);
+    else
+      ol_bk->gemm_half(1, M, N, K, 1.0f, x, K, w, K, dtype == OL_DTYPE_BF16, 0.0f, c, N, scratch);
+    ol_bk->sync();
+    const double t = ol_now() - t0;
+    if (rep == 0 || t < best) best = t;
   }
-  ol_free(a), ol_free(b), ol_free(c);
+  ol_bk->free(x), ol_bk->free(c), ol_bk->free(w), ol_bk->free(scratch);
   return best;
+}
+
+/* Best rate of an n x n x n sgemm, in FLOP/s (the cpu's reference). */
+static double sgemm_rate(size_t n) {
+  return 2.0 * (double)n * (double)n * (double)n / gemm_seconds(n, n, n, OL_DTYPE_F32);
+}
+
+/* A device's reference: the rate of the GEMMs of one layer's forward (q, k, v, o, gate, up,
+ * down at N tokens, this rank's shards) and the LM head, in the weights' dtype, as one
+ * FLOP-weighted rate: their FLOPs over their summed best times. */
+static double model_gemm_rate(const ol_config *c, int tp, size_t N, ol_dtype dtype) {
+  const size_t D = (size_t)c->dim, hd = D / (size_t)c->n_heads, F = (size_t)c->ffn_dim / (size_t)tp;
+  const size_t qD = (size_t)c->n_heads / (size_t)tp * hd, kvD = (size_t)c->n_kv_heads / (size_t)tp * hd;
+  const size_t shapes[][2] = {{D, qD}, {D, kvD}, {D, kvD}, {qD, D}, {D, F}, {D, F}, {F, D},
+                              {D, (size_t)c->vocab_size / (size_t)tp}};  // (in, out)
+  double flops = 0.0, seconds = 0.0;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    flops += 2.0 * (double)N * (double)shapes[i][0] * (double)shapes[i][1];
+    seconds += gemm_seconds(N, shapes[i][1], shapes[i][0], dtype);
+  }
+  return flops / seconds;
 }
 
 /* --checkpoint-only: write, read back and verify the method's trainable state in o's layout,
@@ -46,6 +78,33 @@ static int bench_checkpoint(ol_train_opts *o, const ol_config *cfg) {
           b.write_s, b.read_s, b.verify_s, step_s, b.step_flops, rate / 1e9, o->grid->world_size,
           b.write_s / step_s);
   return OL_OK;
+}
+
+/* The report of a GPU run: throughput against cuBLAS on the model's own GEMM shapes (measured
+ * after training, in the same process), the GPU's peak allocated memory against the plan. */
+static int bench_gpu_report(const ol_train_opts *o, const ol_train_result *r, const ol_plan *plan,
+                            const ol_config *cfg) {
+  ol_grid *grid = o->grid;
+  const size_t N = (size_t)(o->micro_batch * o->seq_len);
+  double rates[2] = {r->flops_per_step / r->median_step_s,
+                     model_gemm_rate(cfg, grid->tp, N, o->weights_dtype)};  // this rank's
+  ol_grid_sum(grid, rates, 2);
+  double peak = (double)r->peak_device_bytes;
+  ol_grid_max(grid, &peak, 1);
+  char ratio[32] = "n/a";
+  int frozen_itself = !o->method.adapters && !o->method.norms && !o->method.full;
+  if (o->time_frozen || frozen_itself) snprintf(ratio, sizeof ratio, "%.4f", r->step_over_frozen);
+  ol_info("bench | device %s | method %s | layout tp %d pp %d dp %d | weights %s%s | trainable "
+          "%zu | median step %.4f s | step/frozen %s | %.0f tok/s | %.1f TFLOP/s | cuBLAS %s GEMMs "
+          "of the model's shapes %.1f TFLOP/s | ratio %.3f | peak GPU %.1f MiB | planned %.1f MiB "
+          "| GPU/planned %.3f | kept %.2f MiB",
+          ol_bk->name, o->method.text, grid->tp, grid->pp, grid->dp,
+          ol_dtype_name(o->weights_dtype), o->recompute ? ", recompute" : "", r->trainable,
+          r->median_step_s, ratio, r->tokens_per_step / r->median_step_s, rates[0] / 1e12,
+          ol_dtype_name(o->weights_dtype), rates[1] / 1e12, rates[0] / rates[1],
+          peak / 1048576.0, plan->total / 1048576.0, peak / plan->total,
+          (double)r->kept_bytes / 1048576.0);
+  return 0;
 }
 
 int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
@@ -85,20 +144,22 @@ int ol_cmd_bench(int argc, char **argv, ol_grid *grid) {
   o.memory_only = memory_only;
   ol_train_result r = {0};
   if (ol_train_run(&o, &r) != OL_OK) return ol_cli_fail();
+  const int gpu = strcmp(ol_bk->name, "cuda") == 0;  // its memory is the device's, not RSS
   ol_plan_inputs in = {&cfg, &o.method, grid->tp, grid->pp, grid->dp, o.micro_batch,
-                       o.micro_batches, o.seq_len, o.weights_dtype, o.recompute, 0, o.gpipe};
+                       o.micro_batches, o.seq_len, o.weights_dtype, o.recompute, 0, o.gpipe, gpu};
   ol_plan plan;
   if (ol_plan_layout(&in, &plan) != OL_OK) return ol_cli_fail();
   if (memory_only) {
-    double peak = (double)r.peak_rss_bytes;
+    double peak = (double)(gpu ? r.peak_device_bytes : r.peak_rss_bytes);
     ol_grid_max(grid, &peak, 1);
     ol_info("bench memory | method %s | layout tp %d pp %d dp %d | weights %s%s | trainable %zu | "
-            "peak RSS %.1f MiB (allocated, no step run) | planned %.1f MiB | RSS/planned %.3f",
+            "peak %s %.1f MiB (allocated, no step run) | planned %.1f MiB | %s/planned %.3f",
             o.method.text, grid->tp, grid->pp, grid->dp, ol_dtype_name(o.weights_dtype),
-            o.recompute ? ", recompute" : "", r.trainable, peak / 1048576.0,
-            plan.total / 1048576.0, peak / plan.total);
+            o.recompute ? ", recompute" : "", r.trainable, gpu ? "GPU" : "RSS", peak / 1048576.0,
+            plan.total / 1048576.0, gpu ? "GPU" : "RSS", peak / plan.total);
     return 0;
   }
+  if (gpu) return bench_gpu_report(&o, &r, &plan, &cfg);
   // measured after training, so its buffers do not count in the run's peak RSS; every rank
   // measures at once, so ranks sharing cores share them here too
   double rates[2] = {r.flops_per_step / r.median_step_s, sgemm_rate(2048)};  // this rank's

@@ -104,15 +104,19 @@ static void print_plan(const ol_plan *p, const ol_plan_inputs *in, double gflops
          in->pp, in->dp, (long long)in->micro_batch, (long long)in->micro_batches,
          (long long)in->seq_len, ol_dtype_name(in->weights_dtype), in->mapped ? " mapped" : "",
          in->recompute ? " | recompute" : "");
-  printf("peak memory per rank (the largest: pp rank %d, tp rank %d): %.1f MiB\n", p->pp_rank,
-         p->tp_rank, mib(p->total));
+  printf("peak %smemory per rank (the largest: pp rank %d, tp rank %d): %.1f MiB%s\n",
+         in->device ? "GPU " : "", p->pp_rank, p->tp_rank, mib(p->total),
+         in->device ? " (onelora's allocations; the CUDA context and cuBLAS's workspace, a few "
+                      "hundred MiB, come on top)" : "");
   const struct { const char *name; double v; } parts[] = {
       {"frozen weights, owned", p->frozen_owned}, {"frozen weights, mapped", p->frozen_mapped},
       {"activations kept", p->kept}, {"activation workspace", p->workspace},
       {"logits chunk", p->logits}, {"trainable state + AdamW", p->trainable_state},
-      {"communication buffers", p->comm_buffers}, {"libraries (measured)", p->library}};
+      {"communication buffers", p->comm_buffers}, {"backend workspaces", p->backend_workspace},
+      {"libraries (measured)", p->library}};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
-    printf("  %-26s %12.1f MiB\n", parts[i].name, mib(parts[i].v));
+    if (in->device ? parts[i].v != 0.0 : i != 7)  // the cpu has no backend workspaces
+      printf("  %-26s %12.1f MiB\n", parts[i].name, mib(parts[i].v));
   printf("per step (the largest rank): %.3g FLOP; sent: TP fwd %.1f MiB, TP bwd %.1f MiB, PP %.1f "
          "MiB, DP %.2f MiB\n", p->flops, mib(p->comm[OL_COMM_TP_FWD]), mib(p->comm[OL_COMM_TP_BWD]),
          mib(p->comm[OL_COMM_PP]), mib(p->comm[OL_COMM_DP]));
@@ -160,12 +164,12 @@ int ol_cmd_plan(int argc, char **argv) {
   double alpha = 1.0;
   int csv = 0, recompute = 0, mapped = 0, gpipe = 0;
   int64_t tp = 1, pp = 1, dp = 1, mb = 4, mbs = 1, seq = 256, ranks = 0;
-  const char *wdtype = "f32", *fit_s = NULL;
+  const char *wdtype = "f32", *fit_s = NULL, *device = "cpu";
   double gflops = 100.0, gbps = 10.0;
   ol_shape_args shape;
   char method_help[600];  // the registry's methods
   snprintf(method_help, sizeof method_help, "%s; comma-combined (1lora)", ol_method_names());
-  ol_arg args[20 + OL_SHAPE_NARGS] = {
+  ol_arg args[21 + OL_SHAPE_NARGS] = {
       {"--model", OL_ARG_STR, &model, "M.h5|DIR", "read the shape from a model file or HF directory instead of --preset"},
       {"--method", OL_ARG_STR, &method_s, "LIST", method_help},
       {"--targets", OL_ARG_STR, &targets, "LIST", "all | attn | mlp | q,k,v,o,gate,up,down (all)"},
@@ -188,8 +192,10 @@ int ol_cmd_plan(int argc, char **argv) {
       {"--ranks", OL_ARG_INT, &ranks, "N", "ranks for --fit"},
       {"--gflops", OL_ARG_FLOAT, &gflops, "R", "a rank's GEMM rate for the time prediction (100)"},
       {"--gbps", OL_ARG_FLOAT, &gbps, "R", "a rank's link bandwidth, GB/s, for it (10)"},
+      {"--device", OL_ARG_STR, &device, "D", "cpu | cuda: the memory predicted is the host's or "
+       "a GPU's (cpu)"},
   };
-  ol_shape_flags(&shape, args + 20);
+  ol_shape_flags(&shape, args + 21);
   int help;
   if (ol_args_parse("plan", "[--preset P | --model M] --method LIST [layout and batch flags] "
                     "[--fit BYTES --ranks N]\n\nCounts what a method trains on a model and "
@@ -211,9 +217,13 @@ int ol_cmd_plan(int argc, char **argv) {
   }
   if (rc == OL_OK) rc = plan(&cfg, model ? model : shape.preset, &method, csv);
   ol_plan_inputs in = {&cfg, &method, (int)tp, (int)pp, (int)dp, mb, mbs, seq, OL_DTYPE_F32,
-                       recompute, mapped, gpipe};
+                       recompute, mapped, gpipe, strcmp(device, "cuda") == 0};
   double budget = fit_s ? parse_bytes(fit_s) : 0.0;
   if (rc != OL_OK || csv) {
+  } else if (strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0) {
+    rc = ol_error("--device %s: expected cpu or cuda", device);
+  } else if (in.device && mapped) {
+    rc = ol_error("--mapped --device cuda: a GPU cannot map the model file (drop --mapped)");
   } else if (ol_dtype_parse(wdtype, &in.weights_dtype) != OL_OK) {
     rc = ol_error("--weights-dtype: expected f32, f16 or bf16, got '%s'", wdtype);
   } else if (tp < 1 || pp < 1 || dp < 1 || mb < 1 || mbs < 1 || seq < 1) {

@@ -164,6 +164,11 @@ void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_
   out->kept_bytes = a.bytes_kept;
   out->logits_bytes = a.bytes_logits;
   out->total_bytes = a.bytes_total;
+  out->head_chunk = a.head_chunk;
+  out->backend_scratch_bytes = 0;
+  for (size_t i = 0; i < a.n_table; i++)
+    if (strcmp(a.table[i].name, "attn_scratch") == 0 || strcmp(a.table[i].name, "wide") == 0)
+      out->backend_scratch_bytes += a.table[i].bytes + REDZONE;
   ol_free(a.table);
   ol_free(a.blocks);
 }

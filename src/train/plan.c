@@ -2,6 +2,7 @@
  * what each rank of a layout holds and does per step, from the layouts alone. Every figure is the
  * sum of the allocations the trainer makes for that rank (the same layout, activation and
  * parameter code computes them), plus the libraries' own memory, a measured constant. */
+#include <math.h>
 #include <string.h>
 
 #include "onelora/model/acts.h"
@@ -53,6 +54,35 @@ static void step_comm(const ol_model *m, size_t N, const ol_plan_inputs *in, dou
   if (in->dp > 1) comm[OL_COMM_DP] = ol_dp_step_bytes(&m->params);
 }
 
+/* The CUDA backend's workspaces (src/backend/cuda/: ol_cuda_workspace's slots, each grown to
+ * 1.25 times its largest request and kept) for a stage of m at N tokens a micro-batch:
+ *   slot 0, gemm_half's input rounded to 2 bytes: the largest M x K operand, a linear's input or
+ *     output gradient (N rows of its widest side) or the LM head's chunk of logits gradients;
+ *   slot 1, the column reductions' partial sums (1LoRA's db, biases, DoRA's dm): a (N/64, d)
+ *     block of group sums and a (d/256, N) block of row partials at the widest d (an upper
+ *     bound: the other reductions' partials are smaller);
+ *   slot 2, attention backward's delta (B, H/TP, T). */
+static double cuda_workspaces(const ol_model *m, size_t B, size_t T, size_t head_chunk) {
+  const double N = (double)(B * T);
+  double widest = (double)m->cfg.dim;  // the widest side of any linear on this rank
+  for (size_t l = 0; l < m->stage.n_layers; l++)
+    for (int p = 0; p < OL_PROJ_COUNT; p++) {
+      const ol_linear *lin = &m->blocks[l].lin[p];
+      if ((double)lin->in > widest) widest = (double)lin->in;
+      if ((double)lin->out > widest) widest = (double)lin->out;
+    }
+  double slot0 = 0.0;
+  if (m->stage.weights_dtype != OL_DTYPE_F32) {
+    slot0 = N * widest * 2.0;
+    if (m->stage.has_head && (double)head_chunk * (double)m->Vl * 2.0 > slot0)
+      slot0 = (double)head_chunk * (double)m->Vl * 2.0;
+  }
+  const double slot1 = (ceil(N / 64.0) * widest + ceil(widest / 256.0) * N) * sizeof(float);
+  const double heads = (double)m->cfg.n_heads / (double)(m->stage.tp ? m->stage.tp : 1);
+  const double slot2 = (double)B * heads * (double)T * sizeof(float);
+  return 1.25 * (slot0 + slot1 + slot2);
+}
+
 /* The plan of one rank: (pp_rank, tp_rank) of the layout (DP replicas are alike). */
 static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan *out) {
   ol_stage stage = ol_pipeline_stage(in->cfg, in->pp, pp_rank);
@@ -68,7 +98,7 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
     const ol_tensor *t = m.tensors[i];
     if (t->param >= 0) continue;
     const double bytes = (double)ol_tensor_numel(t) * (t->ndim == 2 && half ? 2.0 : 4.0);
-    if (t->ndim == 2 && in->mapped) out->frozen_mapped += bytes;
+    if (t->ndim == 2 && in->mapped && !in->device) out->frozen_mapped += bytes;
     else out->frozen_owned += bytes;
   }
   out->trainable_state = 4.0 * (double)m.params.total * sizeof(float);  // values, grad, m, v
@@ -86,8 +116,23 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
   out->comm_buffers = largest_collective(&m, N, in) +
                       (in->pp > 1 ? (double)N * (double)in->cfg->dim * sizeof(float) : 0.0);
   out->library = LIBRARY_BYTES;
+  if (in->device) {  // what the GPU's allocator holds (the peak the trainer reports)
+    // the CUDA kernels take no caller scratch (attention is tiled, gemm_half narrows the input
+    // instead of widening W) but keep workspaces of their own; the step's tokens and targets
+    out->workspace -= (double)slots * (double)sizes.backend_scratch_bytes;
+    out->workspace += 2.0 * (double)(N * (size_t)in->micro_batches) * sizeof(int32_t);
+    out->backend_workspace = cuda_workspaces(&m, B, T, sizes.head_chunk);
+    // the partial gradients packed for their TP all-reduce; MPI's temporaries and the pipeline's
+    // staging are host memory, NCCL's its own
+    double partial = 0.0;
+    for (size_t i = 0; in->tp > 1 && i < m.params.count; i++)
+      if (m.params.entries[i].place == OL_PLACE_PARTIAL) partial += (double)m.params.entries[i].numel;
+    out->comm_buffers = partial * sizeof(float);
+    out->library = 0.0;
+  }
   out->total = out->frozen_owned + out->frozen_mapped + out->trainable_state + out->kept +
-               out->logits + out->workspace + out->comm_buffers + out->library;
+               out->logits + out->workspace + out->comm_buffers + out->backend_workspace +
+               out->library;
   out->flops = ol_model_step_flops(&m, N * (size_t)in->micro_batches, T, in->recompute);
   step_comm(&m, N, in, out->comm);
   out->pp_rank = pp_rank, out->tp_rank = tp_rank;

@@ -10,7 +10,8 @@ that onelora's own allocations (40-200 MiB) dominate the libraries' (about 24 Mi
 one measured constant).
 
 Self-test: the same comparison must fail for the plan of another configuration (a 1lora run
-against the plan of twice its micro-batch). Prints PASS/FAIL per case."""
+against the plan of twice its micro-batch). `plan --device cuda` (a GPU's memory) is checked
+against the host plan part by part (device_plans). Prints PASS/FAIL per case."""
 
 import json
 import os
@@ -106,7 +107,34 @@ def main():
         want = planned(B, SHAPE + ["--micro-batch", "8", "--seq-len", "64", "--method", "1lora"])
         err_rel = abs(measured["1lora"] - want) / want
         check("plan.selftest_other_config_fails", err_rel > TOLERANCE, "%+.1f%%" % (100 * err_rel))
+    device_plans(B)
     return finish()
+
+
+def plan_parts(B, flags):
+    """(total MiB, {part: MiB}) of a plan's memory table."""
+    out = plan_output(B, flags)
+    total = float(re.search(r"peak (?:GPU )?memory per rank \([^)]*\): ([0-9.]+) MiB", out).group(1))
+    parts = {m.group(1).strip(): float(m.group(2)) for m in re.finditer(r"^  (\S.*?)\s+([0-9.]+) MiB$", out, re.M)}
+    return total, parts
+
+
+def device_plans(B):
+    """`plan --device cuda` (no GPU needed) against the host plan of the same configuration: the
+    parts the devices share are equal, the weights are all owned (a GPU maps no file), the
+    libraries' constant is gone, the CUDA workspaces appear, and the parts add up to the total
+    (each printed to 0.1 MiB)."""
+    for name, flags in (("1lora_bf16_tp2", ["--method", "1lora", "--weights-dtype", "bf16", "--tp", "2"]),
+                        ("dora", ["--method", "dora"]), ("lora_pp2", ["--method", "lora", "--pp", "2"])):
+        host_total, host = plan_parts(B, SHAPE + BATCH + flags)
+        gpu_total, gpu = plan_parts(B, SHAPE + BATCH + flags + ["--device", "cuda"])
+        same = all(gpu.get(k) == host[k] for k in ("activations kept", "logits chunk", "trainable state + AdamW"))
+        owned = gpu["frozen weights, owned"] == host["frozen weights, owned"] + host["frozen weights, mapped"]
+        adds = abs(sum(gpu.values()) - gpu_total) <= 0.05 * len(gpu) + 1e-9
+        ok = same and owned and adds and "libraries (measured)" not in gpu and "backend workspaces" in gpu
+        check("plan.device_%s" % name, ok, "host %.1f MiB %s\n   gpu %.1f MiB %s" % (host_total, host, gpu_total, gpu))
+    # not vacuous: a GPU plan is not the host plan
+    check("plan.device_differs", plan_parts(B, SHAPE + BATCH + ["--device", "cuda"]) != plan_parts(B, SHAPE + BATCH), "")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 /* onelora backend: the numeric kernels behind one table of function pointers.
- * cpu.c implements it with CBLAS + OpenMP; cuda/ will implement it with cuBLAS.
+ * cpu.c implements it with CBLAS + OpenMP, cuda/ with cuBLAS and onelora's own kernels.
  * All tensors are f32 (frozen weights may be 2-byte: gemm_half), row-major, contiguous, in
  * memory the backend owns (alloc/free; host memory for cpu).
  * Shapes are given in comments; N = number of tokens (B*T), D = width, F = ffn width,

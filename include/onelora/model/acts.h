@@ -72,6 +72,9 @@ typedef struct {
 /* What ol_acts_alloc would allocate, without allocating it (the planner). */
 typedef struct {
   size_t kept_bytes, logits_bytes, total_bytes;
+  size_t backend_scratch_bytes;  /* of the total: the buffers the backend sizes (attention's
+                                  * scratch, gemm_half's f32 tile), for another backend's plan */
+  size_t head_chunk;             /* rows of the LM head's logits chunk */
 } ol_acts_sizes;
 void ol_acts_plan(const ol_model *m, size_t B, size_t T, int recompute, ol_acts_sizes *out);
 

@@ -19,6 +19,7 @@ typedef struct {
   int recompute;           /* --recompute */
   int mapped;              /* frozen matrices mapped from the model file (its dtype = weights') */
   int gpipe;
+  int device;              /* 1: a CUDA GPU's memory (--device cuda); 0: the host's */
 } ol_plan_inputs;
 
 typedef struct {
@@ -31,8 +32,12 @@ typedef struct {
   double workspace;        /* transient activation workspace (the logits chunk excluded) */
   double logits;           /* the LM head's logits chunk */
   double trainable_state;  /* values, gradients, Adam m and v (+ generated frozen tensors) */
-  double comm_buffers;     /* the pipeline inbox and MPI's reduction temporary */
-  double library;          /* MPI, HDF5, OpenBLAS and the process image (measured constant) */
+  double comm_buffers;     /* the pipeline inbox and MPI's reduction temporary (a device: the
+                            * packed partial gradients) */
+  double backend_workspace; /* a device backend's own workspaces (CUDA: gemm_half's narrowed
+                             * input, the reductions' partial sums, attention's delta) */
+  double library;          /* MPI, HDF5, OpenBLAS and the process image (measured constant; a
+                            * device: 0, its CUDA context and cuBLAS workspace are outside) */
   double total;
   /* the largest over ranks, per optimizer step */
   double flops;            /* matrix-product FLOPs issued (recompute included) */

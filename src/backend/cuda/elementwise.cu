@@ -648,13 +648,13 @@ void ol_cuda_fill(float *x, float value, size_t n) {
   OL_CUDA_LAUNCHED();
 }
 
-/* Values generated on the host per upload: 4 MiB of f32 (a row at least) */
-#define NORMAL_CHUNK_FLOATS ((size_t)1 << 20)
+/* Values generated on the host per upload: 32 MiB of f32 (a row at least) */
+#define NORMAL_CHUNK_FLOATS ((size_t)1 << 23)
 
 /* x(rows, cols) = std * ol_hash_normal(ol_counter_hash(key, r0 + i, c0 + j)), generated on the
  * host with core's functions (its logf / cosf are not the device's, and the values must be the
- * CPU's) and uploaded a chunk of rows at a time. Set-up only (synthetic weights); one host
- * thread, where the CPU backend uses OpenMP. */
+ * CPU's) and uploaded a chunk of rows at a time, by the host's OpenMP threads as on the CPU.
+ * Set-up only (synthetic weights, adapter initialisations). */
 void ol_cuda_counter_normal(float *x, size_t rows, size_t cols, uint64_t key, size_t r0,
                             size_t c0, float std_dev) {
   if (rows == 0 || cols == 0) return;
@@ -663,9 +663,14 @@ void ol_cuda_counter_normal(float *x, size_t rows, size_t cols, uint64_t key, si
   for (size_t i0 = 0; i0 < rows; i0 += chunk_rows) {
     const size_t n = rows - i0 < chunk_rows ? rows - i0 : chunk_rows;
     float *host = (float *)ol_cuda_host_scratch(n * cols * sizeof(float));  // (n, cols)
-    for (size_t i = 0; i < n; i++)
-      for (size_t j = 0; j < cols; j++)
-        host[i * cols + j] = std_dev * ol_hash_normal(ol_counter_hash(key, r0 + i0 + i, c0 + j));
+    const long long count = (long long)(n * cols);
+    // the host's cores share the hashing (a 13B model is 1.3e10 values): the same values in any
+    // order, a pure function of the indices
+#pragma omp parallel for schedule(static)
+    for (long long e = 0; e < count; e++) {
+      const size_t i = (size_t)e / cols, j = (size_t)e % cols;
+      host[e] = std_dev * ol_hash_normal(ol_counter_hash(key, r0 + i0 + i, c0 + j));
+    }
     upload_and_wait(x + i0 * cols, host, n * cols * sizeof(float));
   }
 }
