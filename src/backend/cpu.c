@@ -1083,14 +1083,3 @@ static const ol_backend cpu_backend = {
 
 const ol_backend *ol_backend_cpu(void) { return &cpu_backend; }
 
-#ifdef ONELORA_TEST_HOOKS
-static ol_backend cpu_staged;
-const ol_backend *ol_backend_cpu_staged(void) {
-  cpu_staged = cpu_backend;
-  cpu_staged.name = "cpu-staged";
-  cpu_staged.host_visible = 0;
-  return &cpu_staged;
-}
-#else
-const ol_backend *ol_backend_cpu_staged(void) { return NULL; }
-#endif

@@ -196,7 +196,7 @@ double ol_model_forward(ol_model *m, ol_acts *a, const int32_t *tokens, const in
   if (grad_scale != 0.0f) {
     ol_copy_to_tp_backward(m->tp, dxn, N * D);
     float *dnorm = ol_model_grad(m, &m->final_norm);
-    memset(a->dres, 0, N * D * sizeof(float));
+    ol_bk->fill(a->dres, 0.0f, N * D);  // (N, D)
     ol_bk->rmsnorm_backward(a->dres, dnorm, dxn, xl, m->final_norm.data, a->rstd_final, N, D);
   }
   return loss;

@@ -59,6 +59,7 @@ static comm_state *state(ol_grid *g) {
 ol_path ol_comm_collectives(ol_grid *g) { return state(g)->collectives; }
 ol_path ol_comm_messages(ol_grid *g) { return state(g)->messages; }
 const ol_backend *ol_comm_backend(ol_grid *g) { return state(g)->bk; }
+void *ol_comm_mpi_buffer(const void *p) { return ol_backend_staged_real(p); }
 
 /* ---- kept buffers ---- */
 static void kept_release(const ol_backend *bk, kept *k) {
@@ -130,7 +131,7 @@ void ol_comm_allreduce(ol_grid *g, ol_group group, void *x, size_t n, MPI_Dataty
     return;
   case OL_PATH_CUDA_AWARE:
     s->bk->sync();  // the kernels that wrote x have ended before MPI reads it
-    mpi_allreduce(x, n, type, size, op, group_comm(g, group));
+    mpi_allreduce(ol_comm_mpi_buffer(x), n, type, size, op, group_comm(g, group));
     return;
   case OL_PATH_STAGED: {
     s->bk->sync();
@@ -173,7 +174,8 @@ void ol_comm_allgather_tp(ol_grid *g, const float *x, size_t n, float *out) {
     return;
   case OL_PATH_CUDA_AWARE:
     s->bk->sync();
-    MPI_Allgather(x, (int)n, MPI_FLOAT, out, (int)n, MPI_FLOAT, c);
+    MPI_Allgather(ol_comm_mpi_buffer(x), (int)n, MPI_FLOAT, ol_comm_mpi_buffer(out), (int)n,
+                  MPI_FLOAT, c);
     return;
   case OL_PATH_STAGED: {
     // one position's logits (V/TP floats each): small, staged whole

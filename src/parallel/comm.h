@@ -27,6 +27,9 @@ ol_path ol_comm_collectives(ol_grid *g);
 ol_path ol_comm_messages(ol_grid *g);
 /* The backend whose buffers travel (ol_bk when ol_grid_use_device was not called) */
 const ol_backend *ol_comm_backend(ol_grid *g);
+/* A backend buffer as a CUDA-aware MPI is handed it: the device pointer itself, or, for the
+ * test device cpu-staged, the emulator's memory behind its handle (ol_backend_staged_real). */
+void *ol_comm_mpi_buffer(const void *p);
 
 /* x (n elements of `size` bytes, a backend buffer) combined by op over the group, in place.
  * type MPI_FLOAT or MPI_DOUBLE, op MPI_SUM or MPI_MAX. */

@@ -61,6 +61,7 @@ static void pp_send(ol_grid *g, int to_next, const float *x, size_t n, int mb, i
   const ol_path path = ol_comm_messages(g);
   if (path == OL_PATH_CUDA_AWARE) {
     ol_comm_backend(g)->sync();
+    from = ol_comm_mpi_buffer(x);
   } else if (path == OL_PATH_STAGED) {
     pp_wait_send(g, slot);
     void *stage = ol_comm_message_buffer(g, slot, n * sizeof(float));  // (n) pinned
@@ -94,7 +95,8 @@ static void pp_post_recv(ol_grid *g, int from_prev, size_t n, int mb) {
   in->n = n;
   // a forward activation from the previous stage was sent "to next" (dir 1), a gradient from
   // the next stage "to previous" (dir 0)
-  MPI_Irecv(in->buf, (int)n, MPI_FLOAT, g->pp_rank + (from_prev ? -1 : 1), 2 * mb + from_prev,
+  void *into = ol_comm_messages(g) == OL_PATH_CUDA_AWARE ? ol_comm_mpi_buffer(in->buf) : in->buf;
+  MPI_Irecv(into, (int)n, MPI_FLOAT, g->pp_rank + (from_prev ? -1 : 1), 2 * mb + from_prev,
             pp_comm(g), &in->request);
 }
 
@@ -175,6 +177,7 @@ void ol_pp_send_next(ol_grid *g, const float *x, size_t n) {
   const ol_path path = ol_comm_messages(g);
   if (path == OL_PATH_CUDA_AWARE) {
     bk->sync();  // the kernels that wrote x have ended
+    from = ol_comm_mpi_buffer(x);
   } else if (path == OL_PATH_STAGED) {
     void *stage = ol_comm_stage(g, n * sizeof(float));  // (n) pinned
     bk->sync();
@@ -190,7 +193,10 @@ void ol_pp_recv_prev(ol_grid *g, float *x, size_t n) {
   const ol_backend *bk = ol_comm_backend(g);
   const ol_path path = ol_comm_messages(g);
   void *into = x;
-  if (path == OL_PATH_CUDA_AWARE) bk->sync();  // no queued kernel still uses x
+  if (path == OL_PATH_CUDA_AWARE) {
+    bk->sync();  // no queued kernel still uses x
+    into = ol_comm_mpi_buffer(x);
+  }
   if (path == OL_PATH_STAGED) into = ol_comm_stage(g, n * sizeof(float));  // (n) pinned
   MPI_Recv(into, (int)n, MPI_FLOAT, g->pp_rank - 1, PP_GENERATE_TAG, pp_comm(g),
            MPI_STATUS_IGNORE);

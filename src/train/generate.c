@@ -66,7 +66,8 @@ static int load_model(const ol_generate_opts *o, ol_model *m, ol_config *cfg) {
     ol_stage stage = ol_pipeline_stage(cfg, g->pp, g->pp_rank);
     stage.tp = g->tp, stage.tp_rank = g->tp_rank;
     stage.weights_dtype = o->weights_dtype;
-    rc = ol_model_build_mapped(m, cfg, &method, seed, &stage, mf);
+    // a device cannot map the file: its weights are read and copied to it
+    rc = ol_model_build_mapped(m, cfg, &method, seed, &stage, ol_bk->host_visible ? mf : NULL);
     if (rc == OL_OK) ol_model_bind_tp(m, ol_grid_tp(g));
   }
   if (rc == OL_OK) rc = ol_model_load(m, mf);
@@ -157,10 +158,14 @@ static int32_t step(ol_grid *g, ol_model *m, ol_acts *a, ol_kv_cache *cache,
   if (!m->stage.has_head) ol_pp_send_next(g, a->xs + L * n * D, n * D);
   int64_t token = 0;
   if (m->stage.has_head) {
-    ol_gather_from_tp_forward(m->tp, local, m->Vl, logits);  // (V/TP) -> (V)
-    token = ol_bk->sample(logits, V, (float)o->temperature, (size_t)o->top_k, u, scratch);
+    const float *all = local;  // (V): one rank's logits are the whole vocabulary's
+    if (m->tp) {
+      ol_gather_from_tp_forward(m->tp, local, m->Vl, logits);  // (V/TP) -> (V)
+      all = logits;
+    }
+    token = ol_bk->sample(all, V, (float)o->temperature, (size_t)o->top_k, u, scratch);
     if (score) {  // on a host copy of the logits
-      ol_bk->to_host(host, logits, V * sizeof(float));
+      ol_bk->to_host(host, all, V * sizeof(float));
       score_token(host, V, (float)o->temperature, (size_t)o->top_k, u, token, host + V, score);
     }
   }

@@ -230,10 +230,14 @@ int ol_cuda_built(void);
 /* A one-line description of the device (name, memory, compute capability) for the log. */
 const char *ol_cuda_device_name(void);
 
-/* Test hook (ONELORA_TEST_HOOKS builds): the cpu kernels behind a table that says its buffers
- * are not host memory, so that every staging path a device takes (uploads, downloads, staged
- * collectives, checkpoint copies) runs on the CPU, where its results must equal the plain cpu
- * backend's bit for bit. */
+/* Test hook (ONELORA_TEST_HOOKS builds; NULL otherwise): the device emulator of
+ * src/backend/staged.c, the cpu kernels behind buffers that host code cannot touch (a fault)
+ * and that every op checks (host memory passed to a kernel aborts, naming the op), so that every
+ * staging path a device takes (uploads, downloads, staged collectives, checkpoint copies) runs,
+ * and is proven, on the CPU; its results equal the cpu backend's bit for bit. */
 const ol_backend *ol_backend_cpu_staged(void);
+/* The memory behind one of cpu-staged's buffers (p itself for any other pointer), for the
+ * communication layer's emulated CUDA-aware MPI, which reads device buffers directly. */
+void *ol_backend_staged_real(const void *p);
 
 #endif

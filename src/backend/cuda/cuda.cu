@@ -81,7 +81,7 @@ static void *device_malloc(size_t bytes) {
 }
 
 static void track(void *p, size_t bytes) {
-  gpu.live = (allocation *)ol_grow(gpu.live, gpu.n_live + 1, &gpu.cap_live, sizeof(allocation));
+  gpu.live = (allocation *)ol_grow(gpu.live, gpu.n_live, &gpu.cap_live, sizeof(allocation));
   gpu.live[gpu.n_live++] = allocation{p, bytes == 0 ? 1 : bytes};
 }
 
