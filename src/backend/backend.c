@@ -11,7 +11,75 @@ void ol_backend_set(const ol_backend *b) {
   ol_bk = b;
 }
 
-#ifndef ONELORA_HAVE_CUDA
+#ifdef ONELORA_HAVE_CUDA
+/* The CUDA backend lives in the module libonelora_cuda.so (CMakeLists.txt says why), opened on
+ * first use: beside the executable, else where the build wrote it; ONELORA_CUDA_MODULE names
+ * another. */
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static struct {
+  int tried;
+  char why[1024];  /* why it could not be opened */
+  const ol_backend *(*backend)(int device);
+  int (*device_count)(void);
+  const char *(*device_name)(void);
+} cuda;
+
+static void *open_module(void) {
+  const char *env = getenv("ONELORA_CUDA_MODULE");
+  if (env && *env) return dlopen(env, RTLD_NOW | RTLD_LOCAL);
+  char exe[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  void *lib = NULL;
+  if (n > 0) {
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash && (size_t)(slash - exe) + sizeof ONELORA_CUDA_MODULE + 1 < sizeof exe) {
+      strcpy(slash + 1, ONELORA_CUDA_MODULE);
+      if (access(exe, R_OK) == 0) lib = dlopen(exe, RTLD_NOW | RTLD_LOCAL);
+    }
+  }
+  return lib ? lib : dlopen(ONELORA_CUDA_MODULE_BUILT, RTLD_NOW | RTLD_LOCAL);
+}
+
+static int load_cuda(void) {
+  if (cuda.tried) return cuda.backend != NULL;
+  cuda.tried = 1;
+  void *lib = open_module();
+  if (!lib) {
+    snprintf(cuda.why, sizeof cuda.why, "the CUDA backend module %s cannot be opened: %s",
+             ONELORA_CUDA_MODULE, dlerror());
+    return 0;
+  }
+  // POSIX: a data pointer from dlsym converts to a function pointer through memcpy
+  void *f[3] = {dlsym(lib, "ol_cuda_module_backend"), dlsym(lib, "ol_cuda_module_device_count"),
+                dlsym(lib, "ol_cuda_module_device_name")};
+  if (!f[0] || !f[1] || !f[2]) {
+    snprintf(cuda.why, sizeof cuda.why, "%s lacks its entry points", ONELORA_CUDA_MODULE);
+    return 0;
+  }
+  memcpy(&cuda.backend, &f[0], sizeof f[0]);
+  memcpy(&cuda.device_count, &f[1], sizeof f[1]);
+  memcpy(&cuda.device_name, &f[2], sizeof f[2]);
+  return 1;
+}
+
+const ol_backend *ol_backend_cuda(int device) {
+  if (!load_cuda()) {
+    ol_error("--device cuda: %s", cuda.why);
+    return NULL;
+  }
+  return cuda.backend(device);
+}
+int ol_cuda_device_count(void) { return load_cuda() ? cuda.device_count() : 0; }
+int ol_cuda_built(void) { return 1; }
+const char *ol_cuda_device_name(void) { return cuda.tried && cuda.backend ? cuda.device_name() : ""; }
+#else
 /* A build without the CUDA backend (ONELORA_CUDA=OFF, or no nvcc at build time) */
 const ol_backend *ol_backend_cuda(int device) {
   (void)device;

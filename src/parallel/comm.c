@@ -12,6 +12,7 @@
 #endif
 #ifdef ONELORA_HAVE_NCCL
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <nccl.h>
 #endif
 
@@ -114,6 +115,57 @@ static void mpi_allreduce(void *x, size_t n, MPI_Datatype type, size_t size, MPI
 }
 
 #ifdef ONELORA_HAVE_NCCL
+/* NCCL is opened when a run takes its path (dlopen), not linked: loading its library, like the
+ * CUDA backend's (src/backend/backend.c), would cost every CPU-only process its relocations. */
+static struct {
+  int tried;
+  char why[512];  /* why it could not be opened */
+  ncclResult_t (*GetUniqueId)(ncclUniqueId *);
+  ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int);
+  ncclResult_t (*CommDestroy)(ncclComm_t);
+  ncclResult_t (*AllReduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t,
+                            ncclComm_t, cudaStream_t);
+  ncclResult_t (*AllGather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t,
+                            cudaStream_t);
+  const char *(*GetErrorString)(ncclResult_t);
+} nccl_api;
+
+/* 1 once libnccl.so.2 is open and every function found; else 0 with nccl_api.why */
+static int nccl_load(void) {
+  if (nccl_api.tried) return nccl_api.GetErrorString != NULL;
+  nccl_api.tried = 1;
+  void *lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    snprintf(nccl_api.why, sizeof nccl_api.why, "libnccl.so.2 cannot be opened: %s", dlerror());
+    return 0;
+  }
+  // POSIX: a data pointer from dlsym converts to a function pointer through memcpy
+  const char *names[] = {"ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy",
+                         "ncclAllReduce", "ncclAllGather", "ncclGetErrorString"};
+  void (**slots[])(void) = {(void (**)(void))&nccl_api.GetUniqueId,
+                            (void (**)(void))&nccl_api.CommInitRank,
+                            (void (**)(void))&nccl_api.CommDestroy,
+                            (void (**)(void))&nccl_api.AllReduce,
+                            (void (**)(void))&nccl_api.AllGather,
+                            (void (**)(void))&nccl_api.GetErrorString};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    void *f = dlsym(lib, names[i]);
+    if (!f) {
+      snprintf(nccl_api.why, sizeof nccl_api.why, "libnccl.so.2 has no %s", names[i]);
+      nccl_api.GetErrorString = NULL;
+      return 0;
+    }
+    memcpy(slots[i], &f, sizeof f);
+  }
+  return 1;
+}
+#define ncclGetUniqueId nccl_api.GetUniqueId
+#define ncclCommInitRank nccl_api.CommInitRank
+#define ncclCommDestroy nccl_api.CommDestroy
+#define ncclAllReduce nccl_api.AllReduce
+#define ncclAllGather nccl_api.AllGather
+#define ncclGetErrorString nccl_api.GetErrorString
+
 static void nccl_check(ncclResult_t r, const char *what) {
   if (r != ncclSuccess) ol_fatal(__FILE__, __LINE__, "%s: %s", what, ncclGetErrorString(r));
 }
@@ -322,8 +374,8 @@ static int choose_paths(const ol_backend *b, ol_path *collectives, ol_path *mess
   // the test device's buffers are host memory, which any MPI moves: it can run this path too
   const int cuda_aware = staged_test || cuda_aware_mpi(&no_cuda_aware);
 #ifdef ONELORA_HAVE_NCCL
-  const int nccl = !b->host_visible && !staged_test;
-  const char *no_nccl = "the test device cpu-staged has no GPU";
+  const int nccl = !b->host_visible && !staged_test && nccl_load();
+  const char *no_nccl = staged_test ? "the test device cpu-staged has no GPU" : nccl_api.why;
 #else
   const int nccl = 0;
   const char *no_nccl = "this build has no NCCL (its CUDA toolkit had no nccl.h and libnccl)";

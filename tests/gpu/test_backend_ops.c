@@ -1919,8 +1919,9 @@ int main(int argc, char **argv) {
       printf("skip: this build has no CUDA backend (ONELORA_CUDA=OFF or no nvcc)\n");
       return 77;
     }
-    if (ol_cuda_device_count() == 0) {
-      printf("skip: no GPU is visible\n");
+    if (ol_cuda_device_count() == 0) {  // the reason: no driver or device, or the module
+      cand = ol_backend_cuda(0);
+      printf("skip: no GPU is visible (%s)\n", cand ? "" : ol_last_error());
       return 77;
     }
     cand = ol_backend_cuda(0);

@@ -1,6 +1,6 @@
 /* The CUDA backend's shared pieces for the .cu files: C linkage for onelora's headers, the
  * stream every kernel is queued on, device workspaces, error checks and block reductions.
- * cuda.cu implements the functions declared here and owns the table (ol_backend_cuda). */
+ * cuda.cu implements the functions declared here and owns the table (ol_cuda_module_backend). */
 #ifndef ONELORA_BACKEND_CUDA_COMMON_CUH
 #define ONELORA_BACKEND_CUDA_COMMON_CUH
 

@@ -1,7 +1,9 @@
 /* The CUDA backend: one GPU per process, one stream, cuBLAS for the matrix products and the
  * kernels of elementwise.cu, peft.cu and attention.cu for the rest. This file owns the device:
  * initialisation, memory (every buffer a kernel touches, counted for the peak), the copies
- * between host and device, the workspaces and the table (ol_backend_cuda).
+ * between host and device, the workspaces and the table. The backend is the module
+ * libonelora_cuda.so; src/backend/backend.c opens it and calls its three entry points,
+ * ol_cuda_module_backend, ol_cuda_module_device_count and ol_cuda_module_device_name.
  *
  * Numerics: f32 GEMMs run as true f32 (CUBLAS_COMPUTE_32F, no TF32), so the f32 path differs
  * from the CPU only by the order of its sums. 2-byte frozen weights (gemm_half) are multiplied
@@ -295,9 +297,7 @@ static void fill_table(void) {
   b->sample = ol_cuda_sample;
 }
 
-extern "C" int ol_cuda_built(void) { return 1; }
-
-extern "C" int ol_cuda_device_count(void) {
+extern "C" int ol_cuda_module_device_count(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {
     (void)cudaGetLastError();  // no driver or no device: not an error of ours
@@ -306,9 +306,9 @@ extern "C" int ol_cuda_device_count(void) {
   return n;
 }
 
-extern "C" const char *ol_cuda_device_name(void) { return gpu.name; }
+extern "C" const char *ol_cuda_module_device_name(void) { return gpu.name; }
 
-extern "C" const ol_backend *ol_backend_cuda(int device) {
+extern "C" const ol_backend *ol_cuda_module_backend(int device) {
   if (table.name) {  // already made current
     if (device != gpu.device) {
       ol_error("--device cuda: this process already uses GPU %d, not %d", gpu.device, device);
