@@ -303,6 +303,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
       int rc = forward_backward(t, step, grad_scale, &ignored);
       ol_model_attach_adapters(m, 1);
       OL_TRY(rc);
+      ol_bk->sync();  // a device's queued backward belongs to this step's time
       t->frozen_step_s[step] = ol_now() - t0;
     }
     double t0 = ol_now();
@@ -317,6 +318,7 @@ static int train_loop(trainer *t, int64_t start, double t_run, ol_train_result *
     double lr = ol_schedule_lr(&o->schedule, step);
     ol_adamw_step(&o->adamw, &m->params, (float)lr, step + 1);
     step++;
+    ol_bk->sync();  // the queued optimizer step too
     double dt = ol_now() - t0, elapsed = ol_now() - t_start;
     t->step_s[step - 1] = dt;
     double tok_s = tokens_per_step / dt;

@@ -152,7 +152,9 @@ def main():
                                         "16", "--steps", "1", "--tp", "2", "--device", dev],
                                        env=dict(ct.ENV, ONELORA_COMM=comm), stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
-                why = [ln for ln in probe.stderr.splitlines() if ln.startswith("onelora: error:") and "ONELORA_COMM=" in ln]
+                # NCCL refuses two ranks of one communicator on one GPU ("Duplicate GPU detected")
+                why = [ln for ln in probe.stderr.splitlines() if ln.startswith("onelora: error:")
+                       and ("ONELORA_COMM=" in ln or "ncclCommInitRank" in ln)]
                 if why:
                     print("SKIP tp2.%s.%s: %s" % (method, comm, why[0]))
                     continue
