@@ -106,6 +106,10 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
     const ol_frozen_entry *e = &m.generated.entries[i];
     out->trainable_state += (double)e->shape[0] * (double)(e->ndim == 2 ? e->shape[1] : 1) * sizeof(float);
   }
+  for (size_t l = 0; l < m.stage.n_layers; l++)  // adapters' persistent per-layer scratch
+    for (int p = 0; p < OL_PROJ_COUNT; p++)
+      for (int i = 0; i < m.blocks[l].lin[p].n_adapters; i++)
+        out->trainable_state += (double)m.blocks[l].lin[p].adapters[i].state_floats * sizeof(float);
   const int slots = ol_pp_slots(in->pp, pp_rank, (int)in->micro_batches, in->gpipe);
   ol_acts_sizes sizes;
   ol_acts_plan(&m, B, T, in->recompute, &sizes);
@@ -122,12 +126,14 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
     out->workspace -= (double)slots * (double)sizes.backend_scratch_bytes;
     out->workspace += 2.0 * (double)(N * (size_t)in->micro_batches) * sizeof(int32_t);
     out->backend_workspace = cuda_workspaces(&m, B, T, sizes.head_chunk);
-    // the partial gradients packed for their TP all-reduce; MPI's temporaries and the pipeline's
-    // staging are host memory, NCCL's its own
+    // the partial gradients packed for their TP all-reduce, and the pipeline's inbox: device
+    // memory when MPI is CUDA-aware (pinned host memory when staged; counted either way, the
+    // path is chosen at run time); MPI's temporaries are host memory, NCCL's its own
     double partial = 0.0;
     for (size_t i = 0; in->tp > 1 && i < m.params.count; i++)
       if (m.params.entries[i].place == OL_PLACE_PARTIAL) partial += (double)m.params.entries[i].numel;
-    out->comm_buffers = partial * sizeof(float);
+    out->comm_buffers = partial * sizeof(float) +
+                        (in->pp > 1 ? (double)N * (double)in->cfg->dim * sizeof(float) : 0.0);
     out->library = 0.0;
   }
   out->total = out->frozen_owned + out->frozen_mapped + out->trainable_state + out->kept +

@@ -31,9 +31,10 @@ typedef struct {
   double kept;             /* activations forward keeps for backward, every pipeline slot */
   double workspace;        /* transient activation workspace (the logits chunk excluded) */
   double logits;           /* the LM head's logits chunk */
-  double trainable_state;  /* values, gradients, Adam m and v (+ generated frozen tensors) */
+  double trainable_state;  /* values, gradients, Adam m and v (+ generated frozen tensors and
+                            * the adapters' per-layer state) */
   double comm_buffers;     /* the pipeline inbox and MPI's reduction temporary (a device: the
-                            * packed partial gradients) */
+                            * packed partial gradients and the inbox) */
   double backend_workspace; /* a device backend's own workspaces (CUDA: gemm_half's narrowed
                              * input, the reductions' partial sums, attention's delta) */
   double library;          /* MPI, HDF5, OpenBLAS and the process image (measured constant; a
