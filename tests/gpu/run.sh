@@ -18,9 +18,9 @@
 #
 # The machine needs onelora's build dependencies (jobs/setup.sh's Debian packages: Open MPI,
 # parallel HDF5, OpenBLAS, CMocka, Jansson) and a python3 with numpy and h5py. Where they are
-# missing and no archive can be reached, ONELORA_GPU_DEBS=DIR unpacks the .deb files of DIR first
-# (`apt-get download` of those packages and the libraries they need, made on a machine with the
-# archive).
+# missing and no archive can be reached, ONELORA_GPU_DEBS=DIR uses the .deb files of DIR
+# (`tests/gpu/debs.sh download DIR`, made on a Debian 12 machine with the archive), unpacked
+# under a prefix of their own (tests/gpu/debs.sh).
 #
 # Environment: ONELORA_GPU_LAYERS (benchmark layers, default: the planner's fit, at most 40),
 # ONELORA_GPU_STEPS (benchmark steps, default 4), ONELORA_GPU_PARTS (default "ops methods bench").
@@ -41,8 +41,8 @@ if ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
 fi
 nvidia-smi -L
 if [ -n "${ONELORA_GPU_DEBS:-}" ]; then
-  for f in "$ONELORA_GPU_DEBS"/*.deb; do dpkg -x "$f" /; done
-  ldconfig
+  source "$root/tests/gpu/debs.sh"
+  onelora_gpu_debs "$ONELORA_GPU_DEBS" || exit 1
 fi
 mkdir -p "$out"
 python=$(command -v python3)
