@@ -56,16 +56,16 @@ static int load_cuda(void) {
              ONELORA_CUDA_MODULE, dlerror());
     return 0;
   }
-  // POSIX: a data pointer from dlsym converts to a function pointer through memcpy
-  void *f[3] = {dlsym(lib, "ol_cuda_module_backend"), dlsym(lib, "ol_cuda_module_device_count"),
-                dlsym(lib, "ol_cuda_module_device_name")};
-  if (!f[0] || !f[1] || !f[2]) {
-    snprintf(cuda.why, sizeof cuda.why, "%s lacks its entry points", ONELORA_CUDA_MODULE);
+  const char *const names[] = {"ol_cuda_module_backend", "ol_cuda_module_device_count",
+                               "ol_cuda_module_device_name"};
+  ol_fn *const slots[] = {(ol_fn *)&cuda.backend, (ol_fn *)&cuda.device_count,
+                          (ol_fn *)&cuda.device_name};
+  const char *missing = ol_dl_resolve(lib, 3, names, slots);
+  if (missing) {
+    snprintf(cuda.why, sizeof cuda.why, "%s has no %s", ONELORA_CUDA_MODULE, missing);
+    cuda.backend = NULL;
     return 0;
   }
-  memcpy(&cuda.backend, &f[0], sizeof f[0]);
-  memcpy(&cuda.device_count, &f[1], sizeof f[1]);
-  memcpy(&cuda.device_name, &f[2], sizeof f[2]);
   return 1;
 }
 

@@ -1,4 +1,5 @@
-/* Timers and resident-memory readings from /proc. */
+/* Timers, resident-memory readings from /proc, and symbols of libraries opened at run time. */
+#include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -31,3 +32,12 @@ size_t ol_pss_bytes(void) { return read_proc_kb("/proc/self/smaps_rollup", "Pss:
 
 size_t ol_peak_rss_bytes(void) { return read_proc_kb("/proc/self/status", "VmHWM:") * 1024; }
 size_t ol_rss_bytes(void) { return read_proc_kb("/proc/self/status", "VmRSS:") * 1024; }
+
+const char *ol_dl_resolve(void *lib, size_t n, const char *const names[], ol_fn *const slots[]) {
+  for (size_t i = 0; i < n; i++) {
+    void *f = dlsym(lib, names[i]);
+    if (!f) return names[i];
+    memcpy(slots[i], &f, sizeof f);  // POSIX: dlsym's data pointer becomes a function pointer
+  }
+  return NULL;
+}

@@ -139,23 +139,16 @@ static int nccl_load(void) {
     snprintf(nccl_api.why, sizeof nccl_api.why, "libnccl.so.2 cannot be opened: %s", dlerror());
     return 0;
   }
-  // POSIX: a data pointer from dlsym converts to a function pointer through memcpy
-  const char *names[] = {"ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy",
-                         "ncclAllReduce", "ncclAllGather", "ncclGetErrorString"};
-  void (**slots[])(void) = {(void (**)(void))&nccl_api.GetUniqueId,
-                            (void (**)(void))&nccl_api.CommInitRank,
-                            (void (**)(void))&nccl_api.CommDestroy,
-                            (void (**)(void))&nccl_api.AllReduce,
-                            (void (**)(void))&nccl_api.AllGather,
-                            (void (**)(void))&nccl_api.GetErrorString};
-  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-    void *f = dlsym(lib, names[i]);
-    if (!f) {
-      snprintf(nccl_api.why, sizeof nccl_api.why, "libnccl.so.2 has no %s", names[i]);
-      nccl_api.GetErrorString = NULL;
-      return 0;
-    }
-    memcpy(slots[i], &f, sizeof f);
+  const char *const names[] = {"ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy",
+                               "ncclAllReduce", "ncclAllGather", "ncclGetErrorString"};
+  ol_fn *const slots[] = {(ol_fn *)&nccl_api.GetUniqueId, (ol_fn *)&nccl_api.CommInitRank,
+                          (ol_fn *)&nccl_api.CommDestroy, (ol_fn *)&nccl_api.AllReduce,
+                          (ol_fn *)&nccl_api.AllGather, (ol_fn *)&nccl_api.GetErrorString};
+  const char *missing = ol_dl_resolve(lib, sizeof names / sizeof names[0], names, slots);
+  if (missing) {
+    snprintf(nccl_api.why, sizeof nccl_api.why, "libnccl.so.2 has no %s", missing);
+    nccl_api.GetErrorString = NULL;
+    return 0;
   }
   return 1;
 }

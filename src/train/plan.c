@@ -27,6 +27,14 @@ static double largest_collective(const ol_model *m, size_t N, const ol_plan_inpu
   return biggest;
 }
 
+/* Floats of the replicated parameters' partial gradients, all-reduced over TP once per step */
+static double partial_floats(const ol_model *m) {
+  double partial = 0.0;
+  for (size_t i = 0; i < m->params.count; i++)
+    if (m->params.entries[i].place == OL_PLACE_PARTIAL) partial += (double)m->params.entries[i].numel;
+  return partial;
+}
+
 /* Payload bytes this rank sends per step by kind, as the collectives count them (g->bytes). */
 static void step_comm(const ol_model *m, size_t N, const ol_plan_inputs *in, double *comm) {
   memset(comm, 0, OL_COMM_COUNT * sizeof *comm);
@@ -41,11 +49,7 @@ static void step_comm(const ol_model *m, size_t N, const ol_plan_inputs *in, dou
     double bwd = L * 2 * act;                           // q/k/v and gate/up dx
     if (m->stage.has_head) bwd += act;
     comm[OL_COMM_TP_FWD] = fwd * Mb;
-    comm[OL_COMM_TP_BWD] = bwd * Mb;
-    double partial = 0.0;  // replicated parameters' partial gradients, once per step
-    for (size_t i = 0; i < m->params.count; i++)
-      partial += m->params.entries[i].place == OL_PLACE_PARTIAL ? (double)m->params.entries[i].numel : 0.0;
-    comm[OL_COMM_TP_BWD] += partial * sizeof(float);
+    comm[OL_COMM_TP_BWD] = bwd * Mb + partial_floats(m) * sizeof(float);
   }
   if (in->pp > 1) {  // each stage sends its output forward and its input gradient back
     const double sends = (double)(m->stage.has_head ? 0 : 1) + (double)(m->stage.has_embed ? 0 : 1);
@@ -117,8 +121,8 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
   out->logits = (double)slots * (double)sizes.logits_bytes;
   out->workspace = (double)slots * (double)(sizes.total_bytes - sizes.kept_bytes - sizes.logits_bytes);
   // the pipeline's inbox (one (N, D) activation) and the largest in-place collective's temporary
-  out->comm_buffers = largest_collective(&m, N, in) +
-                      (in->pp > 1 ? (double)N * (double)in->cfg->dim * sizeof(float) : 0.0);
+  const double inbox = in->pp > 1 ? (double)N * (double)in->cfg->dim * sizeof(float) : 0.0;
+  out->comm_buffers = largest_collective(&m, N, in) + inbox;
   out->library = LIBRARY_BYTES;
   if (in->device) {  // what the GPU's allocator holds (the peak the trainer reports)
     // the CUDA kernels take no caller scratch (attention is tiled, gemm_half narrows the input
@@ -129,11 +133,7 @@ static int plan_rank(const ol_plan_inputs *in, int pp_rank, int tp_rank, ol_plan
     // the partial gradients packed for their TP all-reduce, and the pipeline's inbox: device
     // memory when MPI is CUDA-aware (pinned host memory when staged; counted either way, the
     // path is chosen at run time); MPI's temporaries are host memory, NCCL's its own
-    double partial = 0.0;
-    for (size_t i = 0; in->tp > 1 && i < m.params.count; i++)
-      if (m.params.entries[i].place == OL_PLACE_PARTIAL) partial += (double)m.params.entries[i].numel;
-    out->comm_buffers = partial * sizeof(float) +
-                        (in->pp > 1 ? (double)N * (double)in->cfg->dim * sizeof(float) : 0.0);
+    out->comm_buffers = (in->tp > 1 ? partial_floats(&m) * sizeof(float) : 0.0) + inbox;
     out->library = 0.0;
   }
   out->total = out->frozen_owned + out->frozen_mapped + out->trainable_state + out->kept +

@@ -4,8 +4,8 @@ least 8 configurations). Each configuration is run (bench on a synthetic model, 
 model file whose frozen matrices are mapped), and its largest rank's peak RSS (VmHWM, the maximum
 over ranks that the run prints) is compared with `onelora plan` for the same model, method and
 layout; for the multi-rank runs the logged bytes sent per step by kind must equal the plan's.
-The configurations vary the method (1lora, lora, dora, vera, mora6 with its per-layer state, full), TP, PP (with two
-micro-batches), DP, --recompute, --weights-dtype bf16 and mapped weights. The shape is chosen so
+The configurations vary the method (1lora, lora, dora, vera, mora6 with its per-layer state,
+full), TP, PP (with two micro-batches), DP, --recompute, --weights-dtype bf16 and mapped weights. The shape is chosen so
 that onelora's own allocations (40-200 MiB) dominate the libraries' (about 24 MiB, the planner's
 one measured constant).
 

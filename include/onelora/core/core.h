@@ -72,6 +72,12 @@ size_t ol_pss_bytes(void);                  /* its proportional set size now (sm
                                              * pages shared with other processes count a share */
 size_t ol_rss_bytes(void);                  /* VmRSS of this process */
 
+/* ---- optional libraries, opened at run time (the CUDA backend, NCCL) --------- */
+/* Each of the n names looked up in `lib` (from dlopen) and stored in the function pointer that
+ * slots[i] points to; returns NULL, or the first name lib lacks (then no slot is trusted). */
+typedef void (*ol_fn)(void);
+const char *ol_dl_resolve(void *lib, size_t n, const char *const names[], ol_fn *const slots[]);
+
 /* ---- half precision (the conversions: onelora/core/half.h) ------------------ */
 /* Value types of weights on disk and in memory, as the CLI spells them (--weights-dtype) */
 typedef enum { OL_DTYPE_F32 = 0, OL_DTYPE_F16 = 1, OL_DTYPE_BF16 = 2 } ol_dtype;
